@@ -1,0 +1,48 @@
+# The course kit's commands. The README explains them; `make help` lists them.
+PYTHON  ?= python3
+PROFILE ?= auto
+VENV    := .venv
+PY      := $(VENV)/bin/python
+# Offline by default: the default model and data are local. `HF_HUB_OFFLINE=0 make course` allows the Hub.
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= $(HF_HUB_OFFLINE)
+# papermill's "python3" kernel must be this virtual environment's, not one registered elsewhere.
+export JUPYTER_PATH := $(CURDIR)/$(VENV)/share/jupyter
+export MPLBACKEND ?= Agg
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: help setup test course bench lab clean
+
+help:
+	@echo "make test    set up .venv, then run the unit tests and every notebook (profile=smoke)"
+	@echo "make course  set up .venv, then run every notebook (PROFILE=$(PROFILE)) into build/"
+	@echo "make bench   benchmarks: fit vs a hand-written loop vs the Trainer"
+	@echo "make lab     JupyterLab in notebooks/"
+	@echo "make clean   remove build/, caches and .venv"
+
+setup: $(VENV)/.setup-done
+
+$(VENV)/.setup-done: requirements.txt requirements-test.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch first, and only when none is importable: pip then takes this machine's CPU wheel (no CUDA download).
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install torch==2.13.0
+	$(PY) -m pip install -r requirements.txt -r requirements-test.txt
+	$(PY) -m pip install --no-deps -e .
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (layerfreeze)" >/dev/null
+	touch $@
+
+test: setup
+	$(PY) -m pytest
+
+course: setup
+	$(PY) -m layerfreeze course --profile $(PROFILE) --build-dir build
+
+bench: setup
+	$(PY) benchmarks/run.py
+
+lab: setup
+	cd notebooks && ../$(VENV)/bin/jupyter lab
+
+clean:
+	rm -rf build .pytest_cache .hypothesis $(VENV)
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

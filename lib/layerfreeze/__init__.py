@@ -1,0 +1,38 @@
+"""layerfreeze: see, choose and measure which layers of a pretrained transformer train.
+
+The public API, by concept:
+
+* models: :func:`load_model`, :func:`tiny_model`, :func:`resolve_model_source`
+* layers: :func:`layer_groups`, :func:`shared_parameters`, :class:`LayerGroup`
+* inspection and memory: :func:`parameter_table`, :func:`group_table`, :func:`estimate_memory`
+* freezing: :func:`freeze`, :func:`unfreeze`, :func:`train_only`, :func:`freeze_to`, :func:`bitfit`,
+  :func:`frozen`, :func:`fingerprint`, :func:`assert_frozen_unchanged`
+* data: :func:`load_task`, :func:`encode`
+* the course's notebook contract: :func:`resolve_profile`, :func:`save_metrics`, :func:`save_figure`
+"""
+
+from .course import describe_device, pick_device, resolve_profile, save_figure, save_metrics, seed_everything
+from .data import encode, generate_task, load_task, num_labels
+from .freezing import (FreezeReport, assert_frozen_unchanged, bitfit, changed_parameters, count_parameters, freeze,
+                       freeze_to, frozen, frozen_in_eval, fingerprint, release_eval_mode, restore_trainable,
+                       select_parameters, train_only, trainable_state, unfreeze)
+from .inspection import group_table, parameter_table
+from .layers import LayerGroup, find_blocks_path, layer_groups, num_blocks, shared_parameters
+from .memory import MemoryEstimate, estimate_memory
+from .models import MINILM_SHA256, load_model, resolve_model_source, tiny_model
+from .plots import plot_memory, plot_parameter_groups
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "describe_device", "pick_device", "resolve_profile", "save_figure", "save_metrics", "seed_everything",
+    "encode", "generate_task", "load_task", "num_labels",
+    "FreezeReport", "assert_frozen_unchanged", "bitfit", "changed_parameters", "count_parameters", "freeze",
+    "freeze_to", "frozen", "frozen_in_eval", "fingerprint", "release_eval_mode", "restore_trainable",
+    "select_parameters", "train_only", "trainable_state", "unfreeze",
+    "group_table", "parameter_table",
+    "LayerGroup", "find_blocks_path", "layer_groups", "num_blocks", "shared_parameters",
+    "MemoryEstimate", "estimate_memory",
+    "MINILM_SHA256", "load_model", "resolve_model_source", "tiny_model",
+    "plot_memory", "plot_parameter_groups",
+]

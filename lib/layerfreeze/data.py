@@ -1,0 +1,281 @@
+"""The kit's two generated text-classification tasks, and Hub datasets mapped to the same columns.
+
+* Task **A**, sentiment of short reviews (2 labels). Most reviews hold a positive and a negative clause, so the
+  words alone do not give the label: what counts is the structure, negation ("not bad"), contrast ("..., but ...")
+  and concession ("although ..."). The clause that wins is the main one.
+* Task **B**, topic (5 labels). Each text is about one topic but often mentions another in a side remark.
+
+Both come from one seeded generator (:func:`generate_task`); ``data/`` holds the files it writes, and
+``data/README.md`` is their data card. Every split has the columns ``text`` (str) and ``label`` (int).
+
+>>> splits = load_task("a")                     # doctest: +SKIP
+>>> splits["train"][0]                          # doctest: +SKIP
+{'text': 'although the soup was cold, the staff were wonderful.', 'label': 1}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import torch
+
+DATA_DIR_ENV_VAR = "LAYERFREEZE_DATA_DIR"
+DEFAULT_SEED = 1234
+SPLIT_SIZES = {"train": 4000, "validation": 500, "test": 1000}
+LABEL_NOISE = 0.04
+LABEL_NAMES = {"a": ["negative", "positive"], "b": ["sports", "technology", "food", "travel", "finance"]}
+# Hub dataset name -> (hub id, text column, split that serves as test when "test" has no labels)
+HUB_DATASETS = {
+    "sst2": ("stanfordnlp/sst2", "sentence", "validation"),
+    "ag_news": ("fancyzhx/ag_news", "text", "test"),
+    "imdb": ("stanfordnlp/imdb", "text", "test"),
+}
+
+# --- task A: compositional sentiment ---------------------------------------------------------------------------
+
+_DOMAINS = {
+    "restaurant": (["food", "soup", "pasta", "service", "waiter", "dessert", "menu", "coffee", "staff", "bread"],
+                   "the restaurant"),
+    "film": (["plot", "acting", "ending", "soundtrack", "script", "dialogue", "pacing", "lead actor", "camera work",
+              "villain"], "the film"),
+    "phone": (["battery", "screen", "camera", "speaker", "charger", "keyboard", "software", "case", "design",
+               "price"], "the phone"),
+    "hotel": (["room", "bed", "view", "pool", "breakfast", "location", "shower", "reception", "wifi", "lobby"],
+              "the hotel"),
+}
+_POSITIVE = ["good", "great", "excellent", "wonderful", "superb", "pleasant", "impressive", "lovely", "solid",
+             "fantastic", "delightful", "brilliant"]
+_NEGATIVE = ["bad", "awful", "terrible", "poor", "disappointing", "dreadful", "weak", "mediocre", "horrible",
+             "annoying", "dull", "sloppy"]
+_INTENSIFIERS = ["", "", "", "really ", "truly ", "rather ", "quite ", "absolutely "]
+_NEGATIONS = ["not", "never", "hardly", "far from"]
+_VERBS_POSITIVE = [("love", "loved"), ("enjoy", "enjoyed"), ("like", "liked"), ("adore", "adored")]
+_VERBS_NEGATIVE = [("hate", "hated"), ("dislike", "disliked"), ("regret", "regretted"), ("mind", "minded")]
+
+
+def _clause(rng: random.Random, aspect: str, polarity: int) -> str:
+    """A clause about ``aspect`` whose sentiment is ``polarity`` (1 positive, 0 negative)."""
+    negated = rng.random() < 0.35
+    # Under negation the surface word has the opposite polarity: "not bad" is positive.
+    surface_positive = (polarity == 1) != negated
+    if rng.random() < 0.7:
+        adjective = rng.choice(_POSITIVE if surface_positive else _NEGATIVE)
+        verb = rng.choice(["were", "are", "seemed", "felt"] if aspect.endswith("s") else ["was", "is", "seemed", "felt"])
+        modifier = rng.choice(_NEGATIONS) if negated else rng.choice(_INTENSIFIERS).strip()
+        return " ".join(w for w in ("the", aspect, verb, modifier, adjective) if w)
+    base, past = rng.choice(_VERBS_POSITIVE if surface_positive else _VERBS_NEGATIVE)
+    return f"i did not {base} the {aspect}" if negated else f"i {past} the {aspect}"
+
+
+def _review(rng: random.Random) -> tuple[str, int]:
+    aspects, subject = _DOMAINS[rng.choice(sorted(_DOMAINS))]
+    first, second = rng.sample(aspects, 2)
+    label = rng.randrange(2)
+    other = 1 - label if rng.random() < 0.85 else label  # most reviews mix both polarities
+    pattern = rng.random()
+    if pattern < 0.12:
+        text = _clause(rng, first, label)
+    elif pattern < 0.40:  # contrast: the clause after "but" decides
+        text = f"{_clause(rng, first, other)}, but {_clause(rng, second, label)}"
+    elif pattern < 0.62:  # concession first: "although X, Y" - Y decides
+        text = f"{rng.choice(['although', 'even though', 'while'])} {_clause(rng, first, other)}, " \
+               f"{_clause(rng, second, label)}"
+    elif pattern < 0.78:  # concession last: "Y, although X" - Y still decides
+        text = f"{_clause(rng, second, label)}, {rng.choice(['although', 'even though'])} {_clause(rng, first, other)}"
+    elif pattern < 0.90:  # "however": the second sentence decides
+        text = f"{_clause(rng, first, other)}. however, {_clause(rng, second, label)}"
+    else:  # three clauses: "although X, Y, but Z" - the clause after "but" decides
+        third = rng.choice([a for a in aspects if a not in (first, second)])
+        text = f"although {_clause(rng, first, label)}, {_clause(rng, second, other)}, but {_clause(rng, third, label)}"
+    if rng.random() < 0.15:  # a closing verdict, which gives the label away
+        verdict = rng.choice(["overall", "all in all", "in the end"])
+        text = f"{text}. {verdict}, {subject} was {rng.choice(_POSITIVE if label else _NEGATIVE)}"
+    return text + ".", label
+
+
+# --- task B: topic ----------------------------------------------------------------------------------------------
+
+_TOPICS = {
+    "sports": (["the striker", "the goalkeeper", "the coach", "the home team", "the champion", "the rookie",
+                "the captain", "the referee"],
+               ["scored twice in the final", "signed a new contract", "was injured during training",
+                "won the league title", "lost the semi-final on penalties", "broke the national record",
+                "was sent off in the second half", "announced retirement after the season"]),
+    "technology": (["the startup", "the chip maker", "the software team", "the new laptop", "the app",
+                    "the research lab", "the operating system", "the cloud service"],
+                   ["released a security update", "shipped a faster processor", "fixed a serious bug",
+                    "launched an open source model", "suffered a long outage", "added support for new devices",
+                    "doubled its battery life", "moved its servers to a new data centre"]),
+    "food": (["the chef", "the bakery", "the new cafe", "the street vendor", "the family recipe",
+              "the vegan menu", "the wine bar", "the cooking show"],
+             ["introduced a seasonal tasting menu", "baked bread with ancient grains", "won a prize for its curry",
+              "switched to local vegetables", "served a spicy noodle soup", "brewed coffee from rare beans",
+              "was praised for its desserts", "opened a second kitchen"]),
+    "travel": (["the airline", "the island resort", "the mountain village", "the tour guide", "the night train",
+                "the old harbour", "the national park", "the cruise ship"],
+               ["added flights to the coast", "reopened its hiking trails", "drew record numbers of tourists",
+                "offered cheaper tickets in winter", "was delayed by a storm", "opened a new scenic route",
+                "required visitors to book ahead", "welcomed backpackers from abroad"]),
+    "finance": (["the central bank", "the pension fund", "the stock market", "the insurer", "the investor",
+                 "the bond market", "the lender", "the treasury"],
+                ["raised interest rates again", "reported higher quarterly profits", "cut its growth forecast",
+                 "sold its stake in the company", "fell sharply after the report", "issued new government bonds",
+                 "warned about rising inflation", "approved a large merger"]),
+}
+_CONNECTORS = ["while", "even as", "just as", "after", "although"]
+
+
+def _topic_text(rng: random.Random) -> tuple[str, int]:
+    names = LABEL_NAMES["b"]
+    label = rng.randrange(len(names))
+    subjects, events = _TOPICS[names[label]]
+    main = f"{rng.choice(subjects)} {rng.choice(events)}"
+    if rng.random() < 0.65:  # a side remark from another topic, before or after the main clause
+        other_subjects, other_events = _TOPICS[rng.choice([n for n in names if n != names[label]])]
+        side = f"{rng.choice(other_subjects)} {rng.choice(other_events)}"
+        if rng.random() < 0.5:
+            text = f"{rng.choice(_CONNECTORS)} {side}, {main}"
+        else:
+            text = f"{main}, {rng.choice(_CONNECTORS)} {side}"
+    else:
+        text = main
+    return text + ".", label
+
+
+_GENERATORS = {"a": _review, "b": _topic_text}
+
+
+def generate_task(task: str, n: int, seed: int = DEFAULT_SEED, label_noise: float = LABEL_NOISE) -> list[dict]:
+    """``n`` examples ``{"text", "label"}`` of generated task ``"a"`` or ``"b"``; a fraction ``label_noise`` of
+    labels is replaced by a random other label.
+
+    >>> generate_task("b", 2, seed=0) == generate_task("b", 2, seed=0)
+    True
+    """
+    if task not in _GENERATORS:
+        raise ValueError(f"unknown generated task {task!r}; valid: {', '.join(_GENERATORS)}")
+    rng = random.Random(f"{task}-{seed}")
+    noise_rng = random.Random(f"{task}-{seed}-noise")  # separate, so the texts do not depend on the noise level
+    num_labels = len(LABEL_NAMES[task])
+    rows = []
+    for _ in range(n):
+        text, label = _GENERATORS[task](rng)
+        if noise_rng.random() < label_noise:
+            label = noise_rng.choice([k for k in range(num_labels) if k != label])
+        rows.append({"text": text, "label": label})
+    return rows
+
+
+def generate_splits(task: str, seed: int = DEFAULT_SEED,
+                    sizes: dict[str, int] | None = None) -> dict[str, list[dict]]:
+    """Train, validation and test splits of a generated task, with no text shared between splits."""
+    sizes = sizes or SPLIT_SIZES
+    rows = generate_task(task, 3 * sum(sizes.values()), seed)
+    unique = list({row["text"]: row for row in rows}.values())  # dict keeps the first of each text
+    if len(unique) < sum(sizes.values()):
+        raise RuntimeError(f"task {task!r} produced only {len(unique)} distinct texts for {sum(sizes.values())}")
+    splits, start = {}, 0
+    for split, size in sizes.items():
+        splits[split] = unique[start:start + size]
+        start += size
+    return splits
+
+
+def write_task_files(data_dir: str | Path, seed: int = DEFAULT_SEED) -> list[Path]:
+    """Write ``task_a/`` and ``task_b/`` JSON-lines splits under ``data_dir``; returns the files written."""
+    written = []
+    for task in _GENERATORS:
+        folder = Path(data_dir) / f"task_{task}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for split, rows in generate_splits(task, seed).items():
+            path = folder / f"{split}.jsonl"
+            path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+            written.append(path)
+    return written
+
+
+def data_dir() -> Path | None:
+    """The folder with the generated task files: ``$LAYERFREEZE_DATA_DIR`` or the repository's ``data/``."""
+    if os.environ.get(DATA_DIR_ENV_VAR):
+        return Path(os.environ[DATA_DIR_ENV_VAR])
+    repo_data = Path(__file__).resolve().parents[2] / "data"
+    return repo_data if (repo_data / "task_a").is_dir() else None
+
+
+def load_task(name: str = "a", *, limit: dict[str, int] | None = None, seed: int = 0):
+    """Load a task as a ``datasets.DatasetDict`` with ``train``, ``validation`` and ``test`` splits.
+
+    ``name`` is ``"a"`` or ``"b"`` (the generated tasks, read from ``data/`` or generated afresh when the files are
+    absent), or a Hub dataset: ``"sst2"``, ``"ag_news"``, ``"imdb"``. Columns are ``text`` and ``label``, with
+    label names in ``features["label"].names``. ``limit={"train": 500}`` keeps a seeded random subset.
+
+    >>> splits = load_task("a", limit={"train": 100})   # doctest: +SKIP
+    >>> splits["train"].num_rows                         # doctest: +SKIP
+    100
+    """
+    import datasets
+
+    if name in _GENERATORS:
+        folder = data_dir()
+        if folder is not None:
+            files = {split: str(folder / f"task_{name}" / f"{split}.jsonl") for split in SPLIT_SIZES}
+            splits = datasets.load_dataset("json", data_files=files)
+        else:
+            splits = datasets.DatasetDict({s: datasets.Dataset.from_list(rows)
+                                           for s, rows in generate_splits(name).items()})
+        splits = splits.cast_column("label", datasets.ClassLabel(names=LABEL_NAMES[name]))
+    elif name in HUB_DATASETS:
+        splits = _load_hub_task(name, seed)
+    else:
+        raise ValueError(f"unknown task {name!r}; valid: {', '.join([*_GENERATORS, *HUB_DATASETS])}")
+    for split, size in (limit or {}).items():
+        if split not in splits:
+            raise ValueError(f"limit names split {split!r}; valid splits: {', '.join(splits)}")
+        if size < splits[split].num_rows:
+            splits[split] = splits[split].shuffle(seed=seed).select(range(size))
+    return splits
+
+
+def _load_hub_task(name: str, seed: int):
+    import datasets
+
+    hub_id, text_column, test_split = HUB_DATASETS[name]
+    raw = datasets.load_dataset(hub_id)
+    keep = lambda split: raw[split].rename_column(text_column, "text") if text_column != "text" else raw[split]
+    train = _with_class_labels(keep("train").select_columns(["text", "label"]))
+    test = _with_class_labels(keep(test_split).select_columns(["text", "label"]), train.features["label"])
+    if test_split == "validation" or "validation" not in raw:
+        # The test split is unlabelled (sst2) or there is no validation split: carve one out of train.
+        parts = train.train_test_split(test_size=min(0.1, 2000 / train.num_rows), seed=seed,
+                                       stratify_by_column="label")
+        train, validation = parts["train"], parts["test"]
+    else:
+        validation = _with_class_labels(keep("validation").select_columns(["text", "label"]), train.features["label"])
+    return datasets.DatasetDict(train=train, validation=validation, test=test)
+
+
+def _with_class_labels(split, labels=None):
+    """Give ``label`` a ClassLabel type (stratified splits and ``num_labels`` need one)."""
+    import datasets
+
+    if isinstance(split.features["label"], datasets.ClassLabel):
+        return split
+    labels = labels or datasets.ClassLabel(num_classes=max(split["label"]) + 1)
+    return split.cast_column("label", labels)
+
+
+def num_labels(splits) -> int:
+    """How many classes a loaded task has."""
+    return splits["train"].features["label"].num_classes
+
+
+def encode(split, tokenizer, max_length: int = 64) -> torch.utils.data.TensorDataset:
+    """Tokenize one split into a ``TensorDataset`` of ``(input_ids, attention_mask, labels)``, padded to the
+    split's longest text (at most ``max_length`` tokens)."""
+    batch = tokenizer(list(split["text"]), padding="longest", truncation=True, max_length=max_length,
+                      return_tensors="pt")
+    return torch.utils.data.TensorDataset(batch["input_ids"], batch["attention_mask"],
+                                          torch.tensor(split["label"], dtype=torch.long))

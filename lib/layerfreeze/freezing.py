@@ -1,0 +1,400 @@
+"""Freezing and unfreezing layer groups, with a report of what changed.
+
+A *selection* names what to act on. Each item may be:
+
+* an ``int`` group index, negative from the top (``-1`` is the head);
+* a ``slice`` of groups (``slice(1, 3)`` is ``block.0`` and ``block.1``);
+* a group name (``"embeddings"``, ``"block.2"``, ``"head"``);
+* a glob on parameter names (``"*.bias"``, ``"*LayerNorm*"``), recognised by ``*``, ``?`` or ``[``;
+* a compiled regex (``re.compile(r"attention\\.self")``), searched in parameter names;
+* a :class:`~layerfreeze.layers.LayerGroup`.
+
+Bad input raises ``ValueError`` naming what is valid, and so does a call that would leave nothing to train.
+
+>>> from layerfreeze import tiny_model
+>>> model = tiny_model("bert", num_layers=4)
+>>> freeze_to(model, -2)      # like fastai: train the last two groups (block.3 and head)
+freeze_to(-2): 53 tensors froze (embeddings, block.0, block.1, block.2). Trainable: 13,826 of 1,032,866 ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import hashlib
+import re
+import warnings
+from dataclasses import dataclass, field
+from typing import Iterator, Union
+
+import torch
+from torch import nn
+
+from .layers import LayerGroup, group_of_parameter, layer_groups
+
+Selector = Union[int, slice, str, "re.Pattern[str]", LayerGroup]
+NORM_CLASS_HINTS = ("Norm",)  # LayerNorm, RMSNorm, LlamaRMSNorm, GroupNorm, BatchNorm1d ...
+
+
+@dataclass
+class FreezeReport:
+    """What one freezing call changed. Its ``repr`` is a one-line summary, shown when a notebook cell ends with
+    the call; ``froze``/``unfroze`` list parameter names, ``notes`` anything the caller should know."""
+
+    action: str
+    froze: list[str] = field(default_factory=list)
+    unfroze: list[str] = field(default_factory=list)
+    group_states: dict[str, str] = field(default_factory=dict)
+    trainable_params: int = 0
+    total_params: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> list[str]:
+        return self.froze + self.unfroze
+
+    @property
+    def percent_trainable(self) -> float:
+        return 100.0 * self.trainable_params / max(self.total_params, 1)
+
+    def _groups_now(self, state: str) -> list[str]:
+        return [g for g, s in self.group_states.items() if s == state]
+
+    def __repr__(self) -> str:
+        parts = []
+        if self.froze:
+            parts.append(f"{len(self.froze)} tensors froze ({', '.join(self._changed_groups(self.froze))})")
+        if self.unfroze:
+            parts.append(f"{len(self.unfroze)} tensors unfroze ({', '.join(self._changed_groups(self.unfroze))})")
+        head = f"{self.action}: " + ("; ".join(parts) if parts else "nothing changed")
+        tail = (f". Trainable: {self.trainable_params:,} of {self.total_params:,} parameters "
+                f"({self.percent_trainable:.1f}%).")
+        notes = "".join(f"\n  note: {n}" for n in self.notes)
+        return head + tail + notes
+
+    def _changed_groups(self, names: list[str]) -> list[str]:
+        return list(dict.fromkeys(self._group_by_name.get(n, "?") for n in names))
+
+    _group_by_name: dict[str, str] = field(default_factory=dict, repr=False)
+
+
+def _is_glob(text: str) -> bool:
+    return any(ch in text for ch in "*?[")
+
+
+def _all_named_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    return list(model.named_parameters(remove_duplicate=False))
+
+
+def select_parameters(model: nn.Module, *selection: Selector,
+                      groups: list[LayerGroup] | None = None) -> dict[str, nn.Parameter]:
+    """Resolve a selection (see the module docstring) to ``{name: parameter}``. No selection means everything.
+
+    >>> from layerfreeze import tiny_model
+    >>> model = tiny_model("bert", num_layers=2)
+    >>> sorted(select_parameters(model, "block.1", "*classifier.bias"))[:2]
+    ['bert.encoder.layer.1.attention.output.LayerNorm.bias', 'bert.encoder.layer.1.attention.output.LayerNorm.weight']
+    """
+    groups = groups if groups is not None else layer_groups(model)
+    if not selection:
+        return {n: p for g in groups for n, p in g.parameters.items()}
+    names = [g.name for g in groups]
+    valid = (f"{len(groups)} groups: {', '.join(names)} (indices {-len(groups)}..{len(groups) - 1}), a slice, "
+             "a glob on parameter names such as '*.bias', or a compiled regex")
+    chosen: dict[str, nn.Parameter] = {}
+    for item in selection:
+        if isinstance(item, bool):
+            raise ValueError(f"cannot select with {item!r}; select by {valid}")
+        if isinstance(item, int):
+            if not -len(groups) <= item < len(groups):
+                raise ValueError(f"group index {item} is out of range; the model has {valid}")
+            chosen.update(groups[item].parameters)
+        elif isinstance(item, slice):
+            picked = groups[item]
+            if not picked:
+                raise ValueError(f"slice {item.start}:{item.stop}:{item.step} selects no group; the model has {valid}")
+            for group in picked:
+                chosen.update(group.parameters)
+        elif isinstance(item, LayerGroup):
+            chosen.update(item.parameters)
+        elif isinstance(item, re.Pattern):
+            hits = {n: p for n, p in _all_named_parameters(model) if item.search(n)}
+            if not hits:
+                raise ValueError(f"regex {item.pattern!r} matches no parameter name; names look like "
+                                 f"{_all_named_parameters(model)[0][0]!r}. Select by {valid}")
+            chosen.update(hits)
+        elif isinstance(item, str) and _is_glob(item):
+            hits = {n: p for n, p in _all_named_parameters(model) if fnmatch.fnmatchcase(n, item)}
+            if not hits:
+                raise ValueError(f"glob {item!r} matches no parameter name; names look like "
+                                 f"{_all_named_parameters(model)[0][0]!r}. Select by {valid}")
+            chosen.update(hits)
+        elif isinstance(item, str):
+            if item not in names:
+                raise ValueError(f"unknown layer group {item!r}; the model has {valid}")
+            chosen.update(groups[names.index(item)].parameters)
+        else:
+            raise ValueError(f"cannot select with {type(item).__name__} {item!r}; select by {valid}")
+    return chosen
+
+
+def _norm_parameter_ids(model: nn.Module) -> set[int]:
+    return {id(p) for m in model.modules() if any(h in type(m).__name__ for h in NORM_CLASS_HINTS)
+            for p in m.parameters(recurse=False)}
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """``(trainable, total)`` parameter counts, each shared tensor counted once."""
+    params = list(model.parameters())  # named_parameters/parameters already skip tied duplicates
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def _set_trainable(model: nn.Module, action: str, wanted: dict[int, bool], groups: list[LayerGroup],
+                   allow_nothing_trainable: bool, eval_frozen: bool | None) -> FreezeReport:
+    """Apply ``wanted`` (id(parameter) -> requires_grad) after checking it leaves something to train."""
+    canonical = list(model.named_parameters())
+    final = {id(p): wanted.get(id(p), p.requires_grad) for _, p in canonical}
+    if not allow_nothing_trainable and not any(final.values()):
+        raise ValueError(f"{action} would leave nothing to train: all {len(canonical)} parameter tensors would be "
+                         "frozen. Keep at least one group trainable, e.g. the head (-1), or pass "
+                         "allow_nothing_trainable=True to use the model as a fixed feature extractor.")
+    owner = group_of_parameter(groups)
+    report = FreezeReport(action)
+    twins = {}
+    for names in _shared_names(model):
+        for name in names:
+            twins[name] = [n for n in names if n != name]
+    for name, param in canonical:
+        new = final[id(param)]
+        if new != param.requires_grad:
+            (report.unfroze if new else report.froze).append(name)
+            param.requires_grad_(new)
+            if name in twins:
+                state = "trains" if new else "is frozen"
+                report.notes.append(f"{name} is shared with {', '.join(twins[name])}: the one tensor {state} "
+                                    "under every name")
+    report._group_by_name = {n: owner.get(id(p), "?") for n, p in canonical}
+    for group in groups:
+        state = group.trainable
+        report.group_states[group.name] = "empty" if not group.parameters else (
+            "trainable" if state else "frozen" if state is False else "partly trainable")
+    report.trainable_params, report.total_params = count_parameters(model)
+    if eval_frozen or (eval_frozen is None and getattr(model, "_layerfreeze_eval_hooks", None) is not None):
+        _sync_eval_hooks(model, groups)
+        report.notes.append("fully frozen groups stay in eval mode (dropout off, norm statistics fixed): "
+                            + (", ".join(model._layerfreeze_eval_hooks) or "none"))
+    elif eval_frozen is False and getattr(model, "_layerfreeze_eval_hooks", None) is not None:
+        release_eval_mode(model)
+    return report
+
+
+def _shared_names(model: nn.Module) -> list[list[str]]:
+    from .layers import shared_parameters
+    return shared_parameters(model)
+
+
+def freeze(model: nn.Module, *selection: Selector, groups: list[LayerGroup] | None = None,
+           keep_norm_trainable: bool = False, eval_frozen: bool | None = None,
+           allow_nothing_trainable: bool = False) -> FreezeReport:
+    """Freeze the selected parameters (all, with no selection); everything else keeps its state.
+
+    ``keep_norm_trainable=True`` leaves norm layers (LayerNorm, RMSNorm, BatchNorm ...) trainable.
+    ``eval_frozen=True`` keeps fully frozen groups in eval mode even after ``model.train()``.
+
+    >>> from layerfreeze import tiny_model
+    >>> freeze(tiny_model("bert"), "embeddings", 1).froze[:1]
+    ['bert.embeddings.word_embeddings.weight']
+    """
+    groups = groups if groups is not None else layer_groups(model)
+    selected = select_parameters(model, *selection, groups=groups)
+    norms = _norm_parameter_ids(model) if keep_norm_trainable else set()
+    wanted = {id(p): False for p in selected.values() if id(p) not in norms}
+    label = f"freeze({', '.join(map(_describe, selection))})"
+    return _set_trainable(model, label, wanted, groups, allow_nothing_trainable, eval_frozen)
+
+
+def unfreeze(model: nn.Module, *selection: Selector, groups: list[LayerGroup] | None = None,
+             eval_frozen: bool | None = None) -> FreezeReport:
+    """Make the selected parameters trainable (all, with no selection); everything else keeps its state.
+
+    >>> from layerfreeze import tiny_model
+    >>> model = tiny_model("bert")
+    >>> _ = freeze(model, slice(0, -1))
+    >>> unfreeze(model, "block.3").group_states["block.3"]
+    'trainable'
+    """
+    groups = groups if groups is not None else layer_groups(model)
+    selected = select_parameters(model, *selection, groups=groups)
+    label = f"unfreeze({', '.join(map(_describe, selection))})"
+    return _set_trainable(model, label, {id(p): True for p in selected.values()}, groups, False, eval_frozen)
+
+
+def train_only(model: nn.Module, *selection: Selector, groups: list[LayerGroup] | None = None,
+               keep_norm_trainable: bool = False, eval_frozen: bool | None = None) -> FreezeReport:
+    """Make exactly the selection trainable and freeze everything else.
+
+    >>> from layerfreeze import tiny_model
+    >>> train_only(tiny_model("bert"), "head").group_states["head"]
+    'trainable'
+    """
+    groups = groups if groups is not None else layer_groups(model)
+    if not selection:
+        raise ValueError("train_only needs a selection, e.g. train_only(model, 'head') or train_only(model, -2, -1)")
+    selected = select_parameters(model, *selection, groups=groups)
+    norms = _norm_parameter_ids(model) if keep_norm_trainable else set()
+    wanted = {id(p): id(p) in norms for p in model.parameters()}
+    wanted.update({id(p): True for p in selected.values()})
+    label = f"train_only({', '.join(map(_describe, selection))})"
+    return _set_trainable(model, label, wanted, groups, False, eval_frozen)
+
+
+def freeze_to(model: nn.Module, n: int, groups: list[LayerGroup] | None = None,
+              keep_norm_trainable: bool = False, eval_frozen: bool | None = None) -> FreezeReport:
+    """fastai's ``freeze_to``: freeze groups ``[:n]`` and train groups ``[n:]``. ``n`` may be negative.
+
+    ``freeze_to(model, -1)`` trains the head only, ``freeze_to(model, -3)`` the top two blocks and the head,
+    ``freeze_to(model, 0)`` everything.
+    """
+    groups = groups if groups is not None else layer_groups(model)
+    if isinstance(n, bool) or not isinstance(n, int) or not -len(groups) <= n < len(groups):
+        raise ValueError(f"freeze_to needs an int n with {-len(groups)} <= n < {len(groups)} so that something "
+                         f"trains; the model has {len(groups)} groups: {', '.join(g.name for g in groups)}. Got {n!r}.")
+    report = train_only(model, slice(n, None), groups=groups, keep_norm_trainable=keep_norm_trainable,
+                        eval_frozen=eval_frozen)
+    report.action = f"freeze_to({n})"
+    return report
+
+
+def bitfit(model: nn.Module, train_head: bool = True, groups: list[LayerGroup] | None = None) -> FreezeReport:
+    """BitFit (Ben Zaken et al. 2022): train only the bias terms, plus the task head by default.
+
+    >>> from layerfreeze import tiny_model
+    >>> report = bitfit(tiny_model("bert"))
+    >>> report.percent_trainable < 10
+    True
+    """
+    groups = groups if groups is not None else layer_groups(model)
+    selection: list[Selector] = ["*bias"] + (["head"] if train_head else [])
+    report = train_only(model, *selection, groups=groups)
+    report.action = f"bitfit(train_head={train_head})"
+    return report
+
+
+def trainable_state(model: nn.Module) -> dict[str, bool]:
+    """``{parameter name: requires_grad}``, to restore later with :func:`restore_trainable`."""
+    return {name: p.requires_grad for name, p in model.named_parameters()}
+
+
+def restore_trainable(model: nn.Module, state: dict[str, bool]) -> None:
+    """Put back the flags saved by :func:`trainable_state`."""
+    params = dict(model.named_parameters())
+    unknown = set(state) - set(params)
+    if unknown:
+        raise ValueError(f"saved state names parameters this model lacks: {sorted(unknown)[:5]}")
+    for name, flag in state.items():
+        params[name].requires_grad_(flag)
+
+
+@contextlib.contextmanager
+def frozen(model: nn.Module, *selection: Selector, **options) -> Iterator[FreezeReport]:
+    """Freeze a selection inside a ``with`` block and restore every flag afterwards.
+
+    >>> from layerfreeze import tiny_model
+    >>> model = tiny_model("bert")
+    >>> with frozen(model, "embeddings") as report:
+    ...     model.bert.embeddings.word_embeddings.weight.requires_grad
+    False
+    >>> model.bert.embeddings.word_embeddings.weight.requires_grad
+    True
+    """
+    state = trainable_state(model)
+    try:
+        yield freeze(model, *selection, **options)
+    finally:
+        restore_trainable(model, state)
+
+
+def _describe(item: Selector) -> str:
+    if isinstance(item, slice):
+        return f"{'' if item.start is None else item.start}:{'' if item.stop is None else item.stop}"
+    if isinstance(item, re.Pattern):
+        return f"re{item.pattern!r}"
+    if isinstance(item, LayerGroup):
+        return item.name
+    return repr(item) if isinstance(item, str) else str(item)
+
+
+# --- keeping frozen groups in eval mode ----------------------------------------------------------------------------
+
+def _stay_in_eval(module: nn.Module, args) -> None:
+    if module.training:
+        module.eval()
+
+
+def _sync_eval_hooks(model: nn.Module, groups: list[LayerGroup]) -> None:
+    """Hold every fully frozen group in eval mode; let groups that train again follow ``model.train()``."""
+    hooks: dict[str, list] = getattr(model, "_layerfreeze_eval_hooks", None) or {}
+    for group in groups:
+        fully_frozen = bool(group.parameters) and group.trainable is False
+        if fully_frozen and group.name not in hooks:
+            hooks[group.name] = [m.register_forward_pre_hook(_stay_in_eval) for m in group.modules.values()]
+            for module in group.modules.values():
+                module.eval()
+        elif not fully_frozen and group.name in hooks:
+            for handle in hooks.pop(group.name):
+                handle.remove()
+            for module in group.modules.values():
+                module.train(model.training)
+    model._layerfreeze_eval_hooks = hooks
+
+
+def release_eval_mode(model: nn.Module) -> None:
+    """Undo ``eval_frozen=True``: frozen groups follow ``model.train()`` / ``model.eval()`` again."""
+    for handles in (getattr(model, "_layerfreeze_eval_hooks", None) or {}).values():
+        for handle in handles:
+            handle.remove()
+    model._layerfreeze_eval_hooks = None
+    model.train(model.training)
+
+
+def frozen_in_eval(model: nn.Module) -> list[str]:
+    """Names of the groups that ``eval_frozen=True`` currently holds in eval mode."""
+    return list(getattr(model, "_layerfreeze_eval_hooks", None) or {})
+
+
+# --- fingerprints --------------------------------------------------------------------------------------------------
+
+def fingerprint(model: nn.Module) -> dict[str, str]:
+    """A content hash of every parameter, ``{name: hex digest}``; equal digests mean bit-identical tensors.
+
+    >>> from layerfreeze import tiny_model
+    >>> model = tiny_model("bert")
+    >>> fingerprint(model) == fingerprint(model)
+    True
+    """
+    digests = {}
+    for name, param in model.named_parameters():
+        raw = param.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
+        digests[name] = hashlib.blake2b(raw.numpy().tobytes(), digest_size=16).hexdigest()
+    return digests
+
+
+def changed_parameters(before: dict[str, str], after: dict[str, str]) -> list[str]:
+    """Names whose fingerprint differs between two :func:`fingerprint` results."""
+    return [name for name, digest in after.items() if before.get(name) != digest]
+
+
+def assert_frozen_unchanged(model: nn.Module, before: dict[str, str]) -> int:
+    """Check that every currently frozen parameter is bit-identical to its fingerprint in ``before``.
+
+    Returns how many frozen tensors were checked; raises ``AssertionError`` naming any that moved.
+    """
+    now = fingerprint(model)
+    frozen_names = [n for n, p in model.named_parameters() if not p.requires_grad]
+    moved = [n for n in frozen_names if before.get(n) != now[n]]
+    if moved:
+        raise AssertionError(f"{len(moved)} frozen parameters changed: {', '.join(moved[:5])}"
+                             f"{' ...' if len(moved) > 5 else ''}")
+    if not frozen_names:
+        warnings.warn("assert_frozen_unchanged: the model has no frozen parameter, so nothing was checked")
+    return len(frozen_names)

@@ -1,0 +1,147 @@
+"""Estimating the memory of one training step: weights, gradients, optimizer state and activations.
+
+The estimate is a formula, not a measurement; ``benchmarks/`` sets it beside measured CUDA peaks.
+
+Activations follow Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer Models"),
+counted for the tensors that autograd keeps per block: the block input, Q, K, V, the attention output, the
+two norm inputs, the MLP input, the two MLP intermediates and two dropout masks (1 byte each). With eager
+attention the attention probabilities (and their dropout mask) are kept too; fused attention (SDPA on CUDA) keeps
+none.
+
+Why frozen blocks *below* the lowest trainable layer keep no activations: nothing under them needs a gradient,
+so autograd records nothing there. Frozen blocks *above* it still keep theirs: the gradient has to flow back
+through them to reach the trainable layer below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import pandas as pd
+from torch import nn
+
+from .layers import LayerGroup, layer_groups
+
+OPTIMIZER_STATES_PER_PARAM = {"adamw": 2, "adam": 2, "sgd-momentum": 1, "sgd": 0}
+MiB = 2 ** 20
+
+
+@dataclass
+class MemoryEstimate:
+    """Bytes for one training step, split by component and by frozen/trainable."""
+
+    weights_frozen: int
+    weights_trainable: int
+    gradients: int
+    optimizer_state: int
+    activations_frozen: int  # kept by frozen blocks above the lowest trainable layer
+    activations_trainable: int
+
+    @property
+    def activations(self) -> int:
+        return self.activations_frozen + self.activations_trainable
+
+    @property
+    def total(self) -> int:
+        return sum(asdict(self).values())
+
+    def table(self, unit: int = MiB) -> pd.DataFrame:
+        """Components x (frozen, trainable, total), in MiB by default."""
+        rows = {
+            "weights": (self.weights_frozen, self.weights_trainable),
+            "gradients": (0, self.gradients),
+            "optimizer state": (0, self.optimizer_state),
+            "activations": (self.activations_frozen, self.activations_trainable),
+        }
+        frame = pd.DataFrame(rows, index=["frozen", "trainable"]).T / unit
+        frame["total"] = frame.sum(axis=1)
+        frame.loc["total"] = frame.sum()
+        return frame.round(2)
+
+    def __repr__(self) -> str:
+        return (f"MemoryEstimate(total={self.total / MiB:.1f} MiB: weights {(self.weights_frozen + self.weights_trainable) / MiB:.1f}, "
+                f"gradients {self.gradients / MiB:.1f}, optimizer {self.optimizer_state / MiB:.1f}, "
+                f"activations {self.activations / MiB:.1f})")
+
+
+def _config_sizes(model: nn.Module) -> tuple[int, int, int]:
+    config = model.config
+    hidden = next(getattr(config, k) for k in ("hidden_size", "n_embd", "dim", "d_model") if hasattr(config, k))
+    heads = next(getattr(config, k) for k in ("num_attention_heads", "n_head", "n_heads") if hasattr(config, k))
+    inner = next((getattr(config, k) for k in ("intermediate_size", "n_inner", "hidden_dim")
+                  if getattr(config, k, None)), 4 * hidden)
+    return hidden, inner, heads
+
+
+def block_activation_bytes(model: nn.Module, batch_size: int, seq_len: int, bytes_per_value: int = 4,
+                           attention_matrices: bool | None = None) -> int:
+    """Bytes one transformer block keeps for backward at this batch size and sequence length."""
+    hidden, inner, heads = _config_sizes(model)
+    if attention_matrices is None:
+        # Eager attention keeps its probabilities; so does SDPA on the CPU, whose kernel with dropout is the
+        # composite "math" one. On CUDA, SDPA's fused kernels keep none.
+        on_cpu = next(model.parameters()).device.type == "cpu"
+        attention_matrices = on_cpu or getattr(model.config, "_attn_implementation", "eager") == "eager"
+    tokens = batch_size * seq_len
+    # 8 hidden-sized tensors and 2 MLP intermediates per token, as counted above; the extra 1.5 hidden-sized
+    # values and the third attention matrix were calibrated on what autograd saves for transformers' BERT
+    # (tests/test_inspection.py measures it with saved_tensors_hooks).
+    values = tokens * (19 * hidden // 2 + 2 * inner)
+    masks = 2 * tokens * hidden
+    if attention_matrices:
+        values += 3 * batch_size * heads * seq_len * seq_len
+        masks += batch_size * heads * seq_len * seq_len
+    return values * bytes_per_value + masks
+
+
+def estimate_memory(model: nn.Module, batch_size: int = 32, seq_len: int = 128, optimizer: str = "adamw",
+                    activation_bytes: int | None = None, attention_matrices: bool | None = None,
+                    groups: list[LayerGroup] | None = None) -> MemoryEstimate:
+    """Estimate the memory of one training step with the model's current trainable set.
+
+    ``activation_bytes`` is 2 under bf16/fp16 autocast; by default it is the parameters' element size.
+
+    >>> from layerfreeze import tiny_model, freeze_to
+    >>> model = tiny_model("bert")
+    >>> full = estimate_memory(model, batch_size=8, seq_len=64)
+    >>> _ = freeze_to(model, -1)
+    >>> head_only = estimate_memory(model, batch_size=8, seq_len=64)
+    >>> head_only.total < full.total and head_only.activations < full.activations / 10
+    True
+    """
+    if optimizer not in OPTIMIZER_STATES_PER_PARAM:
+        raise ValueError(f"unknown optimizer {optimizer!r}; valid: {', '.join(OPTIMIZER_STATES_PER_PARAM)}")
+    groups = groups if groups is not None else layer_groups(model)
+    params = list(model.parameters())
+    trainable = [p for p in params if p.requires_grad]
+    weights_trainable = sum(p.numel() * p.element_size() for p in trainable)
+    weights_frozen = sum(p.numel() * p.element_size() for p in params if not p.requires_grad)
+    optimizer_state = OPTIMIZER_STATES_PER_PARAM[optimizer] * weights_trainable
+    element = activation_bytes or (params[0].element_size() if params else 4)
+
+    lowest = next((i for i, g in enumerate(groups) if any(p.requires_grad for p in g.parameters.values())), None)
+    per_block = block_activation_bytes(model, batch_size, seq_len, element, attention_matrices)
+    hidden, _, _ = _config_sizes(model)
+    acts_frozen = acts_trainable = 0
+    if lowest is not None:
+        for group in groups[lowest:]:
+            if group.kind == "block":
+                size = per_block
+            elif group.kind == "embeddings":
+                size = batch_size * seq_len * (hidden * element + hidden)  # norm input + dropout mask
+            else:
+                size = _head_activation_bytes(model, batch_size, seq_len, element)
+            if any(p.requires_grad for p in group.parameters.values()):
+                acts_trainable += size
+            else:
+                acts_frozen += size
+    return MemoryEstimate(weights_frozen, weights_trainable, weights_trainable, optimizer_state,
+                          acts_frozen, acts_trainable)
+
+
+def _head_activation_bytes(model: nn.Module, batch_size: int, seq_len: int, element: int) -> int:
+    hidden, _, _ = _config_sizes(model)
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if output is not None:  # language-model head: logits over the vocabulary, plus their fp32 copy in the loss
+        return batch_size * seq_len * (hidden * element + output.weight.shape[0] * (element + 4))
+    return batch_size * seq_len * hidden * element

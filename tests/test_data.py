@@ -1,0 +1,135 @@
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+
+from layerfreeze import data as data_module
+from layerfreeze import encode, generate_task, load_task, num_labels
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+@pytest.mark.parametrize("task", ["a", "b"])
+def test_committed_files_are_the_generators_output(task):
+    splits = data_module.generate_splits(task)
+    for split, rows in splits.items():
+        lines = (DATA / f"task_{task}" / f"{split}.jsonl").read_text().splitlines()
+        assert [json.loads(line) for line in lines] == rows, f"regenerate with write_task_files('data') ({split})"
+
+
+def test_data_is_small():
+    assert sum(f.stat().st_size for f in DATA.rglob("*.jsonl")) < 5 * 2 ** 20
+
+
+@pytest.mark.parametrize("task", ["a", "b"])
+def test_splits_are_disjoint_balanced_and_noisy_as_documented(task):
+    splits = data_module.generate_splits(task)
+    texts = [set(r["text"] for r in rows) for rows in splits.values()]
+    assert not (texts[0] & texts[1]) and not (texts[0] & texts[2]) and not (texts[1] & texts[2])
+    counts = Counter(r["label"] for r in splits["train"])
+    classes = len(data_module.LABEL_NAMES[task])
+    assert len(counts) == classes
+    assert max(counts.values()) / min(counts.values()) < 1.25
+
+
+def test_label_noise_rate():
+    clean = generate_task("a", 4000, seed=7, label_noise=0.0)
+    noisy = generate_task("a", 4000, seed=7, label_noise=0.04)
+    # the same texts come out; only labels differ, on about 4% of rows
+    assert [r["text"] for r in clean] == [r["text"] for r in noisy]
+    flipped = sum(c["label"] != n["label"] for c, n in zip(clean, noisy)) / 4000
+    assert 0.03 < flipped < 0.05
+
+
+def test_task_a_needs_structure_not_just_words():
+    """Most reviews mix a positive and a negative clause, so counting sentiment words cannot solve the task."""
+    rows = generate_task("a", 3000, seed=3, label_noise=0.0)
+    positive, negative = set(data_module._POSITIVE), set(data_module._NEGATIVE)
+
+    def word_vote(text):
+        words = text.replace(",", " ").replace(".", " ").split()
+        return int(sum(w in positive for w in words) >= sum(w in negative for w in words))
+
+    accuracy = sum(word_vote(r["text"]) == r["label"] for r in rows) / len(rows)
+    assert accuracy < 0.7
+    markers = Counter(m for r in rows for m in ("but", "although", "not", "however") if re.search(rf"\b{m}\b", r["text"]))
+    assert all(markers[m] > 200 for m in ("but", "although", "not", "however"))
+
+
+def test_task_b_mentions_other_topics():
+    rows = generate_task("b", 1000, seed=3, label_noise=0.0)
+    side_remarks = sum(any(c in r["text"] for c in (" while ", " even as ", " just as ", " after ", " although "))
+                       or r["text"].startswith(("while", "even as", "just as", "after", "although")) for r in rows)
+    assert side_remarks > 500
+
+
+def test_generator_is_seeded():
+    assert generate_task("a", 50, seed=1) == generate_task("a", 50, seed=1)
+    assert generate_task("a", 50, seed=1) != generate_task("a", 50, seed=2)
+    with pytest.raises(ValueError, match="valid: a, b"):
+        generate_task("c", 5)
+
+
+def test_load_task_columns_and_labels():
+    splits = load_task("b", limit={"train": 64})
+    assert set(splits) == {"train", "validation", "test"}
+    assert splits["train"].column_names == ["text", "label"] and splits["train"].num_rows == 64
+    assert splits["train"].features["label"].names == ["sports", "technology", "food", "travel", "finance"]
+    assert num_labels(splits) == 5
+    assert splits["test"].num_rows == data_module.SPLIT_SIZES["test"]
+
+
+def test_load_task_without_files_generates_the_same(monkeypatch, tmp_path):
+    monkeypatch.setattr(data_module, "data_dir", lambda: None)
+    generated = load_task("a")
+    monkeypatch.undo()
+    assert generated["validation"]["text"] == load_task("a")["validation"]["text"]
+
+
+def test_bad_names_are_clear():
+    with pytest.raises(ValueError, match="valid: a, b, sst2, ag_news, imdb"):
+        load_task("mnli")
+    with pytest.raises(ValueError, match="valid splits: train, validation, test"):
+        load_task("a", limit={"dev": 10})
+
+
+@pytest.mark.parametrize("name, columns, splits", [
+    ("sst2", {"idx": [0], "sentence": ["x"]}, ["train", "validation", "test"]),
+    ("ag_news", {}, ["train", "test"]),
+    ("imdb", {}, ["train", "test", "unsupervised"]),
+])
+def test_hub_datasets_map_to_text_and_label(monkeypatch, name, columns, splits):
+    """Hub loading is mocked (no network here): the mapping to text/label columns is what is tested."""
+    text_column = data_module.HUB_DATASETS[name][1]
+
+    def fake_load_dataset(hub_id, *args, **kwargs):
+        assert hub_id == data_module.HUB_DATASETS[name][0]
+        def split(n, labelled=True):
+            labels = [i % 2 if labelled else -1 for i in range(n)]
+            features = {text_column: datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])}
+            if "idx" in columns:
+                features["idx"] = datasets.Value("int32")
+            return datasets.Dataset.from_dict({text_column: [f"t{i}" for i in range(n)], "label": labels,
+                                               **({"idx": list(range(n))} if "idx" in columns else {})},
+                                              features=None if not labelled else datasets.Features(features))
+        return datasets.DatasetDict({s: split(40, labelled=not (name == "sst2" and s == "test")) for s in splits})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    loaded = load_task(name)
+    assert set(loaded) == {"train", "validation", "test"}
+    for split in loaded.values():
+        assert split.column_names == ["text", "label"]
+        assert min(split["label"]) >= 0  # sst2's unlabelled test split is never used
+
+
+def test_encode(minilm):
+    _, tokenizer = minilm
+    split = load_task("a", limit={"train": 16})["train"]
+    dataset = encode(split, tokenizer, max_length=12)
+    ids, mask, labels = dataset.tensors
+    assert ids.shape == mask.shape == (16, 12) and labels.dtype == torch.long
+    assert labels.tolist() == split["label"]

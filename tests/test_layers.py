@@ -1,0 +1,93 @@
+import pytest
+import torch
+from torch import nn
+
+from layerfreeze import count_parameters, find_blocks_path, layer_groups, shared_parameters, tiny_model
+
+HEAD_MODULES = {  # what "head" means per family (classification models)
+    "bert": {"bert.pooler", "dropout", "classifier"},
+    "distilbert": {"pre_classifier", "classifier", "dropout"},
+    "roberta": {"classifier"},
+    "gpt2": {"transformer.ln_f", "score"},
+    "llama": {"model.norm", "model.rotary_emb", "score"},
+}
+BLOCK_PATHS = {"bert": "bert.encoder.layer", "distilbert": "distilbert.transformer.layer",
+               "roberta": "roberta.encoder.layer", "gpt2": "transformer.h", "llama": "model.layers"}
+
+
+def test_groups_of_each_family(family_model):
+    family, model = family_model
+    groups = layer_groups(model)
+    assert [g.name for g in groups] == ["embeddings", "block.0", "block.1", "block.2", "head"]
+    assert find_blocks_path(model) == BLOCK_PATHS[family]
+    assert set(groups[-1].modules) == HEAD_MODULES[family]
+    assert groups[0].num_params > 0 and groups[-1].num_params > 0
+    # every parameter lands in exactly one group
+    owned = [id(p) for g in groups for p in g.parameters.values()]
+    assert len(owned) == len(set(owned)) == len(list(model.parameters()))
+
+
+def test_embeddings_hold_the_token_embeddings(family_model):
+    _, model = family_model
+    embeddings = layer_groups(model)[0]
+    assert model.get_input_embeddings().weight in list(embeddings.parameters.values())
+
+
+class Custom(nn.Module):
+    """No known family: an input layer, a stack of blocks, an output layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Linear(4, 8)
+        self.stages = nn.ModuleList([nn.Linear(8, 8) for _ in range(2)])
+        self.blocks = nn.ModuleList([nn.Sequential(nn.Linear(8, 8), nn.ReLU()) for _ in range(5)])
+        self.out = nn.Linear(8, 2)
+
+
+def test_generic_rule_takes_the_longest_modulelist():
+    groups = layer_groups(Custom())
+    assert [g.name for g in groups][1:6] == [f"block.{i}" for i in range(5)]
+    assert set(groups[0].modules) == {"stem", "stages"}
+    assert set(groups[-1].modules) == {"out"}
+
+
+def test_explicit_blocks_path():
+    groups = layer_groups(Custom(), blocks="stages")
+    assert [g.name for g in groups] == ["embeddings", "block.0", "block.1", "head"]
+    with pytest.raises(ValueError, match="lists found: stages, blocks"):
+        layer_groups(Custom(), blocks="out")
+
+
+def test_no_blocks_is_a_clear_error_with_a_hint():
+    with pytest.raises(ValueError, match=r"blocks='encoder.layers'.*children are: 0, 1"):
+        layer_groups(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)))
+
+
+def test_tied_embeddings_are_reported_and_counted_once():
+    model = tiny_model("gpt2", task="causal-lm", num_layers=2)
+    assert shared_parameters(model) == [["transformer.wte.weight", "lm_head.weight"]]
+    groups = layer_groups(model)
+    assert groups[0].parameters["transformer.wte.weight"] is groups[-1].parameters["lm_head.weight"]
+    _, total = count_parameters(model)
+    with_twins = sum(p.numel() for _, p in model.named_parameters(remove_duplicate=False))
+    assert total == with_twins - model.lm_head.weight.numel()
+
+
+def test_untied_model_has_no_shared_parameters():
+    assert shared_parameters(tiny_model("gpt2", task="causal-lm", tie_word_embeddings=False)) == []
+
+
+def test_a_block_reused_twice_is_one_tensor():
+    model = Custom()
+    model.blocks[3] = model.blocks[1]
+    shared = shared_parameters(model)
+    assert ["blocks.1.0.weight", "blocks.3.0.weight"] in shared
+    groups = layer_groups(model)
+    assert groups[2].parameters["blocks.1.0.weight"] is groups[4].parameters["blocks.3.0.weight"]
+
+
+def test_parameter_on_the_root_is_an_error():
+    model = Custom()
+    model.scale = nn.Parameter(torch.ones(1))
+    with pytest.raises(ValueError, match="scale"):
+        layer_groups(model)
