@@ -133,3 +133,13 @@ def test_encode(minilm):
     ids, mask, labels = dataset.tensors
     assert ids.shape == mask.shape == (16, 12) and labels.dtype == torch.long
     assert labels.tolist() == split["label"]
+
+
+def test_data_card_counts_match_the_files():
+    card = (DATA / "README.md").read_text()
+    for task in "ab":
+        for split, rows in data_module.generate_splits(task).items():
+            counts = Counter(r["label"] for r in rows)
+            per_label = ", ".join(f"{name} {counts[i]}" for i, name in enumerate(data_module.LABEL_NAMES[task]))
+            assert f"| {task} | {split} | {len(rows)} | {per_label} |" in card
+    assert f"{data_module.LABEL_NOISE:.0%} of labels" in card

@@ -1,0 +1,145 @@
+import math
+
+import pytest
+import torch
+
+from layerfreeze import (assert_frozen_unchanged, fingerprint, freeze, freeze_to, tiny_model, train_only)
+from layerfreeze.training import (History, _cache_device, evaluate, fit, lr_multiplier, make_optimizer,
+                                  resolve_precision)
+
+
+def toy_task(n=64, seq=8, seed=0):
+    """Label = whether token 7 occurs in the text: learnable by a tiny model in a few steps."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(10, 60, (n, seq), generator=g)
+    labels = torch.randint(0, 2, (n,), generator=g)
+    ids[labels == 1, 3] = 7
+    return ids, torch.ones_like(ids), labels
+
+
+def test_fit_learns_and_reports():
+    model = tiny_model("bert", num_layers=2)
+    data = toy_task(96)
+    before = evaluate(model, data)
+    history = fit(model, data, data, epochs=6, lr=3e-3, batch_size=16, progress=False)
+    assert isinstance(history, History) and len(history.epochs) == 6
+    assert history.epochs[-1]["train_loss"] < history.epochs[0]["train_loss"]
+    assert history.final_accuracy > max(0.8, before["accuracy"])
+    assert history.steps == 6 * math.ceil(96 / 16) and history.examples == 6 * 96
+    assert history.step_seconds > 0 and history.examples_per_second > 0
+    assert history.peak_memory_bytes is not None and history.memory_kind == "cpu rss above start"
+    assert history.frame().index.tolist() == [1, 2, 3, 4, 5, 6]
+    summary = history.summary()
+    assert summary["final_accuracy"] == history.final_accuracy and len(summary["epoch_seconds"]) == 6
+
+
+def test_optimizer_holds_only_trainable_parameters_and_grads_end_as_none():
+    model = tiny_model("bert", num_layers=2)
+    freeze_to(model, -2)
+    optimizer = make_optimizer(model, 1e-3)
+    held = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert held == {id(p) for p in model.parameters() if p.requires_grad}
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.01, 0.0]
+    assert all(p.ndim < 2 for p in optimizer.param_groups[1]["params"])
+    fit(model, toy_task(32), epochs=1, batch_size=16, progress=False)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_frozen_parameters_stay_bit_identical_through_fit():
+    model = tiny_model("bert", num_layers=3)
+    freeze_to(model, -2)
+    before = fingerprint(model)
+    fit(model, toy_task(32), epochs=2, batch_size=8, lr=1e-2, weight_decay=0.5, progress=False)
+    assert assert_frozen_unchanged(model, before) > 0
+
+
+def test_nothing_trainable_is_a_clear_error():
+    model = tiny_model("bert")
+    freeze(model, allow_nothing_trainable=True)
+    with pytest.raises(ValueError, match="no trainable parameter"):
+        fit(model, toy_task(8), progress=False)
+
+
+@pytest.mark.parametrize("family", ["bert", "distilbert", "roberta", "llama"])
+def test_cache_matches_the_uncached_run(family):
+    """Same seed, same data: with the frozen prefix cached, losses, accuracies and weights agree to 1e-5."""
+    data, held_out = toy_task(48, seed=1), toy_task(32, seed=2)
+    runs = {}
+    for cache in (False, True):
+        model = tiny_model(family, num_layers=4, seed=3)
+        freeze_to(model, -3, eval_frozen=True)
+        history = fit(model, data, held_out, epochs=2, batch_size=16, lr=1e-3, seed=5, cache_prefix=cache,
+                      progress=False)
+        runs[cache] = (history, {n: p.detach().clone() for n, p in model.named_parameters()})
+    (plain, plain_weights), (cached, cached_weights) = runs[False], runs[True]
+    assert cached.cached_groups == ["embeddings", "block.0", "block.1"] and plain.cached_groups == []
+    for a, b in zip(plain.epochs, cached.epochs):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
+        assert a["eval_loss"] == pytest.approx(b["eval_loss"], abs=1e-5)
+        assert a["eval_accuracy"] == b["eval_accuracy"]
+    for name, weight in plain_weights.items():
+        torch.testing.assert_close(cached_weights[name], weight, atol=1e-5, rtol=1e-4)
+
+
+def test_model_is_whole_again_after_a_cached_fit():
+    model = tiny_model("bert", num_layers=3)
+    modules_before = [type(m) for m in model.modules()]
+    freeze_to(model, -2, eval_frozen=True)
+    fit(model, toy_task(16), epochs=1, batch_size=8, cache_prefix=True, progress=False)
+    assert [type(m) for m in model.modules()] == modules_before
+
+
+def test_cache_refuses_active_dropout_in_the_prefix():
+    model = tiny_model("bert", num_layers=3)
+    freeze_to(model, -2)  # frozen, but still in train mode when fit calls model.train()
+    with pytest.raises(ValueError, match="dropout .* is active.*eval_frozen=True"):
+        fit(model, toy_task(16), cache_prefix=True, progress=False)
+
+
+def test_cache_refuses_a_trainable_parameter_in_the_prefix():
+    model = tiny_model("bert", num_layers=3)
+    train_only(model, "block.1", "head", eval_frozen=True)
+    with pytest.raises(ValueError, match="cannot cache block.1: it holds trainable parameters"):
+        fit(model, toy_task(16), cache_prefix=3, progress=False)
+    with pytest.raises(ValueError, match="group count from 1 to 4"):
+        fit(model, toy_task(16), cache_prefix=9, progress=False)
+
+
+def test_cache_needs_a_frozen_prefix_and_one_embeddings_module():
+    with pytest.raises(ValueError, match="embeddings are trainable"):
+        fit(tiny_model("bert"), toy_task(16), cache_prefix=True, progress=False)
+    gpt2 = tiny_model("gpt2")
+    freeze_to(gpt2, -2, eval_frozen=True)
+    with pytest.raises(ValueError, match="transformer.wte, transformer.wpe"):
+        fit(gpt2, toy_task(16), cache_prefix=True, progress=False)
+
+
+def test_cache_spills_to_cpu_when_the_gpu_is_short(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1000, 4000))
+    assert _cache_device(torch.device("cuda"), 400) == torch.device("cuda")
+    assert _cache_device(torch.device("cuda"), 600) == torch.device("cpu")
+    assert _cache_device(torch.device("cpu"), 10) == torch.device("cpu")
+
+
+def test_lr_schedules():
+    linear = [lr_multiplier(s, 100, 10, "linear") for s in range(100)]
+    cosine = [lr_multiplier(s, 100, 10, "cosine") for s in range(100)]
+    assert linear[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])
+    assert linear[10] == 1.0 and linear[55] == pytest.approx(0.5) and linear[-1] < 0.02
+    assert cosine[10] == 1.0 and cosine[55] == pytest.approx(0.5) and cosine[-1] < 0.001
+    assert all(a >= b for a, b in zip(linear[10:], linear[11:]))
+    assert lr_multiplier(50, 100, 0, "constant") == 1.0
+    with pytest.raises(ValueError, match="linear, cosine, constant"):
+        lr_multiplier(0, 10, 0, "step")
+
+
+def test_precision(monkeypatch):
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    with pytest.raises(ValueError, match="for CUDA"):
+        resolve_precision("bf16", torch.device("cpu"))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # a T4
+    assert resolve_precision("auto", torch.device("cuda")) == "fp16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_precision("auto", torch.device("cuda")) == "bf16"
+    with pytest.raises(ValueError, match="auto, fp32, bf16, fp16"):
+        resolve_precision("int8", torch.device("cpu"))
