@@ -8,6 +8,8 @@ The public API, by concept:
 * freezing: :func:`freeze`, :func:`unfreeze`, :func:`train_only`, :func:`freeze_to`, :func:`bitfit`,
   :func:`frozen`, :func:`fingerprint`, :func:`assert_frozen_unchanged`
 * data: :func:`load_task`, :func:`encode`
+* training: :func:`fit`, :func:`evaluate`, :class:`History`
+* strategies: :class:`Strategy`, :func:`apply_preset`, :func:`run_strategy`
 * the course's notebook contract: :func:`resolve_profile`, :func:`save_metrics`, :func:`save_figure`
 """
 
@@ -20,7 +22,10 @@ from .inspection import group_table, parameter_table
 from .layers import LayerGroup, find_blocks_path, layer_groups, num_blocks, shared_parameters
 from .memory import MemoryEstimate, estimate_memory
 from .models import MINILM_SHA256, load_model, resolve_model_source, tiny_model
-from .plots import plot_memory, plot_parameter_groups
+from .plots import (plot_accuracy_vs, plot_epoch_curves, plot_measured_vs_estimated_memory, plot_memory,
+                    plot_parameter_groups)
+from .strategies import PRESETS, Strategy, apply_preset, apply_strategy, fresh_copy, run_strategy
+from .training import History, evaluate, fit, lr_multiplier, make_optimizer
 
 __version__ = "0.1.0"
 
@@ -34,5 +39,8 @@ __all__ = [
     "LayerGroup", "find_blocks_path", "layer_groups", "num_blocks", "shared_parameters",
     "MemoryEstimate", "estimate_memory",
     "MINILM_SHA256", "load_model", "resolve_model_source", "tiny_model",
-    "plot_memory", "plot_parameter_groups",
+    "plot_accuracy_vs", "plot_epoch_curves", "plot_measured_vs_estimated_memory", "plot_memory",
+    "plot_parameter_groups",
+    "PRESETS", "Strategy", "apply_preset", "apply_strategy", "fresh_copy", "run_strategy",
+    "History", "evaluate", "fit", "lr_multiplier", "make_optimizer",
 ]

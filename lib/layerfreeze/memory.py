@@ -45,6 +45,11 @@ class MemoryEstimate:
     def total(self) -> int:
         return sum(asdict(self).values())
 
+    @property
+    def training_overhead(self) -> int:
+        """What training adds on top of the loaded weights: gradients, optimizer state and activations."""
+        return self.gradients + self.optimizer_state + self.activations
+
     def table(self, unit: int = MiB) -> pd.DataFrame:
         """Components x (frozen, trainable, total), in MiB by default."""
         rows = {

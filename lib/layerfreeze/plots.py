@@ -55,3 +55,46 @@ def plot_memory(estimates: dict[str, MemoryEstimate], ax=None, measured_mib: dic
     ax.legend(frameon=False, fontsize="small")
     ax.tick_params(axis="x", rotation=20)
     return ax
+
+
+def plot_accuracy_vs(results: pd.DataFrame, x: str = "trainable_params", ax=None, log: bool = True,
+                     label: str = "name"):
+    """Test accuracy of each strategy against a cost column (trainable parameters, wall time ...)."""
+    ax = _axes(ax)
+    ax.scatter(results[x], results["test_accuracy"], color=TRAINABLE_COLOR, zorder=3)
+    for _, row in results.iterrows():
+        ax.annotate(row[label], (row[x], row["test_accuracy"]), textcoords="offset points", xytext=(5, 4),
+                    fontsize="small")
+    if log:
+        ax.set_xscale("log")
+    ax.set_xlabel(x.replace("_", " "))
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def plot_measured_vs_estimated_memory(results: pd.DataFrame, ax=None, label: str = "name"):
+    """Grouped bars per strategy: what training adds on top of the weights, estimated beside measured (MiB)."""
+    ax = _axes(ax)
+    xs = range(len(results))
+    width = 0.4
+    ax.bar([x - width / 2 for x in xs], results["estimated_overhead_mib"], width, color=MEMORY_COLORS["weights"],
+           label="estimate (gradients + AdamW state + activations)")
+    ax.bar([x + width / 2 for x in xs], results["peak_memory_mib"], width, color=MEMORY_COLORS["activations"],
+           label=f"measured ({results['memory_kind'].iloc[0]})")
+    ax.set_xticks(list(xs), results[label], rotation=20)
+    ax.set_ylabel("MiB")
+    ax.legend(frameon=False, fontsize="small")
+    return ax
+
+
+def plot_epoch_curves(curves: dict[str, list[float]], ax=None, ylabel: str = "validation accuracy"):
+    """One line per run: a metric after each epoch."""
+    ax = _axes(ax)
+    for name, values in curves.items():
+        ax.plot(range(1, len(values) + 1), values, marker="o", label=name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False, fontsize="small")
+    return ax

@@ -105,13 +105,15 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.01, devi
 # --- memory --------------------------------------------------------------------------------------------------------
 
 class PeakMemory:
-    """Peak memory during a block: CUDA's max allocated bytes, or on the CPU the process's resident set size,
-    sampled every few milliseconds by a thread (less the RSS at the start)."""
+    """Peak memory a block adds to what was there at its start: on CUDA, PyTorch's peak allocated bytes less those
+    allocated at the start; on the CPU, the process's resident set size sampled every few milliseconds by a
+    thread, less the RSS at the start. Weights loaded before the block are therefore not counted, which makes the
+    figure comparable with :attr:`MemoryEstimate.training_overhead <layerfreeze.MemoryEstimate.training_overhead>`."""
 
     def __init__(self, device: torch.device, interval: float = 0.005):
         self.device, self.interval = device, interval
         self.peak_bytes = 0
-        self.kind = "cuda max allocated" if device.type == "cuda" else "cpu rss above start"
+        self.kind = "cuda allocated above start" if device.type == "cuda" else "cpu rss above start"
         self._stop = threading.Event()
 
     @staticmethod
@@ -131,6 +133,7 @@ class PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
         else:
             self._thread = threading.Thread(target=self._sample, args=(self.rss_bytes(),), daemon=True)
             self._thread.start()
@@ -139,7 +142,7 @@ class PeakMemory:
     def __exit__(self, *exc) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-            self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
+            self.peak_bytes = torch.cuda.max_memory_allocated(self.device) - self._start
         else:
             self._stop.set()
             self._thread.join()
