@@ -30,8 +30,8 @@ import torch
 import layerfreeze as lf
 from layerfreeze.training import PeakMemory, lr_multiplier, resolve_precision
 
-CONFIGURATIONS = {"full": ("all", None), "top half": ("top", "half"), "top 2 blocks": ("top", 2), "top 1 block": ("top", 1),
-                  "head only": ("head", None)}
+CONFIGURATIONS = {"full": ("all", None), "top half": ("top", "half"), "top 2 blocks": ("top", 2),
+                  "top 1 block": ("top", 1), "head only": ("head", None)}
 
 
 def configure(model, name):

@@ -4,8 +4,10 @@ import pytest
 import torch
 
 from layerfreeze import (assert_frozen_unchanged, fingerprint, freeze, freeze_to, tiny_model, train_only)
-from layerfreeze.training import (History, _cache_device, evaluate, fit, lr_multiplier, make_optimizer,
-                                  resolve_precision)
+from layerfreeze.cache import cache_device
+from layerfreeze.precision import resolve_precision
+from layerfreeze.schedules import lr_multiplier
+from layerfreeze.training import History, evaluate, fit, make_optimizer
 
 
 def toy_task(n=64, seq=8, seed=0):
@@ -39,8 +41,9 @@ def test_optimizer_holds_only_trainable_parameters_and_grads_end_as_none():
     optimizer = make_optimizer(model, 1e-3)
     held = {id(p) for g in optimizer.param_groups for p in g["params"]}
     assert held == {id(p) for p in model.parameters() if p.requires_grad}
-    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.01, 0.0]
-    assert all(p.ndim < 2 for p in optimizer.param_groups[1]["params"])
+    assert [(g["layer_group"], g["weight_decay"]) for g in optimizer.param_groups] == [
+        ("block.1", 0.01), ("block.1", 0.0), ("head", 0.01), ("head", 0.0)]
+    assert all(p.ndim < 2 for g in optimizer.param_groups[1::2] for p in g["params"])
     fit(model, toy_task(32), epochs=1, batch_size=16, progress=False)
     assert all(p.grad is None for p in model.parameters())
 
@@ -116,9 +119,9 @@ def test_cache_needs_a_frozen_prefix_and_one_embeddings_module():
 
 def test_cache_spills_to_cpu_when_the_gpu_is_short(monkeypatch):
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1000, 4000))
-    assert _cache_device(torch.device("cuda"), 400) == torch.device("cuda")
-    assert _cache_device(torch.device("cuda"), 600) == torch.device("cpu")
-    assert _cache_device(torch.device("cpu"), 10) == torch.device("cpu")
+    assert cache_device(torch.device("cuda"), 400) == torch.device("cuda")
+    assert cache_device(torch.device("cuda"), 600) == torch.device("cpu")
+    assert cache_device(torch.device("cpu"), 10) == torch.device("cpu")
 
 
 def test_lr_schedules():
@@ -143,3 +146,15 @@ def test_precision(monkeypatch):
     assert resolve_precision("auto", torch.device("cuda")) == "bf16"
     with pytest.raises(ValueError, match="auto, fp32, bf16, fp16"):
         resolve_precision("int8", torch.device("cpu"))
+
+
+def test_discriminative_learning_rates():
+    model = tiny_model("bert", num_layers=2)
+    freeze_to(model, -3)
+    optimizer = make_optimizer(model, {"head": 1e-2, "block.1": 1e-3, "default": 1e-4})
+    rates = {g["layer_group"]: g["lr"] for g in optimizer.param_groups}
+    assert rates == {"block.0": 1e-4, "block.1": 1e-3, "head": 1e-2}
+    with pytest.raises(ValueError, match="unknown groups \\['block.7'\\]; valid: embeddings, block.0, block.1, head"):
+        make_optimizer(model, {"block.7": 1e-3})
+    with pytest.raises(ValueError, match="no learning rate for trainable group 'block.0'"):
+        make_optimizer(model, {"head": 1e-3, "block.1": 1e-3})

@@ -25,7 +25,10 @@ from .models import MINILM_SHA256, load_model, resolve_model_source, tiny_model
 from .plots import (plot_accuracy_vs, plot_epoch_curves, plot_measured_vs_estimated_memory, plot_memory,
                     plot_parameter_groups)
 from .strategies import PRESETS, Strategy, apply_preset, apply_strategy, fresh_copy, run_strategy
-from .training import History, evaluate, fit, lr_multiplier, make_optimizer
+from .schedules import (Schedule, chain_thaw, constant_schedule, discriminative_lrs, gradual_unfreezing,
+                        layerwise_decay, lr_multiplier, spread_lrs)
+from .training import (History, enable_gradient_checkpointing, evaluate, fit, follow_schedule, make_optimizer,
+                       parameter_groups)
 
 __version__ = "0.1.0"
 
@@ -42,5 +45,8 @@ __all__ = [
     "plot_accuracy_vs", "plot_epoch_curves", "plot_measured_vs_estimated_memory", "plot_memory",
     "plot_parameter_groups",
     "PRESETS", "Strategy", "apply_preset", "apply_strategy", "fresh_copy", "run_strategy",
-    "History", "evaluate", "fit", "lr_multiplier", "make_optimizer",
+    "Schedule", "chain_thaw", "constant_schedule", "discriminative_lrs", "gradual_unfreezing", "layerwise_decay",
+    "lr_multiplier", "spread_lrs",
+    "History", "enable_gradient_checkpointing", "evaluate", "fit", "follow_schedule", "make_optimizer",
+    "parameter_groups",
 ]

@@ -28,13 +28,20 @@ PRESETS = ("head", "top", "bottom", "all", "bitfit")
 
 @dataclass
 class Strategy:
-    """What trains (``preset``, ``k``), how fast (``lr``), and from what (pretrained, or random if ``from_scratch``)."""
+    """What trains (``preset``, ``k``), how fast (``lr`` for the body, ``head_lr`` for the new head, which needs a
+    larger step), and from what (pretrained, or random weights if ``from_scratch``)."""
 
     name: str
     preset: str
     k: int | None = None
-    lr: float = 5e-5
+    lr: float = 1e-4
+    head_lr: float | None = 1e-3
     from_scratch: bool = False
+
+    @property
+    def learning_rates(self) -> float | dict[str, float]:
+        """What :func:`~layerfreeze.fit` takes as ``lr``."""
+        return self.lr if self.head_lr is None else {"head": self.head_lr, "default": self.lr}
 
 
 def apply_preset(model: nn.Module, preset: str, k: int | None = None, eval_frozen: bool = True) -> FreezeReport:
@@ -87,7 +94,8 @@ def run_strategy(base: nn.Module, strategy: Strategy, train_data, eval_data, tes
     device = next(model.parameters()).device
     groups = layer_groups(model)
     use_cache = cache_prefix and groups[0].trainable is False
-    history = fit(model, train_data, eval_data, epochs=epochs, lr=strategy.lr, batch_size=batch_size, seed=seed,
+    history = fit(model, train_data, eval_data, epochs=epochs, lr=strategy.learning_rates, batch_size=batch_size,
+                  seed=seed,
                   cache_prefix=use_cache, progress=progress, **fit_options)
     start = time.perf_counter()
     test = evaluate(model, test_data, device=device)
@@ -110,7 +118,7 @@ def run_strategy(base: nn.Module, strategy: Strategy, train_data, eval_data, tes
         apply_strategy(uncached, strategy)
         subset = tuple(t[: time_uncached_steps * batch_size] for t in
                        (train_data.tensors if hasattr(train_data, "tensors") else train_data))
-        timing = fit(uncached, subset, epochs=1, lr=strategy.lr, batch_size=batch_size, seed=seed,
+        timing = fit(uncached, subset, epochs=1, lr=strategy.learning_rates, batch_size=batch_size, seed=seed,
                      cache_prefix=False, progress=False, **fit_options)
         row["step_seconds_uncached"] = timing.step_seconds
         row["epoch_seconds_uncached"] = timing.step_seconds * steps_per_epoch

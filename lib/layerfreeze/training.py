@@ -1,13 +1,15 @@
-"""A lean training loop: :func:`fit` and :func:`evaluate`, with an optional frozen-prefix feature cache.
+"""A lean training loop: :func:`fit` and :func:`evaluate`.
 
 ``fit`` does what a careful hand-written loop does and nothing more per step: AdamW (fused on CUDA) over the
-trainable parameters only, warm-up then a linear or cosine schedule, mixed precision on CUDA (bf16 where the card
-supports it, else fp16 with a GradScaler), gradient clipping, ``zero_grad(set_to_none=True)``, one evaluation per
-epoch, and a :class:`History` of what happened.
+trainable parameters only, one parameter group per layer group (discriminative rates), warm-up then a decaying
+learning rate, mixed precision on CUDA (bf16 where the card supports it, else fp16 with a GradScaler), gradient
+clipping, ``zero_grad(set_to_none=True)``, one evaluation per epoch, and a :class:`History` of what happened.
 
-The **frozen-prefix cache** (``cache_prefix=True``): when the embeddings and the lowest blocks are frozen and in eval
-mode, their output is the same every epoch, so ``fit`` computes it once and trains only the rest. Results match the
-uncached run up to float rounding (``tests/test_training.py`` checks 1e-5 on the loss on CPU, fp32).
+It also follows a :class:`~layerfreeze.schedules.Schedule` (gradual unfreezing, chain-thaw): when groups unfreeze,
+their parameters join the live optimizer as new parameter groups with their own rate, and the parameters already
+training keep their optimizer state (as Lightning's ``BaseFinetuning`` does). Under ``torchrun`` it trains with
+DistributedDataParallel and re-wraps the model whenever the trainable set changes, because DDP registers the
+parameters that need gradients when it is built. The frozen-prefix cache lives in :mod:`layerfreeze.cache`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import math
 import os
 import threading
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -24,13 +26,12 @@ import pandas as pd
 import torch
 from torch import nn
 
+from . import cache as feature_cache
 from .course import seed_everything
-from .freezing import count_parameters, frozen_in_eval
+from .freezing import count_parameters, train_only
 from .layers import LayerGroup, layer_groups
-
-SCHEDULES = ("linear", "cosine", "constant")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
+from .precision import autocast, resolve_precision
+from .schedules import Schedule, constant_schedule
 
 # --- data --------------------------------------------------------------------------------------------------------
 
@@ -43,63 +44,72 @@ def _tensors(data) -> tuple[torch.Tensor, ...]:
     return tensors
 
 
-def _batches(n: int, batch_size: int, shuffle: bool, seed: int) -> Iterator[torch.Tensor]:
+def _batches(n: int, batch_size: int, shuffle: bool, seed: int, rank: int = 0,
+             world_size: int = 1) -> Iterator[torch.Tensor]:
+    """Index batches; with several processes each takes every ``world_size``-th example of one shared order."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if shuffle else torch.arange(n)
-    for start in range(0, n, batch_size):
+    order = order[rank::world_size]
+    for start in range(0, len(order), batch_size):
         yield order[start:start + batch_size]
 
 
 # --- schedules and precision ---------------------------------------------------------------------------------------
 
-def lr_multiplier(step: int, total_steps: int, warmup_steps: int = 0, schedule: str = "linear") -> float:
-    """The factor on the base learning rate at ``step``: linear warm-up, then linear or cosine decay to 0.
+def parameter_groups(model: nn.Module, lr: float | dict[str, float], weight_decay: float = 0.01,
+                     groups: list[LayerGroup] | None = None, trainable_only: bool = True) -> list[dict]:
+    """Optimizer parameter groups: one per layer group (and per decay / no-decay), each with its learning rate.
 
-    >>> [round(lr_multiplier(s, 10, 2), 2) for s in (0, 1, 2, 6, 9)]
-    [0.5, 1.0, 1.0, 0.5, 0.12]
+    ``lr`` is one rate for everything, or ``{group name: rate}`` with an optional ``"default"`` for the groups it
+    does not name (discriminative learning rates). Biases and norm weights (1-D tensors) get no weight decay. A
+    tensor shared by two groups joins the first. Each dict carries ``"layer_group"`` so that groups can be found
+    again, e.g. to change their rate.
+
+    >>> from layerfreeze import tiny_model, freeze_to
+    >>> model = tiny_model("bert", num_layers=2)
+    >>> _ = freeze_to(model, -2)
+    >>> [(g["layer_group"], g["lr"]) for g in parameter_groups(model, {"head": 1e-3, "default": 1e-4})][::2]
+    [('block.1', 0.0001), ('head', 0.001)]
     """
-    if schedule not in SCHEDULES:
-        raise ValueError(f"unknown schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if schedule == "constant":
-        return 1.0
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    if schedule == "linear":
-        return max(0.0, 1.0 - progress)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    groups = groups if groups is not None else layer_groups(model)
+    names = [g.name for g in groups]
+    if isinstance(lr, dict):
+        unknown = set(lr) - set(names) - {"default"}
+        if unknown:
+            raise ValueError(f"learning rates name unknown groups {sorted(unknown)}; valid: {', '.join(names)}, "
+                             "default")
+        rates = {name: lr.get(name, lr.get("default")) for name in names}
+    else:
+        rates = {name: lr for name in names}
+    seen: set[int] = set()
+    result = []
+    for group in groups:
+        params = [p for p in group.parameters.values()
+                  if id(p) not in seen and (p.requires_grad or not trainable_only)]
+        seen.update(id(p) for p in params)
+        if not params:
+            continue
+        if rates[group.name] is None:
+            raise ValueError(f"no learning rate for trainable group {group.name!r}: name it, or add a 'default'")
+        for decay, members in ((weight_decay, [p for p in params if p.ndim >= 2]),
+                               (0.0, [p for p in params if p.ndim < 2])):
+            if members:
+                result.append({"params": members, "lr": rates[group.name], "weight_decay": decay,
+                               "layer_group": group.name})
+    return result
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` is bf16 on a CUDA card that supports it, fp16 on older cards (Colab's T4), fp32 on the CPU."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
-    if device.type != "cuda":
-        if precision in ("bf16", "fp16"):
-            raise ValueError(f"precision={precision!r} is for CUDA; on {device.type} use 'fp32' or 'auto'")
-        return "fp32"
-    if precision == "auto":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return precision
-
-
-def _autocast(precision: str, device: torch.device):
-    if precision == "fp32":
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
-def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.01, device: torch.device | None = None):
-    """AdamW over the trainable parameters only, with no weight decay on biases and norm weights (1-D tensors);
-    fused on CUDA."""
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if not trainable:
+def make_optimizer(model: nn.Module, lr: float | dict[str, float], weight_decay: float = 0.01,
+                   device: torch.device | None = None):
+    """AdamW over the trainable parameters only, one parameter group per layer group (see
+    :func:`parameter_groups`), no weight decay on biases and norm weights; fused on CUDA."""
+    if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("the model has no trainable parameter: unfreeze something first, e.g. "
                          "layerfreeze.freeze_to(model, -1) to train the head")
-    groups = [{"params": [p for _, p in trainable if p.ndim >= 2], "weight_decay": weight_decay},
-              {"params": [p for _, p in trainable if p.ndim < 2], "weight_decay": 0.0}]
-    groups = [g for g in groups if g["params"]]
     device = device or next(model.parameters()).device
-    return torch.optim.AdamW(groups, lr=lr, fused=device.type == "cuda")
+    groups = parameter_groups(model, lr, weight_decay)
+    for group in groups:
+        group["base_lr"] = group["lr"]
+    return torch.optim.AdamW(groups, lr=groups[0]["lr"], fused=device.type == "cuda")
 
 
 # --- memory --------------------------------------------------------------------------------------------------------
@@ -166,6 +176,7 @@ class History:
     cached_groups: list[str] = field(default_factory=list)
     trainable_params: int = 0
     total_params: int = 0
+    phases: list[tuple[int, list[str]]] = field(default_factory=list)  # (step, groups that train from then on)
 
     @property
     def step_seconds(self) -> float:
@@ -199,7 +210,7 @@ class History:
                 "peak_memory_mib": None if self.peak_memory_bytes is None else self.peak_memory_bytes / 2 ** 20,
                 "memory_kind": self.memory_kind, "precision": self.precision, "cached_groups": self.cached_groups,
                 "trainable_params": self.trainable_params, "total_params": self.total_params,
-                "epochs": self.epochs}
+                "phases": self.phases, "epochs": self.epochs}
 
     def __repr__(self) -> str:
         last = self.epochs[-1] if self.epochs else {}
@@ -209,169 +220,45 @@ class History:
                 + (f", eval accuracy {accuracy:.3f}" if accuracy is not None else "") + ")")
 
 
-# --- the frozen-prefix cache ---------------------------------------------------------------------------------------
+# --- distributed ---------------------------------------------------------------------------------------------------
 
-class _StopForward(Exception):
-    pass
+def distributed_context() -> tuple[int, int]:
+    """``(rank, world_size)``; joins the process group when launched by ``torchrun`` / ``accelerate launch``."""
+    import torch.distributed as dist
 
-
-class _CachedOutput(nn.Module):
-    """Stands in for the embeddings: returns the cached output of the frozen prefix for the current batch."""
-
-    def __init__(self):
-        super().__init__()
-        self.value: torch.Tensor | None = None
-
-    def forward(self, *args, **kwargs):
-        return self.value
+    if not dist.is_available():
+        return 0, 1
+    if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if not dist.is_initialized():
+        return 0, 1
+    return dist.get_rank(), dist.get_world_size()
 
 
-class _PassThrough(nn.Module):
-    """Stands in for a cached block: returns its hidden-state input unchanged, in the block's output structure."""
-
-    def __init__(self, returns_tuple: bool):
-        super().__init__()
-        self.returns_tuple = returns_tuple
-
-    def forward(self, hidden_states, *args, **kwargs):
-        return (hidden_states,) if self.returns_tuple else hidden_states
+def _wrap(model: nn.Module, device: torch.device, world_size: int) -> nn.Module:
+    """DistributedDataParallel over the parameters that train *now* (rebuilt after every change of that set)."""
+    if world_size == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def cacheable_prefix(model: nn.Module, groups: list[LayerGroup] | None = None) -> int:
-    """How many leading groups (embeddings, block.0, ...) are fully frozen and could be cached (0 if none)."""
-    groups = groups if groups is not None else layer_groups(model)
-    count = 0
-    for group in groups[:-1]:  # the head is never cached
-        if group.trainable is not False:
-            break
-        count += 1
-    return count
+def _is_compiled(model: nn.Module) -> bool:
+    return hasattr(model, "_orig_mod")
 
 
-def _check_cache(model: nn.Module, groups: list[LayerGroup], prefix: int) -> None:
-    embeddings = groups[0]
-    if len(embeddings.modules) != 1:
-        raise ValueError(f"the feature cache needs the embeddings to be one module; {type(model).__name__} has "
-                         f"{', '.join(embeddings.modules)}. Train without cache_prefix.")
-    for group in groups[:prefix]:
-        trainable = [n for n, p in group.parameters.items() if p.requires_grad]
-        if trainable:
-            raise ValueError(f"cannot cache {group.name}: it holds trainable parameters ({', '.join(trainable[:3])}). "
-                             "The cache is only correct for a fully frozen prefix.")
-    held_in_eval = set(frozen_in_eval(model))
-    for group in groups[:prefix]:
-        active = [name for module_name, module in group.modules.items()
-                  for name, m in module.named_modules(prefix=module_name)
-                  if isinstance(m, nn.Dropout) and m.p > 0]
-        if active and group.name not in held_in_eval:
-            raise ValueError(f"cannot cache {group.name}: its dropout ({active[0]}, ...) is active in training, so its "
-                             "output changes every epoch. Freeze with eval_frozen=True (e.g. "
-                             "freeze_to(model, -3, eval_frozen=True)) to keep the frozen prefix in eval mode.")
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Recompute activations in backward instead of keeping them, in the form that works with frozen embeddings.
 
-
-def _requested_prefix(model: nn.Module, groups: list[LayerGroup], cache_prefix: bool | int) -> int:
-    """How many groups to cache: all fully frozen leading groups for ``True``, or exactly ``cache_prefix``."""
-    if cache_prefix is False:
-        return 0
-    if cache_prefix is True:
-        prefix = cacheable_prefix(model, groups)
-        if prefix == 0:
-            raise ValueError("cache_prefix=True, but the embeddings are trainable: there is no frozen prefix to "
-                             "cache. Freeze the bottom groups first, e.g. freeze_to(model, -3, eval_frozen=True).")
+    With the old re-entrant checkpoint, a block whose *input* does not require grad (it comes from frozen
+    embeddings) gets no gradient at all, so its trainable weights silently stop learning. The non-re-entrant
+    implementation (``use_reentrant=False``) has no such limit; the classic workaround was
+    ``model.enable_input_require_grads()``.
+    """
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers 5 renamed it
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:
-        prefix = cache_prefix
-        if isinstance(prefix, bool) or not isinstance(prefix, int) or not 1 <= prefix < len(groups):
-            raise ValueError(f"cache_prefix must be True, False or a group count from 1 to {len(groups) - 1} "
-                             f"(the groups are {', '.join(g.name for g in groups)}); got {cache_prefix!r}")
-    _check_cache(model, groups, prefix)
-    return prefix
-
-
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> nn.Module:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    old = parent[int(child)] if child.isdigit() else getattr(parent, child)
-    if child.isdigit():
-        parent[int(child)] = module
-    else:
-        setattr(parent, child, module)
-    return old
-
-
-def compute_prefix_outputs(model: nn.Module, groups: list[LayerGroup], prefix: int, inputs: tuple[torch.Tensor, ...],
-                           batch_size: int, device: torch.device, precision: str,
-                           store_device: torch.device | None = None) -> torch.Tensor:
-    """The output of the first ``prefix`` groups for every example, computed once in eval mode."""
-    last = groups[prefix - 1]
-    (module,) = list(last.modules.values())
-    captured = {}
-
-    def capture(_, __, output):
-        captured["value"] = output[0] if isinstance(output, tuple) else output
-        raise _StopForward
-
-    was_training = model.training
-    model.eval()
-    handle = module.register_forward_hook(capture)
-    chunks = []
-    try:
-        with torch.no_grad(), _autocast(precision, device):
-            for index in _batches(len(inputs[0]), batch_size, shuffle=False, seed=0):
-                try:
-                    model(input_ids=inputs[0][index].to(device), attention_mask=inputs[1][index].to(device))
-                except _StopForward:
-                    pass
-                chunks.append(captured["value"].to(store_device or device))
-    finally:
-        handle.remove()
-        model.train(was_training)
-    return torch.cat(chunks)
-
-
-def _cache_device(device: torch.device, nbytes: int) -> torch.device:
-    """Keep the cache on the GPU when it takes under half the free memory; otherwise spill it to CPU memory."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        if nbytes < free / 2:
-            return device
-    return torch.device("cpu")
-
-
-@contextmanager
-def _prefix_replaced(model: nn.Module, groups: list[LayerGroup], prefix: int, returns_tuple: bool):
-    """Swap the cached groups for stand-ins; yields the embeddings stand-in, whose ``value`` to set per batch."""
-    stand_in = _CachedOutput()
-    swapped = {}
-    (embeddings_name,) = groups[0].modules
-    swapped[embeddings_name] = _set_module(model, embeddings_name, stand_in)
-    for group in groups[1:prefix]:
-        for name in group.modules:
-            swapped[name] = _set_module(model, name, _PassThrough(returns_tuple))
-    try:
-        yield stand_in
-    finally:
-        for name, module in swapped.items():
-            _set_module(model, name, module)
-
-
-def _block_returns_tuple(model: nn.Module, groups: list[LayerGroup], inputs, device) -> bool:
-    blocks = [g for g in groups if g.kind == "block"]
-    (block,) = blocks[0].modules.values()
-    seen = {}
-
-    def record(_, __, output):
-        seen["tuple"] = isinstance(output, tuple)
-        raise _StopForward
-
-    handle = block.register_forward_hook(record)
-    try:
-        with torch.no_grad():
-            model(input_ids=inputs[0][:1].to(device), attention_mask=inputs[1][:1].to(device))
-    except _StopForward:
-        pass
-    finally:
-        handle.remove()
-    return seen["tuple"]
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 # --- fit and evaluate ----------------------------------------------------------------------------------------------
@@ -399,7 +286,7 @@ def evaluate(model: nn.Module, data, batch_size: int = 256, device: torch.device
     model.eval()
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    with torch.no_grad(), _autocast(precision, device):
+    with torch.no_grad(), autocast(precision, device):
         for index in _batches(len(labels), batch_size, shuffle=False, seed=0):
             index = index.to(device)
             out = _forward(model, input_ids[index], attention_mask[index], labels[index], _stand_in, _cached, index,
@@ -410,17 +297,52 @@ def evaluate(model: nn.Module, data, batch_size: int = 256, device: torch.device
     return {"loss": total_loss.item() / len(labels), "accuracy": correct.item() / len(labels)}
 
 
-def fit(model: nn.Module, train_data, eval_data=None, *, epochs: int = 3, lr: float = 5e-5, batch_size: int = 32,
-        weight_decay: float = 0.01, warmup: float | int = 0.1, schedule: str = "linear",
-        max_grad_norm: float | None = 1.0, precision: str = "auto", seed: int = 0,
-        device: torch.device | str | None = None, cache_prefix: bool | int = False, progress: bool = True,
-        eval_batch_size: int = 256) -> History:
+def follow_schedule(model: nn.Module, schedule: Schedule, step: int, optimizer=None, weight_decay: float = 0.01,
+                    groups: list[LayerGroup] | None = None) -> list[str]:
+    """Set the trainable set for ``step``. Newly trainable groups join ``optimizer`` as new parameter groups with
+    their own rate; parameters it already holds keep their state; frozen ones lose any stale gradient.
+
+    >>> from layerfreeze import tiny_model, gradual_unfreezing, layer_groups, make_optimizer
+    >>> model = tiny_model("bert", num_layers=2)
+    >>> names = [g.name for g in layer_groups(model)]
+    >>> schedule = gradual_unfreezing(names, every=5, total_steps=20, lrs=1e-3)
+    >>> follow_schedule(model, schedule, 0)
+    ['head']
+    >>> optimizer = make_optimizer(model, schedule.lrs)
+    >>> follow_schedule(model, schedule, 5, optimizer), [g["layer_group"] for g in optimizer.param_groups]
+    (['block.1', 'head'], ['head', 'head', 'block.1', 'block.1'])
+    """
+    groups = groups if groups is not None else layer_groups(model)
+    trainable = schedule.trainable_at(step)
+    train_only(model, *trainable, groups=groups)
+    for param in model.parameters():
+        if not param.requires_grad:
+            param.grad = None  # a stale gradient would let AdamW's weight decay move a frozen weight
+    if optimizer is not None:
+        held = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        for group in parameter_groups(model, schedule.lrs, weight_decay, groups):
+            group["params"] = [p for p in group["params"] if id(p) not in held]
+            if group["params"]:
+                group["base_lr"] = group["lr"]
+                optimizer.add_param_group(group)
+    return trainable
+
+
+def fit(model: nn.Module, train_data, eval_data=None, *, epochs: int = 3, lr: float | dict[str, float] = 5e-5,
+        batch_size: int = 32, weight_decay: float = 0.01, warmup: float | int = 0.1,
+        schedule: str | Schedule = "linear", max_grad_norm: float | None = 1.0, precision: str = "auto",
+        seed: int = 0, device: torch.device | str | None = None, cache_prefix: bool | int = False,
+        progress: bool = True, eval_batch_size: int = 256) -> History:
     """Fine-tune the model's trainable parameters on ``train_data``; evaluate on ``eval_data`` after each epoch.
 
-    Data is ``(input_ids, attention_mask, labels)``, e.g. ``layerfreeze.encode(split, tokenizer)``. ``warmup`` is a
-    fraction of all steps (float < 1) or a number of steps. ``cache_prefix=True`` computes the frozen prefix's output
-    once (see the module docstring), ``cache_prefix=k`` caches exactly the first ``k`` groups; either refuses, with
-    the reason, where caching would change the result.
+    Data is ``(input_ids, attention_mask, labels)``, e.g. ``layerfreeze.encode(split, tokenizer)``. ``lr`` is one
+    rate, or one per layer group as in :func:`parameter_groups` (``{"head": 1e-3, "default": 1e-4}``).
+    ``schedule`` is a learning-rate curve (``"linear"``, ``"cosine"``, ``"constant"``, ``"stlr"``,
+    ``"one-cycle"``) for the current trainable set, with ``warmup`` a fraction of all steps (float < 1) or a
+    number of steps; or a :class:`~layerfreeze.schedules.Schedule`, which then decides what trains and at what
+    rate at every step (``lr`` and ``warmup`` are ignored). ``cache_prefix=True`` computes the frozen prefix's
+    output once (:mod:`layerfreeze.cache`), ``cache_prefix=k`` caches exactly the first ``k`` groups; either
+    refuses, with the reason, where caching would change the result.
 
     >>> from layerfreeze import tiny_model, freeze_to
     >>> import torch
@@ -434,54 +356,85 @@ def fit(model: nn.Module, train_data, eval_data=None, *, epochs: int = 3, lr: fl
     from tqdm.auto import tqdm
 
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    rank, world_size = distributed_context()
     model.to(device)
     precision = resolve_precision(precision, device)
     seed_everything(seed)
     input_ids, attention_mask, labels = (t.to(device) for t in _tensors(train_data))
     evaluation = tuple(t.to(device) for t in _tensors(eval_data)) if eval_data is not None else None
-    steps_per_epoch = math.ceil(len(labels) / batch_size)
+    steps_per_epoch = math.ceil(math.ceil(len(labels) / world_size) / batch_size)
     total_steps = epochs * steps_per_epoch
-    warmup_steps = int(warmup * total_steps) if isinstance(warmup, float) and warmup < 1 else int(warmup)
-
-    optimizer = make_optimizer(model, lr, weight_decay, device)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_multiplier(step, total_steps, warmup_steps, schedule))
-    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
-    trainable = [p for group in optimizer.param_groups for p in group["params"]]
-    history = History(precision=precision)
-    history.trainable_params, history.total_params = count_parameters(model)
 
     groups = layer_groups(model)
-    prefix = _requested_prefix(model, groups, cache_prefix)
+    if isinstance(schedule, str):
+        warmup_steps = int(warmup * total_steps) if isinstance(warmup, float) and warmup < 1 else int(warmup)
+        trainable_now = [g.name for g in groups if any(p.requires_grad for p in g.parameters.values())]
+        plan = constant_schedule([g.name for g in groups], trainable_now, lr, total_steps, schedule, warmup_steps)
+        follows_schedule = False
+    else:
+        plan, follows_schedule = schedule, True
+        if plan.groups != [g.name for g in groups]:
+            raise ValueError(f"the schedule is for groups {plan.groups}, the model has {[g.name for g in groups]}")
+    if follows_schedule and plan.change_steps() and _is_compiled(model):
+        raise ValueError("fit does not support torch.compile with a schedule that changes the trainable set: the "
+                         "compiled graph keeps the old set (pytorch/pytorch#139476). Pass the uncompiled model.")
+    if follows_schedule:
+        follow_schedule(model, plan, 0, None, weight_decay, groups)
+    else:
+        for param in model.parameters():
+            if not param.requires_grad:
+                param.grad = None
+    optimizer = make_optimizer(model, lr if not follows_schedule else plan.lrs, weight_decay, device)
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+    history = History(precision=precision, phases=[(0, [g for g in plan.trainable_at(0)])])
+    history.trainable_params, history.total_params = count_parameters(model)
+
+    never_trained = next((i for i, g in enumerate(plan.groups) if any(g in gs for _, gs in plan.phases)),
+                         len(groups))
+    prefix = feature_cache.requested_prefix(model, groups, cache_prefix, never_trained) if cache_prefix else 0
+    if prefix and world_size > 1:
+        raise ValueError("cache_prefix is not supported with several processes yet; train without it under torchrun")
     cached = cached_eval = None
     context = nullcontext(None)
     if prefix:
         start = time.perf_counter()
-        returns_tuple = _block_returns_tuple(model, groups, (input_ids, attention_mask), device)
-        sample = compute_prefix_outputs(model, groups, prefix, (input_ids[:1], attention_mask[:1]), 1, device,
-                                        precision)
-        store = _cache_device(device, sample.element_size() * sample[0].numel() * len(labels))
-        cached = compute_prefix_outputs(model, groups, prefix, (input_ids, attention_mask), eval_batch_size, device,
-                                        precision, store)
+        returns_tuple = feature_cache.block_returns_tuple(model, groups, (input_ids, attention_mask), device)
+        sample = feature_cache.compute_prefix_outputs(model, groups, prefix, (input_ids[:1], attention_mask[:1]), 1,
+                                                      device, precision)
+        store = feature_cache.cache_device(device, sample.element_size() * sample[0].numel() * len(labels))
+        cached = feature_cache.compute_prefix_outputs(model, groups, prefix, (input_ids, attention_mask),
+                                                      eval_batch_size, device, precision, store)
         if evaluation is not None:
-            cached_eval = compute_prefix_outputs(model, groups, prefix, evaluation[:2], eval_batch_size, device,
-                                                 precision, store)
+            cached_eval = feature_cache.compute_prefix_outputs(model, groups, prefix, evaluation[:2], eval_batch_size,
+                                                               device, precision, store)
         history.cache_seconds = time.perf_counter() - start
         history.cached_groups = [g.name for g in groups[:prefix]]
-        context = _prefix_replaced(model, groups, prefix, returns_tuple)
+        context = feature_cache.prefix_replaced(model, groups, prefix, returns_tuple)
 
+    change_steps = set(plan.change_steps())
+    step = 0
     with context as stand_in, PeakMemory(device) as peak:
+        trained = _wrap(model, device, world_size)
         for epoch in range(1, epochs + 1):
             model.train()
             running_loss = torch.zeros((), device=device)
-            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}", disable=not progress, leave=False)
+            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}", disable=not progress or rank != 0,
+                       leave=False)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             start = time.perf_counter()
-            for step, index in enumerate(_batches(len(labels), batch_size, shuffle=True, seed=seed + epoch)):
+            for index in _batches(len(labels), batch_size, True, seed + epoch, rank, world_size):
+                if step in change_steps:
+                    phase = follow_schedule(model, plan, step, optimizer, weight_decay, groups)
+                    history.phases.append((step, phase))
+                    trained = _wrap(model, device, world_size)
+                multiplier, active = plan.multiplier(step), plan.trainable_at(step)
+                for group in optimizer.param_groups:
+                    name = group["layer_group"]
+                    group["lr"] = plan.lrs[name] * multiplier if name in active else 0.0
                 index = index.to(device)
-                with _autocast(precision, device):
-                    out = _forward(model, input_ids[index], attention_mask[index], labels[index], stand_in, cached,
+                with autocast(precision, device):
+                    out = _forward(trained, input_ids[index], attention_mask[index], labels[index], stand_in, cached,
                                    index, device)
                 loss = out.loss
                 if scaler is not None:
@@ -490,17 +443,18 @@ def fit(model: nn.Module, train_data, eval_data=None, *, epochs: int = 3, lr: fl
                 else:
                     loss.backward()
                 if max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
+                    torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]
+                                                    if p.grad is not None], max_grad_norm)
                 if scaler is not None:
                     scaler.step(optimizer)
                     scaler.update()
                 else:
                     optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
                 running_loss += loss.detach().float()
+                step += 1
                 bar.update()
-                if progress and step % 25 == 0:
+                if progress and rank == 0 and step % 25 == 1:
                     bar.set_postfix(loss=f"{loss.item():.3f}")
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -510,7 +464,8 @@ def fit(model: nn.Module, train_data, eval_data=None, *, epochs: int = 3, lr: fl
             history.examples += len(labels)
             history.train_seconds += epoch_seconds
             row = {"epoch": epoch, "train_loss": running_loss.item() / steps_per_epoch, "train_seconds": epoch_seconds,
-                   "lr": scheduler.get_last_lr()[0]}
+                   "lr": max(g["lr"] for g in optimizer.param_groups),
+                   "trainable_groups": len(plan.trainable_at(step - 1))}
             if evaluation is not None:
                 start = time.perf_counter()
                 scores = evaluate(model, evaluation, eval_batch_size, device, precision, stand_in, cached_eval)

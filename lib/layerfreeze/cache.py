@@ -1,0 +1,191 @@
+"""The frozen-prefix feature cache.
+
+When the embeddings and the lowest blocks are frozen and held in eval mode, their output is the same every epoch.
+:func:`~layerfreeze.fit` (``cache_prefix=True``) then computes that output once, swaps the cached groups for
+stand-ins that hand the stored tensors on, and trains only the rest; the model is restored afterwards. The cache
+refuses, with the reason, where it would change the result: dropout active in the prefix, a trainable parameter
+inside it, or embeddings made of several modules (GPT-2's ``wte`` + ``wpe``).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from .freezing import frozen_in_eval
+from .layers import LayerGroup, layer_groups
+from .precision import autocast
+
+
+def _batches(n: int, batch_size: int):
+    for start in range(0, n, batch_size):
+        yield torch.arange(start, min(start + batch_size, n))
+
+
+class _StopForward(Exception):
+    pass
+
+
+class _CachedOutput(nn.Module):
+    """Stands in for the embeddings: returns the cached output of the frozen prefix for the current batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.value: torch.Tensor | None = None
+
+    def forward(self, *args, **kwargs):
+        return self.value
+
+
+class _PassThrough(nn.Module):
+    """Stands in for a cached block: returns its hidden-state input unchanged, in the block's output structure."""
+
+    def __init__(self, returns_tuple: bool):
+        super().__init__()
+        self.returns_tuple = returns_tuple
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return (hidden_states,) if self.returns_tuple else hidden_states
+
+
+def cacheable_prefix(model: nn.Module, groups: list[LayerGroup] | None = None) -> int:
+    """How many leading groups (embeddings, block.0, ...) are fully frozen and could be cached (0 if none)."""
+    groups = groups if groups is not None else layer_groups(model)
+    count = 0
+    for group in groups[:-1]:  # the head is never cached
+        if group.trainable is not False:
+            break
+        count += 1
+    return count
+
+
+def _check_cache(model: nn.Module, groups: list[LayerGroup], prefix: int) -> None:
+    embeddings = groups[0]
+    if len(embeddings.modules) != 1:
+        raise ValueError(f"the feature cache needs the embeddings to be one module; {type(model).__name__} has "
+                         f"{', '.join(embeddings.modules)}. Train without cache_prefix.")
+    for group in groups[:prefix]:
+        trainable = [n for n, p in group.parameters.items() if p.requires_grad]
+        if trainable:
+            raise ValueError(f"cannot cache {group.name}: it holds trainable parameters ({', '.join(trainable[:3])}). "
+                             "The cache is only correct for a fully frozen prefix.")
+    held_in_eval = set(frozen_in_eval(model))
+    for group in groups[:prefix]:
+        active = [name for module_name, module in group.modules.items()
+                  for name, m in module.named_modules(prefix=module_name)
+                  if isinstance(m, nn.Dropout) and m.p > 0]
+        if active and group.name not in held_in_eval:
+            raise ValueError(f"cannot cache {group.name}: its dropout ({active[0]}, ...) is active in training, so its "
+                             "output changes every epoch. Freeze with eval_frozen=True (e.g. "
+                             "freeze_to(model, -3, eval_frozen=True)) to keep the frozen prefix in eval mode.")
+
+
+def requested_prefix(model: nn.Module, groups: list[LayerGroup], cache_prefix: bool | int,
+                     never_trained: int | None = None) -> int:
+    """How many groups to cache: all fully frozen leading groups for ``True`` (at most ``never_trained``, the
+    leading groups a schedule never unfreezes), or exactly ``cache_prefix``."""
+    if cache_prefix is False:
+        return 0
+    if cache_prefix is True:
+        prefix = cacheable_prefix(model, groups)
+        if never_trained is not None:
+            prefix = min(prefix, never_trained)
+        if prefix == 0:
+            raise ValueError("cache_prefix=True, but the embeddings are trainable: there is no frozen prefix to "
+                             "cache. Freeze the bottom groups first, e.g. freeze_to(model, -3, eval_frozen=True).")
+    else:
+        prefix = cache_prefix
+        if isinstance(prefix, bool) or not isinstance(prefix, int) or not 1 <= prefix < len(groups):
+            raise ValueError(f"cache_prefix must be True, False or a group count from 1 to {len(groups) - 1} "
+                             f"(the groups are {', '.join(g.name for g in groups)}); got {cache_prefix!r}")
+    _check_cache(model, groups, prefix)
+    return prefix
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> nn.Module:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    old = parent[int(child)] if child.isdigit() else getattr(parent, child)
+    if child.isdigit():
+        parent[int(child)] = module
+    else:
+        setattr(parent, child, module)
+    return old
+
+
+def compute_prefix_outputs(model: nn.Module, groups: list[LayerGroup], prefix: int, inputs: tuple[torch.Tensor, ...],
+                           batch_size: int, device: torch.device, precision: str,
+                           store_device: torch.device | None = None) -> torch.Tensor:
+    """The output of the first ``prefix`` groups for every example, computed once in eval mode."""
+    last = groups[prefix - 1]
+    (module,) = list(last.modules.values())
+    captured = {}
+
+    def capture(_, __, output):
+        captured["value"] = output[0] if isinstance(output, tuple) else output
+        raise _StopForward
+
+    was_training = model.training
+    model.eval()
+    handle = module.register_forward_hook(capture)
+    chunks = []
+    try:
+        with torch.no_grad(), autocast(precision, device):
+            for index in _batches(len(inputs[0]), batch_size):
+                try:
+                    model(input_ids=inputs[0][index].to(device), attention_mask=inputs[1][index].to(device))
+                except _StopForward:
+                    pass
+                chunks.append(captured["value"].to(store_device or device))
+    finally:
+        handle.remove()
+        model.train(was_training)
+    return torch.cat(chunks)
+
+
+def cache_device(device: torch.device, nbytes: int) -> torch.device:
+    """Keep the cache on the GPU when it takes under half the free memory; otherwise spill it to CPU memory."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if nbytes < free / 2:
+            return device
+    return torch.device("cpu")
+
+
+@contextmanager
+def prefix_replaced(model: nn.Module, groups: list[LayerGroup], prefix: int, returns_tuple: bool):
+    """Swap the cached groups for stand-ins; yields the embeddings stand-in, whose ``value`` to set per batch."""
+    stand_in = _CachedOutput()
+    swapped = {}
+    (embeddings_name,) = groups[0].modules
+    swapped[embeddings_name] = _set_module(model, embeddings_name, stand_in)
+    for group in groups[1:prefix]:
+        for name in group.modules:
+            swapped[name] = _set_module(model, name, _PassThrough(returns_tuple))
+    try:
+        yield stand_in
+    finally:
+        for name, module in swapped.items():
+            _set_module(model, name, module)
+
+
+def block_returns_tuple(model: nn.Module, groups: list[LayerGroup], inputs, device) -> bool:
+    blocks = [g for g in groups if g.kind == "block"]
+    (block,) = blocks[0].modules.values()
+    seen = {}
+
+    def record(_, __, output):
+        seen["tuple"] = isinstance(output, tuple)
+        raise _StopForward
+
+    handle = block.register_forward_hook(record)
+    try:
+        with torch.no_grad():
+            model(input_ids=inputs[0][:1].to(device), attention_mask=inputs[1][:1].to(device))
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    return seen["tuple"]

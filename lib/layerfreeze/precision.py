@@ -1,0 +1,28 @@
+"""Mixed precision: bf16 on CUDA cards that support it, fp16 with a gradient scaler on older ones, fp32 on the CPU."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` is bf16 on a CUDA card that supports it, fp16 on older cards (Colab's T4), fp32 on the CPU."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+    if device.type != "cuda":
+        if precision in ("bf16", "fp16"):
+            raise ValueError(f"precision={precision!r} is for CUDA; on {device.type} use 'fp32' or 'auto'")
+        return "fp32"
+    if precision == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return precision
+
+
+def autocast(precision: str, device: torch.device):
+    if precision == "fp32":
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)

@@ -1,0 +1,67 @@
+"""Gradual unfreezing and discriminative learning rates with an ordinary Hugging Face ``Trainer``.
+
+The Trainer builds its optimizer from the parameters that are trainable when training starts, before any
+callback's ``on_train_begin``: parameters unfrozen later would never be optimized. So :func:`schedule_optimizer`
+builds the optimizer up front over *every* group of the schedule (each with its own rate) and a scheduler that
+follows the schedule's curve; :class:`UnfreezingCallback` then switches ``requires_grad`` at the schedule's steps.
+AdamW skips parameters whose ``.grad`` is ``None``, so a group that has not thawed yet neither moves nor builds
+optimizer state.
+
+>>> from layerfreeze import tiny_model, layer_groups, gradual_unfreezing   # doctest: +SKIP
+>>> schedule = gradual_unfreezing([g.name for g in layer_groups(model)], every=50, total_steps=400, lrs=rates)
+>>> optimizer, scheduler = schedule_optimizer(model, schedule)            # doctest: +SKIP
+>>> Trainer(model=model, args=args, train_dataset=train, optimizers=(optimizer, scheduler),
+...         callbacks=[UnfreezingCallback(schedule)]).train()              # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import TrainerCallback
+
+from .layers import layer_groups
+from .schedules import Schedule
+from .training import follow_schedule, parameter_groups
+
+
+def schedule_optimizer(model: nn.Module, schedule: Schedule, weight_decay: float = 0.01):
+    """AdamW over every parameter the schedule will ever train, one group per layer group at its own base rate,
+    and a ``LambdaLR`` that applies the schedule's curve. Pass both as ``Trainer(optimizers=(...))``."""
+    groups = layer_groups(model)
+    ever = {g for _, gs in schedule.phases for g in gs}
+    rates = {name: (schedule.lrs[name] if name in ever else None) for name in schedule.groups}
+    param_groups = [g for g in parameter_groups(model, {k: v for k, v in rates.items() if v is not None},
+                                                weight_decay, groups, trainable_only=False)
+                    if g["layer_group"] in ever]
+    optimizer = torch.optim.AdamW(param_groups, lr=param_groups[0]["lr"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.multiplier)
+    return optimizer, scheduler
+
+
+class UnfreezingCallback(TrainerCallback):
+    """Applies a :class:`~layerfreeze.schedules.Schedule` inside ``Trainer.train()``: before each step, the groups
+    that train at that step are unfrozen and all others frozen. Records ``(step, groups)`` in ``phases``."""
+
+    def __init__(self, schedule: Schedule):
+        self.schedule = schedule
+        self.phases: list[tuple[int, list[str]]] = []
+        self._current: list[str] | None = None
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if args.world_size > 1:
+            raise RuntimeError("UnfreezingCallback runs in one process: DDP registers the parameters that need "
+                               "gradients when the Trainer wraps the model, so groups unfrozen later would not be "
+                               "synchronised. For several GPUs use `python -m layerfreeze train` under torchrun, "
+                               "which re-wraps DDP at every change.")
+        self._apply(model, 0)
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        self._apply(model, state.global_step)
+
+    def _apply(self, model, step):
+        trainable = self.schedule.trainable_at(step)
+        if trainable != self._current:
+            follow_schedule(model, self.schedule, step)
+            self._current = trainable
+            self.phases.append((step, trainable))
