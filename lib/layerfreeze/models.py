@@ -69,6 +69,7 @@ def load_model(name: str = DEFAULT_MODEL, task: str = "classification", num_labe
     """Load a pretrained model and its tokenizer for ``task``; returns ``(model, tokenizer)``.
 
     ``task`` is ``"classification"`` (a fresh classification head with ``num_labels`` outputs) or ``"causal-lm"``.
+    ``"tiny:bert"`` (or ``tiny:gpt2`` ...) gives a tiny random model of that family with the default tokenizer.
     Only safetensors weights are read, and remote code runs only when ``trust_remote_code=True``.
 
     >>> model, tokenizer = load_model("minilm", num_labels=2)  # doctest: +SKIP
@@ -79,6 +80,13 @@ def load_model(name: str = DEFAULT_MODEL, task: str = "classification", num_labe
 
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
+    if name.startswith("tiny:"):  # a tiny random model with the default model's tokenizer, for tests and demos
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_source(DEFAULT_MODEL))
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model = tiny_model(name.removeprefix("tiny:"), task=task, num_labels=num_labels,
+                           vocab_size=tokenizer.vocab_size)
+        return (model.to(device) if device is not None else model), tokenizer
     source = resolve_model_source(name)
     options = dict(use_safetensors=True, trust_remote_code=trust_remote_code, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)

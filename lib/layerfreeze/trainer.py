@@ -28,12 +28,10 @@ from .training import follow_schedule, parameter_groups
 def schedule_optimizer(model: nn.Module, schedule: Schedule, weight_decay: float = 0.01):
     """AdamW over every parameter the schedule will ever train, one group per layer group at its own base rate,
     and a ``LambdaLR`` that applies the schedule's curve. Pass both as ``Trainer(optimizers=(...))``."""
-    groups = layer_groups(model)
     ever = {g for _, gs in schedule.phases for g in gs}
-    rates = {name: (schedule.lrs[name] if name in ever else None) for name in schedule.groups}
-    param_groups = [g for g in parameter_groups(model, {k: v for k, v in rates.items() if v is not None},
-                                                weight_decay, groups, trainable_only=False)
-                    if g["layer_group"] in ever]
+    groups = [g for g in layer_groups(model) if g.name in ever]
+    rates = {name: rate for name, rate in schedule.lrs.items() if name in ever}
+    param_groups = parameter_groups(model, rates, weight_decay, groups, trainable_only=False)
     optimizer = torch.optim.AdamW(param_groups, lr=param_groups[0]["lr"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.multiplier)
     return optimizer, scheduler
