@@ -23,7 +23,7 @@ from .layers import LayerGroup, find_blocks_path, layer_groups, num_blocks, shar
 from .memory import MemoryEstimate, estimate_memory
 from .models import MINILM_SHA256, load_model, resolve_model_source, tiny_model
 from .plots import (plot_accuracy_vs, plot_epoch_curves, plot_measured_vs_estimated_memory, plot_memory,
-                    plot_parameter_groups)
+                    plot_parameter_groups, plot_schedule)
 from .strategies import PRESETS, Strategy, apply_preset, apply_strategy, fresh_copy, run_strategy
 from .schedules import (Schedule, chain_thaw, constant_schedule, discriminative_lrs, gradual_unfreezing,
                         layerwise_decay, lr_multiplier, spread_lrs)
@@ -43,7 +43,7 @@ __all__ = [
     "MemoryEstimate", "estimate_memory",
     "MINILM_SHA256", "load_model", "resolve_model_source", "tiny_model",
     "plot_accuracy_vs", "plot_epoch_curves", "plot_measured_vs_estimated_memory", "plot_memory",
-    "plot_parameter_groups",
+    "plot_parameter_groups", "plot_schedule",
     "PRESETS", "Strategy", "apply_preset", "apply_strategy", "fresh_copy", "run_strategy",
     "Schedule", "chain_thaw", "constant_schedule", "discriminative_lrs", "gradual_unfreezing", "layerwise_decay",
     "lr_multiplier", "spread_lrs",

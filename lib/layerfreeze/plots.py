@@ -98,3 +98,23 @@ def plot_epoch_curves(curves: dict[str, list[float]], ax=None, ylabel: str = "va
     ax.grid(alpha=0.3)
     ax.legend(frameon=False, fontsize="small")
     return ax
+
+
+def plot_schedule(schedule, ax=None):
+    """A schedule before training: groups (bottom to top) against steps, coloured by learning rate; white is frozen."""
+    import numpy as np
+    from matplotlib.colors import LogNorm
+
+    ax = _axes(ax)
+    table = schedule.table()
+    values = table.to_numpy().T
+    masked = np.ma.masked_where(values <= 0, values)
+    positive = values[values > 0]
+    image = ax.imshow(masked, aspect="auto", origin="lower", cmap="viridis", interpolation="nearest",
+                      norm=LogNorm(vmin=positive.min(), vmax=positive.max()) if positive.size else None,
+                      extent=(0, len(table), -0.5, len(schedule.groups) - 0.5))
+    ax.set_yticks(range(len(schedule.groups)), schedule.groups)
+    ax.set_xlabel("step")
+    ax.set_title(schedule.name)
+    ax.figure.colorbar(image, ax=ax, label="learning rate")
+    return ax

@@ -332,7 +332,7 @@ def fit(model: nn.Module, train_data, eval_data=None, *, epochs: int = 3, lr: fl
         batch_size: int = 32, weight_decay: float = 0.01, warmup: float | int = 0.1,
         schedule: str | Schedule = "linear", max_grad_norm: float | None = 1.0, precision: str = "auto",
         seed: int = 0, device: torch.device | str | None = None, cache_prefix: bool | int = False,
-        progress: bool = True, eval_batch_size: int = 256) -> History:
+        progress: bool = True, eval_batch_size: int = 256, on_epoch_end=None) -> History:
     """Fine-tune the model's trainable parameters on ``train_data``; evaluate on ``eval_data`` after each epoch.
 
     Data is ``(input_ids, attention_mask, labels)``, e.g. ``layerfreeze.encode(split, tokenizer)``. ``lr`` is one
@@ -342,7 +342,8 @@ def fit(model: nn.Module, train_data, eval_data=None, *, epochs: int = 3, lr: fl
     number of steps; or a :class:`~layerfreeze.schedules.Schedule`, which then decides what trains and at what
     rate at every step (``lr`` and ``warmup`` are ignored). ``cache_prefix=True`` computes the frozen prefix's
     output once (:mod:`layerfreeze.cache`), ``cache_prefix=k`` caches exactly the first ``k`` groups; either
-    refuses, with the reason, where caching would change the result.
+    refuses, with the reason, where caching would change the result. ``on_epoch_end(epoch)`` runs after each
+    epoch's evaluation; a dict it returns joins that epoch's row in the history.
 
     >>> from layerfreeze import tiny_model, freeze_to
     >>> import torch
@@ -471,6 +472,8 @@ def fit(model: nn.Module, train_data, eval_data=None, *, epochs: int = 3, lr: fl
                 scores = evaluate(model, evaluation, eval_batch_size, device, precision, stand_in, cached_eval)
                 history.eval_seconds += time.perf_counter() - start
                 row.update(eval_loss=scores["loss"], eval_accuracy=scores["accuracy"])
+            if on_epoch_end is not None:
+                row.update(on_epoch_end(epoch) or {})
             history.epochs.append(row)
     history.peak_memory_bytes, history.memory_kind = peak.peak_bytes, peak.kind
     return history

@@ -1,0 +1,346 @@
+"""Catastrophic forgetting, measured: sequential tasks, forgetting metrics and representation drift.
+
+The protocol (:func:`sequential_run`): start from the pretrained model; train task A with head A; then train task B
+with head B under a strategy, and after every epoch of B evaluate A *with head A*, which never trains during B. The
+two heads share every module below them, so any loss on A comes from the shared layers alone.
+
+Metrics, for an accuracy matrix ``R`` where ``R[i][j]`` is the accuracy on task ``j`` after training task ``i``:
+
+* **forgetting** (Chaudhry et al. 2018): for each earlier task, the best accuracy it ever had minus its final one;
+* **backward transfer, BWT** (Lopez-Paz & Ranzato 2017): ``1/(T-1) * sum_i (R[T-1][i] - R[i][i])`` over the
+  earlier tasks (negative when the model forgets);
+* **learning**: the accuracy gained on the new task;
+* **drift without labels**: linear CKA (Kornblith et al. 2019) between the original and the tuned model's
+  representations, layer by layer, and the cosine agreement of their sentence embeddings.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .freezing import freeze
+from .layers import layer_groups
+from .strategies import apply_preset
+from .training import evaluate, fit
+
+# --- metrics on an accuracy matrix ---------------------------------------------------------------------------------
+
+
+def _matrix(R) -> list[list[float]]:
+    rows = [list(map(float, row)) for row in R]
+    if not rows or any(len(row) != len(rows) for row in rows):
+        raise ValueError("R must be a square T x T matrix: R[i][j] is the accuracy on task j after training task i")
+    return rows
+
+
+def forgetting(R) -> dict:
+    """Chaudhry et al. 2018: per earlier task ``j``, ``max_{l < T-1} R[l][j] - R[T-1][j]``; and their mean.
+
+    >>> forgetting([[0.9, 0.1], [0.6, 0.8]])
+    {'per_task': [0.30000000000000004], 'mean': 0.30000000000000004}
+    """
+    R = _matrix(R)
+    T = len(R)
+    if T < 2:
+        raise ValueError("forgetting needs at least two tasks")
+    per_task = [max(R[l][j] for l in range(T - 1)) - R[T - 1][j] for j in range(T - 1)]
+    return {"per_task": per_task, "mean": sum(per_task) / len(per_task)}
+
+
+def backward_transfer(R) -> float:
+    """Lopez-Paz & Ranzato 2017: ``1/(T-1) * sum_{i < T-1} (R[T-1][i] - R[i][i])``.
+
+    >>> round(backward_transfer([[0.9, 0.0, 0.0], [0.7, 0.8, 0.0], [0.6, 0.9, 0.95]]), 3)
+    -0.1
+    """
+    R = _matrix(R)
+    T = len(R)
+    if T < 2:
+        raise ValueError("backward transfer needs at least two tasks")
+    return sum(R[T - 1][i] - R[i][i] for i in range(T - 1)) / (T - 1)
+
+
+def learning(before: float, after: float) -> float:
+    """Accuracy gained on the new task: after training it, minus before."""
+    return after - before
+
+
+# --- representation drift ------------------------------------------------------------------------------------------
+
+def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Linear centered kernel alignment between two ``[examples, features]`` matrices (Kornblith et al. 2019).
+
+    1 for identical representations, unchanged by an orthogonal transform or an isotropic scaling of either.
+
+    >>> x = torch.randn(50, 8, dtype=torch.float64)
+    >>> round(linear_cka(x, x), 6), round(linear_cka(x, 3 * x @ torch.linalg.qr(torch.randn(8, 8, dtype=torch.float64))[0]), 6)
+    (1.0, 1.0)
+    """
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"CKA compares the same examples: got {x.shape[0]} and {y.shape[0]} rows")
+    x = x.double() - x.double().mean(0, keepdim=True)
+    y = y.double() - y.double().mean(0, keepdim=True)
+    cross = torch.linalg.matrix_norm(y.T @ x) ** 2
+    norm = torch.linalg.matrix_norm(x.T @ x) * torch.linalg.matrix_norm(y.T @ y)
+    return float(cross / norm) if norm > 0 else float("nan")
+
+
+def _base_model(model: nn.Module) -> nn.Module:
+    """The encoder/decoder stack inside a task model (``model.bert``, ``model.model`` ...), for hidden states."""
+    prefix = getattr(model, "base_model_prefix", "")
+    return getattr(model, prefix, model) if prefix else model
+
+
+@torch.no_grad()
+def hidden_states(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  batch_size: int = 128) -> list[torch.Tensor]:
+    """Mean-pooled hidden states after the embeddings and after each block: one ``[examples, hidden]`` per layer."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    layers: list[list[torch.Tensor]] = []
+    for start in range(0, len(input_ids), batch_size):
+        ids = input_ids[start:start + batch_size].to(device)
+        mask = attention_mask[start:start + batch_size].to(device)
+        out = _base_model(model)(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        weights = mask.unsqueeze(-1).float()
+        pooled = [(h.float() * weights).sum(1) / weights.sum(1) for h in out.hidden_states]
+        if not layers:
+            layers = [[] for _ in pooled]
+        for store, value in zip(layers, pooled):
+            store.append(value.cpu())
+    model.train(was_training)
+    return [torch.cat(chunks) for chunks in layers]
+
+
+def cka_by_layer(original: nn.Module, tuned: nn.Module, input_ids, attention_mask) -> list[float]:
+    """Linear CKA between the two models' representations, for the embeddings output and each block's output."""
+    return [linear_cka(a, b) for a, b in zip(hidden_states(original, input_ids, attention_mask),
+                                             hidden_states(tuned, input_ids, attention_mask))]
+
+
+def embedding_agreement(original: nn.Module, tuned: nn.Module, input_ids, attention_mask) -> float:
+    """Mean cosine similarity between the two models' sentence embeddings (mean-pooled last hidden state)."""
+    a = hidden_states(original, input_ids, attention_mask)[-1]
+    b = hidden_states(tuned, input_ids, attention_mask)[-1]
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=-1).mean())
+
+
+# --- two heads over one body ---------------------------------------------------------------------------------------
+
+def with_new_head(model_a: nn.Module, num_labels: int, seed: int = 0) -> nn.Module:
+    """A model for task B that shares every module below the head with ``model_a`` and has a head of its own.
+
+    The head group (for BERT: pooler and classifier) is copied, its final layer re-initialised for ``num_labels``;
+    embeddings and blocks are the very same module objects, so training B moves A's body too.
+    """
+    from .cache import _set_module
+
+    model_b = copy.deepcopy(model_a)
+    for group in layer_groups(model_a)[:-1]:
+        for name, module in group.modules.items():
+            _set_module(model_b, name, module)
+    torch.manual_seed(seed)
+    head = getattr(model_b, "classifier", None) or getattr(model_b, "score", None)
+    owner, attribute = (head, "out_proj") if hasattr(head, "out_proj") else (
+        model_b, "classifier" if hasattr(model_b, "classifier") else "score")
+    old = getattr(owner, attribute, None)
+    if not isinstance(old, nn.Linear):
+        raise ValueError(f"cannot find the final classification layer of {type(model_b).__name__}")
+    setattr(owner, attribute, nn.Linear(old.in_features, num_labels, bias=old.bias is not None).to(old.weight.device))
+    model_b.config = copy.deepcopy(model_a.config)
+    model_b.config.num_labels = num_labels
+    model_b.num_labels = num_labels
+    return model_b
+
+
+# --- strategies for task B -----------------------------------------------------------------------------------------
+
+FORGETTING_KINDS = ("full", "freeze-bottom", "head", "bitfit", "gradual", "lora")
+
+
+@dataclass
+class ForgettingStrategy:
+    """How task B trains: ``kind`` in :data:`FORGETTING_KINDS`; ``k`` bottom blocks for ``freeze-bottom``;
+    ``rank`` for LoRA."""
+
+    name: str
+    kind: str
+    k: int | None = None
+    rank: int = 8
+    lr: float = 1e-4
+    head_lr: float = 1e-3
+
+    def __post_init__(self):
+        if self.kind not in FORGETTING_KINDS:
+            raise ValueError(f"unknown kind {self.kind!r}; valid: {', '.join(FORGETTING_KINDS)}")
+
+
+def prepare_for_b(model_b: nn.Module, strategy: ForgettingStrategy, steps: int):
+    """Set up ``model_b`` for ``strategy``; returns ``(model to train, lr or schedule for fit)``."""
+    from .schedules import gradual_unfreezing
+
+    groups = layer_groups(model_b)
+    names = [g.name for g in groups]
+    rates = {"head": strategy.head_lr, "default": strategy.lr}
+    if strategy.kind == "full":
+        apply_preset(model_b, "all")
+    elif strategy.kind == "freeze-bottom":
+        blocks = len(groups) - 2
+        if strategy.k is None or not 0 <= strategy.k <= blocks:
+            raise ValueError(f"freeze-bottom needs k from 0 to {blocks} blocks; got {strategy.k!r}")
+        apply_preset(model_b, "all")
+        if strategy.k:
+            freeze(model_b, slice(0, strategy.k + 1), groups=groups)
+        else:
+            freeze(model_b, "embeddings", groups=groups)
+    elif strategy.kind == "head":
+        apply_preset(model_b, "head")
+    elif strategy.kind == "bitfit":
+        apply_preset(model_b, "bitfit")
+    elif strategy.kind == "gradual":
+        every = max(1, steps // (2 * len(names)))
+        return model_b, gradual_unfreezing(names, every, steps, rates)
+    else:
+        return _lora(model_b, strategy), rates
+    return model_b, rates
+
+
+def _lora(model_b: nn.Module, strategy: ForgettingStrategy) -> nn.Module:
+    """LoRA adapters on the attention projections of the shared blocks, via ``peft``; the head trains fully."""
+    from peft import LoraConfig, get_peft_model
+
+    head_names = list(layer_groups(model_b)[-1].modules)
+    targets = sorted({name.rsplit(".", 1)[-1] for name, m in model_b.named_modules()
+                      if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] in ("query", "key", "value", "q_lin",
+                                                                                     "k_lin", "v_lin", "q_proj",
+                                                                                     "k_proj", "v_proj", "c_attn")})
+    config = LoraConfig(r=strategy.rank, lora_alpha=2 * strategy.rank, lora_dropout=0.0, target_modules=targets,
+                        modules_to_save=[n for n in head_names if dict(model_b.named_modules())[n]
+                                         .__class__.__name__ not in ("Dropout",)
+                                         and any(True for _ in dict(model_b.named_modules())[n].parameters())])
+    return get_peft_model(model_b, config)
+
+
+# --- the protocol --------------------------------------------------------------------------------------------------
+
+@dataclass
+class SequentialResult:
+    """One run of A then B under one strategy."""
+
+    strategy: str
+    a_after_a: float
+    b_before_b: float
+    a_during_b: list[float] = field(default_factory=list)  # A's accuracy (head A) after each epoch of B
+    b_during_b: list[float] = field(default_factory=list)
+    trainable_params: int = 0
+    seconds: float = 0.0
+    cka: list[float] = field(default_factory=list)  # per layer, pretrained vs after B
+    agreement: float = float("nan")
+
+    @property
+    def matrix(self) -> list[list[float]]:
+        """``R`` for tasks (A, B): rows after training A, after training B."""
+        return [[self.a_after_a, self.b_before_b], [self.a_during_b[-1], self.b_during_b[-1]]]
+
+    def summary(self) -> dict:
+        return {"strategy": self.strategy, "a_after_a": self.a_after_a, "a_after_b": self.a_during_b[-1],
+                "b_after_b": self.b_during_b[-1], "b_before_b": self.b_before_b,
+                "forgetting": forgetting(self.matrix)["mean"], "backward_transfer": backward_transfer(self.matrix),
+                "learning": learning(self.b_before_b, self.b_during_b[-1]), "a_during_b": self.a_during_b,
+                "b_during_b": self.b_during_b, "trainable_params": self.trainable_params, "seconds": self.seconds,
+                "cka": self.cka, "agreement": self.agreement}
+
+
+def train_task_a(pretrained: nn.Module, data_a, eval_a, *, epochs: int, batch_size: int, seed: int = 0,
+                 lr: float = 1e-4, head_lr: float = 1e-3, progress: bool = True) -> nn.Module:
+    """Fine-tune a copy of the pretrained model on task A (everything trains); returns model A."""
+    model_a = copy.deepcopy(pretrained)
+    apply_preset(model_a, "all")
+    fit(model_a, data_a, eval_a, epochs=epochs, lr={"head": head_lr, "default": lr}, batch_size=batch_size,
+        seed=seed, progress=progress)
+    return model_a
+
+
+def sequential_run(pretrained: nn.Module, model_a: nn.Module, strategy: ForgettingStrategy, data_b, eval_a, eval_b,
+                   num_labels_b: int, *, epochs: int, batch_size: int, seed: int = 0, probe=None,
+                   progress: bool = True) -> SequentialResult:
+    """Train task B on a copy of ``model_a`` under ``strategy``; evaluate A (head A) and B after every epoch of B.
+
+    ``probe`` is ``(input_ids, attention_mask)`` of held-out text for CKA and embedding agreement against
+    ``pretrained``.
+    """
+    model_a = copy.deepcopy(model_a)
+    freeze(model_a, allow_nothing_trainable=True)  # head A never trains during B; the shared body is set below
+    model_b = with_new_head(model_a, num_labels_b, seed)
+    result = SequentialResult(strategy.name, evaluate(model_a, eval_a)["accuracy"],
+                              evaluate(model_b, eval_b)["accuracy"])
+    examples = len(data_b[0] if isinstance(data_b, tuple) else data_b.tensors[0])
+    steps = epochs * -(-examples // batch_size)
+    trained, plan = prepare_for_b(model_b, strategy, steps)
+    result.trainable_params = sum(p.numel() for p in trained.parameters() if p.requires_grad)
+
+    def measure_a(epoch):
+        result.a_during_b.append(evaluate(model_a, eval_a)["accuracy"])
+        return {"a_accuracy": result.a_during_b[-1]}
+
+    start = time.perf_counter()
+    history = fit(trained, data_b, eval_b, epochs=epochs, batch_size=batch_size, seed=seed, progress=progress,
+                  on_epoch_end=measure_a, **({"lr": plan} if isinstance(plan, dict) else {"schedule": plan}))
+    result.seconds = time.perf_counter() - start
+    result.b_during_b = [e["eval_accuracy"] for e in history.epochs]
+    if probe is not None:
+        result.cka = cka_by_layer(pretrained, model_a, *probe)
+        result.agreement = embedding_agreement(pretrained, model_a, *probe)
+    return result
+
+
+# --- decoders: forgetting as a rise in perplexity ------------------------------------------------------------------
+
+def lm_data(texts: list[str], tokenizer, max_length: int = 64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask, labels)`` for causal-LM training: labels are the inputs, -100 on padding."""
+    batch = tokenizer(list(texts), padding="longest", truncation=True, max_length=max_length, return_tensors="pt")
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    return batch["input_ids"], batch["attention_mask"], labels
+
+
+@torch.no_grad()
+def perplexity(model: nn.Module, data, batch_size: int = 32) -> float:
+    """exp of the mean next-token loss over every real (non-padding) token of ``data``."""
+    device = next(model.parameters()).device
+    input_ids, attention_mask, labels = data
+    was_training = model.training
+    model.eval()
+    total, tokens = 0.0, 0
+    for start in range(0, len(input_ids), batch_size):
+        ids, mask = input_ids[start:start + batch_size].to(device), attention_mask[start:start + batch_size].to(device)
+        target = labels[start:start + batch_size].to(device)
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        shifted = target[:, 1:]
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), shifted.reshape(-1),
+                                                 ignore_index=-100, reduction="sum")
+        total += loss.item()
+        tokens += int((shifted != -100).sum())
+    model.train(was_training)
+    return float(torch.exp(torch.tensor(total / max(tokens, 1))))
+
+
+def decoder_forgetting(model: nn.Module, domain_train, general_eval, domain_eval, preset: str = "all",
+                       k: int | None = None, *, epochs: int = 1, batch_size: int = 16, lr: float = 5e-5,
+                       seed: int = 0, progress: bool = True) -> dict:
+    """Fine-tune a causal LM on domain text under a freezing preset; report perplexity on general and domain text
+    before and after. The rise on general text is the forgetting."""
+    model = copy.deepcopy(model)
+    before = {"general": perplexity(model, general_eval), "domain": perplexity(model, domain_eval)}
+    apply_preset(model, preset, k)
+    history = fit(model, domain_train, None, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                  progress=progress)
+    after = {"general": perplexity(model, general_eval), "domain": perplexity(model, domain_eval)}
+    return {"preset": preset, "k": k, "before": before, "after": after,
+            "general_rise": after["general"] / before["general"], "domain_gain": before["domain"] / after["domain"],
+            "seconds": history.train_seconds}

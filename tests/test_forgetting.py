@@ -1,0 +1,126 @@
+import pytest
+import torch
+
+from layerfreeze import layer_groups, tiny_model
+from layerfreeze.forgetting import (ForgettingStrategy, backward_transfer, cka_by_layer, embedding_agreement,
+                                    forgetting, learning, linear_cka, sequential_run, train_task_a, with_new_head)
+from tests.test_training import toy_task
+
+
+def test_forgetting_hand_computed():
+    # 3 tasks. Task 0 peaks at 0.9 after itself, ends at 0.5: forgets 0.4. Task 1 peaks 0.8, ends 0.7: forgets 0.1.
+    R = [[0.9, 0.2, 0.1],
+         [0.6, 0.8, 0.3],
+         [0.5, 0.7, 0.95]]
+    result = forgetting(R)
+    assert result["per_task"] == pytest.approx([0.4, 0.1])
+    assert result["mean"] == pytest.approx(0.25)
+
+
+def test_forgetting_uses_the_best_earlier_accuracy_not_the_first():
+    R = [[0.5, 0.0, 0.0], [0.8, 0.6, 0.0], [0.7, 0.6, 0.9]]  # task 0 improved after task 1, then fell back
+    assert forgetting(R)["per_task"] == pytest.approx([0.1, 0.0])
+
+
+def test_backward_transfer_hand_computed():
+    R = [[0.9, 0.2, 0.1],
+         [0.6, 0.8, 0.3],
+         [0.5, 0.7, 0.95]]
+    # (R[2][0] - R[0][0] + R[2][1] - R[1][1]) / 2 = (-0.4 - 0.1) / 2
+    assert backward_transfer(R) == pytest.approx(-0.25)
+    assert backward_transfer([[0.7, 0.1], [0.8, 0.9]]) == pytest.approx(0.1)  # positive transfer
+
+
+def test_metric_inputs_are_checked():
+    with pytest.raises(ValueError, match="square"):
+        forgetting([[0.9, 0.1]])
+    with pytest.raises(ValueError, match="at least two tasks"):
+        backward_transfer([[0.9]])
+    assert learning(0.2, 0.85) == pytest.approx(0.65)
+
+
+def test_cka_known_cases():
+    torch.manual_seed(0)
+    x = torch.randn(200, 16, dtype=torch.float64)
+    assert linear_cka(x, x) == pytest.approx(1.0)
+    q, _ = torch.linalg.qr(torch.randn(16, 16, dtype=torch.float64))
+    assert linear_cka(x, x @ q) == pytest.approx(1.0)  # orthogonal transform
+    assert linear_cka(x, 5.0 * x + 3.0) == pytest.approx(1.0)  # isotropic scale and shift
+    assert linear_cka(x, torch.randn(200, 16, dtype=torch.float64)) < 0.2  # unrelated
+    y = x @ torch.randn(16, 16, dtype=torch.float64)  # a general linear map lowers it, but not to zero
+    assert 0.2 < linear_cka(x, y) < 1.0
+    with pytest.raises(ValueError, match="same examples"):
+        linear_cka(x, x[:10])
+
+
+def test_model_b_shares_the_body_and_has_its_own_head():
+    model_a = tiny_model("bert", num_layers=2)
+    model_b = with_new_head(model_a, num_labels=5)
+    assert all(b is a for a, b in zip(model_a.bert.encoder.layer, model_b.bert.encoder.layer))
+    assert model_b.bert.embeddings is model_a.bert.embeddings
+    assert model_b.bert.pooler is not model_a.bert.pooler
+    assert model_b.classifier.out_features == 5 and model_a.classifier.out_features == 2
+    ids = torch.randint(5, 90, (2, 6))
+    assert model_b(input_ids=ids).logits.shape == (2, 5)
+
+
+def test_drift_is_zero_for_the_same_model_and_positive_after_change():
+    original = tiny_model("bert", num_layers=2)
+    ids, mask, _ = toy_task(64)
+    assert cka_by_layer(original, original, ids, mask) == pytest.approx([1.0, 1.0, 1.0])
+    assert embedding_agreement(original, original, ids, mask) == pytest.approx(1.0)
+    moved = tiny_model("bert", num_layers=2)
+    with torch.no_grad():
+        moved.bert.encoder.layer[1].output.dense.weight.add_(torch.randn_like(moved.bert.encoder.layer[1].output.dense.weight))
+    cka = cka_by_layer(original, moved, ids, mask)
+    assert cka[0] == pytest.approx(1.0) and cka[1] == pytest.approx(1.0) and cka[2] < 0.99
+
+
+@pytest.mark.parametrize("strategy", [
+    ForgettingStrategy("full", "full"),
+    ForgettingStrategy("freeze bottom 1", "freeze-bottom", k=1),
+    ForgettingStrategy("head", "head"),
+    ForgettingStrategy("bitfit", "bitfit"),
+    ForgettingStrategy("gradual", "gradual"),
+    ForgettingStrategy("lora", "lora", rank=2),
+], ids=lambda s: s.name)
+def test_sequential_protocol(strategy):
+    pretrained = tiny_model("bert", num_layers=3)
+    a_train, a_eval = toy_task(64, seed=1), toy_task(32, seed=2)
+    b_ids, b_mask, b_labels = toy_task(64, seed=3)
+    b_train = (b_ids, b_mask, (b_ids[:, 0] % 3))  # a 3-class task B
+    b_eval = (b_train[0][:32], b_train[1][:32], b_train[2][:32])
+    model_a = train_task_a(pretrained, a_train, a_eval, epochs=2, batch_size=16, progress=False)
+    head_a = {n: p.detach().clone() for n, p in model_a.named_parameters() if n.startswith(("classifier", "bert.pooler"))}
+    result = sequential_run(pretrained, model_a, strategy, b_train, a_eval, b_eval, 3, epochs=2, batch_size=16,
+                            probe=a_eval[:2], progress=False)
+    assert len(result.a_during_b) == len(result.b_during_b) == 2
+    summary = result.summary()
+    assert summary["forgetting"] == pytest.approx(max(result.a_after_a, 0) - result.a_during_b[-1])
+    assert len(result.cka) == 4 and 0 <= result.agreement <= 1.0 + 1e-6
+    assert result.trainable_params > 0
+    for name, value in head_a.items():  # model_a (the caller's) is untouched, and head A never trained
+        assert torch.equal(dict(model_a.named_parameters())[name], value)
+    if strategy.kind == "head":  # the shared body never moved: A keeps its accuracy, drift is A's fine-tuning alone
+        assert result.a_during_b == [result.a_after_a] * 2
+        assert result.cka == pytest.approx(cka_by_layer(pretrained, model_a, *a_eval[:2]))
+    if strategy.kind == "full":
+        assert result.cka[-1] < cka_by_layer(pretrained, model_a, *a_eval[:2])[-1]
+
+
+def test_decoder_forgetting_code_path():
+    """Tiny random GPT-2: the numbers mean nothing, the code path is what is tested (perplexity from real losses)."""
+    from layerfreeze import load_task
+    from layerfreeze.forgetting import decoder_forgetting, lm_data, perplexity
+    from layerfreeze.models import load_model
+
+    model, tokenizer = load_model("tiny:gpt2", task="causal-lm")
+    texts = load_task("a", limit={"train": 48, "test": 16})
+    topics = load_task("b", limit={"train": 48, "test": 16})
+    general, domain_train, domain_eval = (lm_data(s["text"], tokenizer, 24) for s in
+                                          (texts["test"], topics["train"], topics["test"]))
+    assert perplexity(model, general) > 1000  # a random 30k-vocabulary model is nearly uniform
+    result = decoder_forgetting(model, domain_train, general, domain_eval, preset="all", epochs=2, batch_size=8,
+                                lr=3e-3, progress=False)
+    assert result["after"]["domain"] < result["before"]["domain"]  # it learned the domain
+    assert result["general_rise"] == pytest.approx(result["after"]["general"] / result["before"]["general"])
