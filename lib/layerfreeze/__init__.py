@@ -18,7 +18,7 @@ from .data import encode, generate_task, load_task, num_labels
 from .freezing import (FreezeReport, assert_frozen_unchanged, bitfit, changed_parameters, count_parameters, freeze,
                        freeze_to, frozen, frozen_in_eval, fingerprint, release_eval_mode, restore_trainable,
                        select_parameters, train_only, trainable_state, unfreeze)
-from .inspection import group_table, parameter_table
+from .inspection import group_table, parameter_table, relative_step_time
 from .layers import LayerGroup, find_blocks_path, layer_groups, num_blocks, shared_parameters
 from .memory import MemoryEstimate, estimate_memory
 from .models import MINILM_SHA256, load_model, resolve_model_source, tiny_model
@@ -38,7 +38,7 @@ __all__ = [
     "FreezeReport", "assert_frozen_unchanged", "bitfit", "changed_parameters", "count_parameters", "freeze",
     "freeze_to", "frozen", "frozen_in_eval", "fingerprint", "release_eval_mode", "restore_trainable",
     "select_parameters", "train_only", "trainable_state", "unfreeze",
-    "group_table", "parameter_table",
+    "group_table", "parameter_table", "relative_step_time",
     "LayerGroup", "find_blocks_path", "layer_groups", "num_blocks", "shared_parameters",
     "MemoryEstimate", "estimate_memory",
     "MINILM_SHA256", "load_model", "resolve_model_source", "tiny_model",

@@ -92,6 +92,9 @@ def requested_prefix(model: nn.Module, groups: list[LayerGroup], cache_prefix: b
         prefix = cacheable_prefix(model, groups)
         if never_trained is not None:
             prefix = min(prefix, never_trained)
+        if prefix == 0 and never_trained == 0:
+            raise ValueError("cache_prefix=True, but the schedule trains the embeddings at some step: no prefix stays "
+                             "frozen for the whole run, so there is nothing to cache.")
         if prefix == 0:
             raise ValueError("cache_prefix=True, but the embeddings are trainable: there is no frozen prefix to "
                              "cache. Freeze the bottom groups first, e.g. freeze_to(model, -3, eval_frozen=True).")

@@ -283,8 +283,6 @@ def sequential_run(pretrained: nn.Module, model_a: nn.Module, strategy: Forgetti
     examples = len(data_b[0] if isinstance(data_b, tuple) else data_b.tensors[0])
     steps = epochs * -(-examples // batch_size)
     trained, plan = prepare_for_b(model_b, strategy, steps)
-    result.trainable_params = sum(p.numel() for p in trained.parameters() if p.requires_grad)
-
     def measure_a(epoch):
         result.a_during_b.append(evaluate(model_a, eval_a)["accuracy"])
         return {"a_accuracy": result.a_during_b[-1]}
@@ -293,6 +291,8 @@ def sequential_run(pretrained: nn.Module, model_a: nn.Module, strategy: Forgetti
     history = fit(trained, data_b, eval_b, epochs=epochs, batch_size=batch_size, seed=seed, progress=progress,
                   on_epoch_end=measure_a, **({"lr": plan} if isinstance(plan, dict) else {"schedule": plan}))
     result.seconds = time.perf_counter() - start
+    # counted at the end, when a gradual schedule has unfrozen everything it will
+    result.trainable_params = sum(p.numel() for p in trained.parameters() if p.requires_grad)
     result.b_during_b = [e["eval_accuracy"] for e in history.epochs]
     if probe is not None:
         result.cka = cka_by_layer(pretrained, model_a, *probe)

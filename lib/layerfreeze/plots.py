@@ -58,17 +58,16 @@ def plot_memory(estimates: dict[str, MemoryEstimate], ax=None, measured_mib: dic
 
 
 def plot_accuracy_vs(results: pd.DataFrame, x: str = "trainable_params", ax=None, log: bool = True,
-                     label: str = "name"):
-    """Test accuracy of each strategy against a cost column (trainable parameters, wall time ...)."""
+                     label: str = "name", y: str = "test_accuracy"):
+    """Accuracy of each strategy (column ``y``) against a cost column (trainable parameters, wall time ...)."""
     ax = _axes(ax)
-    ax.scatter(results[x], results["test_accuracy"], color=TRAINABLE_COLOR, zorder=3)
+    ax.scatter(results[x], results[y], color=TRAINABLE_COLOR, zorder=3)
     for _, row in results.iterrows():
-        ax.annotate(row[label], (row[x], row["test_accuracy"]), textcoords="offset points", xytext=(5, 4),
-                    fontsize="small")
+        ax.annotate(row[label], (row[x], row[y]), textcoords="offset points", xytext=(5, 4), fontsize="small")
     if log:
         ax.set_xscale("log")
     ax.set_xlabel(x.replace("_", " "))
-    ax.set_ylabel("test accuracy")
+    ax.set_ylabel(y.replace("_", " "))
     ax.grid(alpha=0.3)
     return ax
 

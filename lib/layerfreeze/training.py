@@ -332,7 +332,7 @@ def fit(model: nn.Module, train_data, eval_data=None, *, epochs: int = 3, lr: fl
         batch_size: int = 32, weight_decay: float = 0.01, warmup: float | int = 0.1,
         schedule: str | Schedule = "linear", max_grad_norm: float | None = 1.0, precision: str = "auto",
         seed: int = 0, device: torch.device | str | None = None, cache_prefix: bool | int = False,
-        progress: bool = True, eval_batch_size: int = 256, on_epoch_end=None) -> History:
+        progress: bool = True, eval_batch_size: int = 256, on_epoch_end=None, on_step_end=None) -> History:
     """Fine-tune the model's trainable parameters on ``train_data``; evaluate on ``eval_data`` after each epoch.
 
     Data is ``(input_ids, attention_mask, labels)``, e.g. ``layerfreeze.encode(split, tokenizer)``. ``lr`` is one
@@ -343,7 +343,8 @@ def fit(model: nn.Module, train_data, eval_data=None, *, epochs: int = 3, lr: fl
     rate at every step (``lr`` and ``warmup`` are ignored). ``cache_prefix=True`` computes the frozen prefix's
     output once (:mod:`layerfreeze.cache`), ``cache_prefix=k`` caches exactly the first ``k`` groups; either
     refuses, with the reason, where caching would change the result. ``on_epoch_end(epoch)`` runs after each
-    epoch's evaluation; a dict it returns joins that epoch's row in the history.
+    epoch's evaluation; a dict it returns joins that epoch's row in the history. ``on_step_end(step, loss)`` runs
+    after every optimizer step with the loss as a tensor (reading it with ``.item()`` waits for the device).
 
     >>> from layerfreeze import tiny_model, freeze_to
     >>> import torch
@@ -454,6 +455,8 @@ def fit(model: nn.Module, train_data, eval_data=None, *, epochs: int = 3, lr: fl
                 optimizer.zero_grad(set_to_none=True)
                 running_loss += loss.detach().float()
                 step += 1
+                if on_step_end is not None:
+                    on_step_end(step, loss.detach())
                 bar.update()
                 if progress and rank == 0 and step % 25 == 1:
                     bar.set_postfix(loss=f"{loss.item():.3f}")

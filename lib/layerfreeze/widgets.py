@@ -1,0 +1,276 @@
+"""An interactive layer picker (ipywidgets 8): choose what trains, see what it costs, run it, compare.
+
+>>> picker = LayerPicker(model, train, validation)   # doctest: +SKIP
+>>> picker                                           # shows the panel in JupyterLab or Colab
+>>> picker.apply_preset("top", 2)                    # the same panel, driven from code (as papermill does)
+>>> picker.run()                                     # fine-tunes a copy, adds a row to picker.results
+
+Everything the panel shows comes from plain functions (:func:`choice_summary`) and the picker's own methods, so
+tests drive it without a browser. Only standard ipywidgets controls are used (no JupyterLab extension), so the panel
+works the same on Colab, where third-party widgets are enabled by default.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+
+import ipywidgets as w
+import pandas as pd
+import torch
+from torch import nn
+
+from .freezing import count_parameters
+from .inspection import group_table, relative_step_time
+from .layers import layer_groups
+from .memory import MiB, estimate_memory
+from .strategies import PRESETS, apply_preset, fresh_copy
+from .training import evaluate, fit
+
+
+def _human(count: int) -> str:
+    return f"{count / 1e6:.2f}M" if count >= 1e6 else f"{count / 1e3:.1f}k" if count >= 1e3 else str(count)
+
+
+def choice_summary(model: nn.Module, batch_size: int = 32, seq_len: int = 64) -> dict:
+    """What the current trainable set costs: counts, the memory estimate split by part, and the relative step time."""
+    trainable, total = count_parameters(model)
+    estimate = estimate_memory(model, batch_size, seq_len)
+    return {"trainable": trainable, "total": total, "percent": 100 * trainable / total,
+            "memory": estimate.table(), "memory_total_mib": estimate.total / MiB,
+            "step_time": relative_step_time(model), "step_time_cached": relative_step_time(model, cache_prefix=True),
+            "trainable_groups": [g.name for g in layer_groups(model) if g.trainable]}
+
+
+class LayerPicker:
+    """A panel with one toggle per layer group, presets, a live cost summary, a run button and a results table.
+
+    The model you pass is the one whose groups are toggled; each run trains a fresh copy of the *pretrained*
+    weights (taken when the picker is created) with the current choice, so runs are comparable.
+    """
+
+    def __init__(self, model: nn.Module, train_data=None, eval_data=None, *, epochs: int = 2, batch_size: int = 32,
+                 lr: float = 1e-4, head_lr: float = 1e-3, seed: int = 0):
+        self.model = model
+        self.pretrained = fresh_copy(model)
+        self.train_data, self.eval_data = train_data, eval_data
+        self.epochs, self.batch_size, self.lr, self.head_lr, self.seed = epochs, batch_size, lr, head_lr, seed
+        self.seq_len = train_data.tensors[0].shape[1] if train_data is not None and hasattr(train_data, "tensors") \
+            else 64
+        self.groups = layer_groups(model)
+        self.results = pd.DataFrame()
+        self.losses: list[float] = []
+        self._thread: threading.Thread | None = None
+        self._syncing = False
+        self._build()
+        self._sync_toggles_from_model()
+        self.refresh()
+
+    # --- building the panel ----------------------------------------------------------------------------------------
+
+    def _build(self) -> None:
+        counts = group_table(self.model)["params"]
+        self.toggles = {}
+        for group in self.groups:
+            toggle = w.ToggleButton(description=f"{group.name} ({_human(int(counts[group.name]))})",
+                                    tooltip=f"train {group.name}", layout=w.Layout(width="220px"))
+            toggle.observe(self._guard(self._on_toggle), names="value")
+            self.toggles[group.name] = toggle
+        self.preset = w.Dropdown(options=list(PRESETS), value="top", description="preset")
+        self.k = w.IntSlider(value=2, min=1, max=len(self.groups) - 2, description="k blocks")
+        self.apply_button = w.Button(description="apply preset", icon="check")
+        self.apply_button.on_click(self._guard(lambda _: self.apply_preset(self.preset.value, self._preset_k())))
+        self.summary = w.HTML()
+        self.epochs_box = w.IntSlider(value=self.epochs, min=1, max=10, description="epochs")
+        self.run_button = w.Button(description="run", button_style="success", icon="play")
+        self.run_button.on_click(self._guard(lambda _: self.run(block=False)))
+        self.reset_button = w.Button(description="reset results", icon="trash")
+        self.reset_button.on_click(self._guard(lambda _: self.reset()))
+        self.status = w.HTML("<i>ready</i>")
+        self.progress = w.IntProgress(value=0, min=0, max=1, description="training")
+        self.live = w.Output(layout=w.Layout(min_height="40px"))
+        self.table = w.Output()
+        self.error = w.HTML()
+        layers = w.VBox([w.HTML("<b>Layer groups</b> (top of the model first)")]
+                        + [self.toggles[g.name] for g in reversed(self.groups)])
+        controls = w.VBox([w.HTML("<b>Presets</b>"), self.preset, self.k, self.apply_button, w.HTML("<b>Cost</b>"),
+                           self.summary])
+        runner = w.VBox([w.HTML("<b>Run</b>"), self.epochs_box, w.HBox([self.run_button, self.reset_button]),
+                         self.progress, self.status, self.live, self.error, self.table])
+        self.panel = w.HBox([layers, controls, runner])
+
+    def _preset_k(self) -> int | None:
+        return self.k.value if self.preset.value in ("top", "bottom") else None
+
+    def _guard(self, handler):
+        """Show an exception from a widget callback in the panel instead of losing it in the kernel log."""
+        def wrapped(*args):
+            try:
+                self.error.value = ""
+                handler(*args)
+            except Exception as exc:  # the panel is the only place a learner will see it
+                self.error.value = (f"<pre style='color:#b00020;white-space:pre-wrap'>{type(exc).__name__}: "
+                                    f"{exc}\n\n{traceback.format_exc(limit=3)}</pre>")
+        return wrapped
+
+    def _ipython_display_(self):
+        from IPython.display import display
+        display(self.panel)
+
+    # --- the choice ------------------------------------------------------------------------------------------------
+
+    def _on_toggle(self, change) -> None:
+        if self._syncing:
+            return
+        self.set_trainable({name: toggle.value for name, toggle in self.toggles.items()})
+
+    def set_trainable(self, choice: dict[str, bool]) -> None:
+        """Train exactly the groups marked True (others freeze). Unknown names raise, naming the valid ones."""
+        unknown = set(choice) - set(self.toggles)
+        if unknown:
+            raise ValueError(f"unknown layer groups {sorted(unknown)}; valid: {', '.join(self.toggles)}")
+        wanted = {**{name: t.value for name, t in self.toggles.items()}, **choice}
+        if not any(wanted.values()):
+            self._sync_toggles_from_model()
+            raise ValueError("nothing left to train: keep at least one layer group on (the head, for a linear probe)")
+        for group in self.groups:
+            group_on = wanted[group.name]
+            for param in group.parameters.values():
+                param.requires_grad_(group_on)
+        self._sync_toggles_from_model()
+        self.refresh()
+
+    def toggle(self, name: str) -> None:
+        """Flip one group, as a click on its button does."""
+        if name not in self.toggles:
+            raise ValueError(f"unknown layer group {name!r}; valid: {', '.join(self.toggles)}")
+        self.toggles[name].value = not self.toggles[name].value
+
+    def apply_preset(self, preset: str, k: int | None = None) -> None:
+        """Set the choice from a preset (head, top k, bottom k, all, bitfit)."""
+        apply_preset(self.model, preset, k, eval_frozen=False)
+        self._sync_toggles_from_model()
+        self.refresh()
+
+    def _sync_toggles_from_model(self) -> None:
+        self._syncing = True
+        try:
+            for group in self.groups:
+                state = group.trainable
+                toggle = self.toggles[group.name]
+                toggle.value = bool(state) if state is not None else True
+                toggle.button_style = "success" if state else ("warning" if state is None else "")
+                toggle.tooltip = "partly trainable (e.g. BitFit)" if state is None else toggle.tooltip
+        finally:
+            self._syncing = False
+
+    def refresh(self) -> dict:
+        """Recompute and show the cost summary; returns it."""
+        info = choice_summary(self.model, self.batch_size, self.seq_len)
+        memory = info["memory"]
+        rows = "".join(f"<tr><td>{part}</td><td>{row['frozen']:.1f}</td><td>{row['trainable']:.1f}</td>"
+                       f"<td><b>{row['total']:.1f}</b></td></tr>" for part, row in memory.iterrows())
+        self.summary.value = (
+            f"<div class='layerfreeze-summary'><b>Trainable:</b> <span class='trainable-count'>{info['trainable']:,}</span>"
+            f" of {info['total']:,} parameters (<span class='trainable-percent'>{info['percent']:.1f}%</span>)<br>"
+            f"<b>Step time:</b> ~{info['step_time']:.2f}x full fine-tuning "
+            f"({info['step_time_cached']:.2f}x with the prefix cache)<br>"
+            f"<b>Memory</b> (MiB, batch {self.batch_size}, {self.seq_len} tokens, AdamW):"
+            f"<table><tr><th></th><th>frozen</th><th>trainable</th><th>total</th></tr>{rows}</table></div>")
+        self.last_summary = info
+        return info
+
+    # --- running ---------------------------------------------------------------------------------------------------
+
+    def run(self, block: bool = True) -> dict | None:
+        """Fine-tune a fresh copy of the pretrained weights with the current choice; add a row to ``results``.
+
+        The run button calls this with ``block=False``: training goes to a thread, so the panel stays responsive and
+        shows progress. From code (and under papermill) it blocks and returns the row.
+        """
+        if self.train_data is None or self.eval_data is None:
+            raise ValueError("pass train_data and eval_data to LayerPicker to enable runs")
+        if self._thread is not None and self._thread.is_alive():
+            raise RuntimeError("a run is already in progress; wait for it to finish")
+        if block:
+            return self._run()
+        self._thread = threading.Thread(target=self._guard(self._run), daemon=True)
+        self._thread.start()
+        return None
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait for a run started with ``block=False``."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> dict:
+        choice = [g.name for g in self.groups if g.trainable is not False]
+        flags = {n: p.requires_grad for n, p in self.model.named_parameters()}
+        model = fresh_copy(self.pretrained)
+        for name, param in model.named_parameters():
+            param.requires_grad_(flags[name])
+        epochs = self.epochs_box.value
+        steps = epochs * -(-len(self.train_data.tensors[0]) // self.batch_size)
+        self.progress.max, self.progress.value = steps, 0
+        self.run_button.disabled = True
+        self.status.value = f"<i>training {', '.join(choice)} for {epochs} epochs ...</i>"
+        self.losses = []
+        start = time.perf_counter()
+        try:
+            history = fit(model, self.train_data, self.eval_data, epochs=epochs, batch_size=self.batch_size,
+                          lr={"head": self.head_lr, "default": self.lr}, seed=self.seed, progress=False,
+                          on_step_end=self._on_step)
+        finally:
+            self.run_button.disabled = False
+        row = {"choice": ", ".join(choice), "trainable_params": history.trainable_params,
+               "percent_trainable": 100 * history.trainable_params / history.total_params,
+               "accuracy": history.final_accuracy, "seconds": time.perf_counter() - start,
+               "step_ms": history.step_seconds * 1000, "estimated_mib": self.last_summary["memory_total_mib"]}
+        self.results = pd.concat([self.results, pd.DataFrame([row])], ignore_index=True)
+        self.status.value = f"done: accuracy <b>{row['accuracy']:.3f}</b> in {row['seconds']:.0f} s"
+        self._show_results()
+        del model
+        return row
+
+    def _on_step(self, step: int, loss: torch.Tensor) -> None:
+        self.progress.value = step
+        self.losses.append(float(loss))
+        every = max(1, self.progress.max // 20)
+        if step % every == 0 or step == self.progress.max:
+            self._plot_losses()
+
+    def _plot_losses(self) -> None:
+        import matplotlib.pyplot as plt
+
+        with self.live:
+            self.live.clear_output(wait=True)
+            fig, ax = plt.subplots(figsize=(4, 2.2))
+            ax.plot(range(1, len(self.losses) + 1), self.losses, color="#e76f51")
+            ax.set_xlabel("step"); ax.set_ylabel("training loss")
+            ax.set_title("live loss", fontsize="small")
+            fig.tight_layout()
+            plt.show()
+            plt.close(fig)
+
+    def _show_results(self) -> None:
+        from IPython.display import display
+
+        with self.table:
+            self.table.clear_output(wait=True)
+            display(self.results.round(3))
+
+    def reset(self) -> None:
+        """Forget all results."""
+        self.results = pd.DataFrame()
+        self.table.clear_output()
+        self.live.clear_output()
+        self.status.value = "<i>results cleared</i>"
+
+    def plot_results(self, ax=None):
+        """Accuracy against trainable parameters for every run so far (a static figure)."""
+        from .plots import plot_accuracy_vs
+
+        if self.results.empty:
+            raise ValueError("no results yet: call run() first")
+        return plot_accuracy_vs(self.results, "trainable_params", ax=ax, label="choice", y="accuracy")

@@ -1,0 +1,84 @@
+"""The layer picker, driven from code as a person would drive it with clicks."""
+
+import pytest
+import torch
+
+from layerfreeze import count_parameters, layer_groups, tiny_model
+from layerfreeze.widgets import LayerPicker, choice_summary
+from tests.test_training import toy_task
+
+
+@pytest.fixture
+def picker():
+    data = torch.utils.data.TensorDataset(*toy_task(32))
+    return LayerPicker(tiny_model("bert", num_layers=3), data, data, epochs=1, batch_size=16)
+
+
+def trainable_on_page(picker):
+    return int(picker.summary.value.split("class='trainable-count'>")[1].split("<")[0].replace(",", ""))
+
+
+def test_one_toggle_per_group_labelled_with_its_size(picker):
+    assert list(picker.toggles) == ["embeddings", "block.0", "block.1", "block.2", "head"]
+    embeddings = layer_groups(picker.model)[0].num_params
+    assert picker.toggles["embeddings"].description == f"embeddings ({embeddings / 1e3:.1f}k)"
+    assert all(t.value for t in picker.toggles.values())  # a fresh model trains everything
+
+
+def test_toggling_updates_the_model_and_the_summary(picker):
+    before = trainable_on_page(picker)
+    picker.toggle("embeddings")  # what a click does
+    assert not any(p.requires_grad for p in layer_groups(picker.model)[0].parameters.values())
+    after = trainable_on_page(picker)
+    assert after == count_parameters(picker.model)[0] < before
+    assert picker.last_summary["step_time"] < 1.0 or picker.last_summary["memory_total_mib"] > 0
+    picker.toggles["embeddings"].value = True  # setting the widget value directly works too
+    assert trainable_on_page(picker) == before
+
+
+def test_presets_and_the_summary_parts(picker):
+    picker.apply_preset("top", 1)
+    assert [n for n, t in picker.toggles.items() if t.value] == ["block.2", "head"]
+    summary = choice_summary(picker.model, 16, 8)
+    assert summary["trainable_groups"] == ["block.2", "head"]
+    assert summary["memory"].loc["gradients", "frozen"] == 0 and summary["memory"].loc["weights", "frozen"] > 0
+    assert summary["step_time_cached"] < summary["step_time"] < 1.0
+    picker.apply_preset("bitfit")
+    assert picker.toggles["block.0"].button_style == "warning"  # partly trainable
+
+
+def test_bad_choices_are_explained(picker):
+    with pytest.raises(ValueError, match="valid: embeddings, block.0"):
+        picker.toggle("block.7")
+    with pytest.raises(ValueError, match="nothing left to train"):
+        picker.set_trainable({name: False for name in picker.toggles})
+    assert any(t.value for t in picker.toggles.values())  # the panel still shows the real state
+
+
+def test_run_adds_comparable_rows_and_reset_clears(picker):
+    picker.apply_preset("head")
+    head = picker.run()
+    picker.apply_preset("all")
+    full = picker.run()
+    assert list(picker.results["choice"]) == ["head", "embeddings, block.0, block.1, block.2, head"]
+    assert head["trainable_params"] < full["trainable_params"]
+    assert picker.progress.value == picker.progress.max and len(picker.losses) == picker.progress.max
+    assert 0 <= full["accuracy"] <= 1
+    picker.reset()
+    assert picker.results.empty
+
+
+def test_the_run_button_trains_in_a_thread(picker):
+    picker.apply_preset("top", 1)
+    picker.run_button.click()
+    picker.wait(60)
+    assert len(picker.results) == 1 and not picker.run_button.disabled
+    assert "done: accuracy" in picker.status.value
+
+
+def test_an_error_in_a_callback_is_shown_in_the_panel():
+    picker = LayerPicker(tiny_model("bert", num_layers=2))  # no data: runs are impossible
+    picker.run_button.click()
+    assert "pass train_data and eval_data" in picker.error.value
+    picker.apply_preset("top", 1)
+    assert picker.error.value == ""  # the next successful action clears it
