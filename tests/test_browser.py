@@ -43,7 +43,7 @@ def lab(tmp_path):
     port, token = free_port(), "layerfreeze-test"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "JUPYTER_PATH": str(ROOT / ".venv" / "share" / "jupyter")}
     server = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
+        [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", f"--port={port}", "--ServerApp.ip=127.0.0.1",
          f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={tmp_path}", "--LabApp.news_url=",
          "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -74,20 +74,34 @@ def test_toggling_a_layer_in_the_browser_changes_the_trainable_count(lab):
         page = browser.new_page(viewport={"width": 1500, "height": 1000})
         page.goto(lab)
         page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+        # the kernel is ready when the status bar says Idle
+        page.locator(".jp-StatusBar-Widget", has_text="Idle").first.wait_for(timeout=60_000)
         page.click(".lm-MenuBar-itemLabel:text-is('Run')")  # the menu, as a person would
         page.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
         count = page.locator(".trainable-count").first
-        count.wait_for(timeout=120_000)
-        # wait for the guided experiments to finish: the static figure's cell prints the comparison
-        page.wait_for_selector("text=In this run, the head alone reached", timeout=180_000)
-        before = count.inner_text()
+        try:
+            count.wait_for(timeout=120_000)
+        except Exception:
+            page.screenshot(path=str(screenshots / "layer_picker_failed.png"))
+            raise
+        # wait until every cell has run: the last one prints the run's time
+        page.locator(".jp-OutputArea-output", has_text="this run took").first.wait_for(timeout=180_000)
+        news = page.get_by_role("button", name="No", exact=True)  # JupyterLab's one-time question about news
+        if news.count() and news.first.is_visible():
+            news.first.click()
+        before = page.wait_for_function(
+            "() => { const t = document.querySelector('.trainable-count')?.textContent; "
+            "return /[0-9]/.test(t || '') ? t : null; }", timeout=30_000).json_value()
         embeddings = page.locator("button.jupyter-button", has_text="embeddings (").first
         embeddings.scroll_into_view_if_needed()
         embeddings.click()
-        page.wait_for_function("([el, old]) => el.textContent !== old", arg=[count.element_handle(), before],
-                               timeout=30_000)
-        after = count.inner_text()
-        count.scroll_into_view_if_needed()
-        page.screenshot(path=str(screenshots / "layer_picker.png"))
+        try:  # the summary widget re-renders its HTML, so look the element up afresh each time
+            changed = page.wait_for_function(
+                "old => { const t = document.querySelector('.trainable-count')?.textContent; "
+                "return /[0-9]/.test(t || '') && t !== old ? t : null; }", arg=before, timeout=60_000)
+            after = changed.json_value()
+        finally:
+            page.evaluate("document.querySelector('.layerfreeze-summary').scrollIntoView({block: 'center'})")
+            page.screenshot(path=str(screenshots / "layer_picker.png"))
         browser.close()
     assert int(after.replace(",", "")) != int(before.replace(",", ""))

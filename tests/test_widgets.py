@@ -45,6 +45,8 @@ def test_presets_and_the_summary_parts(picker):
     assert summary["step_time_cached"] < summary["step_time"] < 1.0
     picker.apply_preset("bitfit")
     assert picker.toggles["block.0"].button_style == "warning"  # partly trainable
+    picker.toggle("embeddings")  # one click touches one group: the others stay partly trainable
+    assert picker.toggles["block.0"].button_style == "warning" and not picker.toggles["embeddings"].value
 
 
 def test_bad_choices_are_explained(picker):

@@ -92,13 +92,15 @@ class LayerPicker:
         self.live = w.Output(layout=w.Layout(min_height="40px"))
         self.table = w.Output()
         self.error = w.HTML()
-        layers = w.VBox([w.HTML("<b>Layer groups</b> (top of the model first)")]
-                        + [self.toggles[g.name] for g in reversed(self.groups)])
+        layers = w.VBox([w.HTML("<b>Layer groups</b><br><small>top of the model first</small>")]
+                        + [self.toggles[g.name] for g in reversed(self.groups)],
+                        layout=w.Layout(min_width="235px"))
         controls = w.VBox([w.HTML("<b>Presets</b>"), self.preset, self.k, self.apply_button, w.HTML("<b>Cost</b>"),
-                           self.summary])
+                           self.summary], layout=w.Layout(min_width="340px", margin="0 12px"))
         runner = w.VBox([w.HTML("<b>Run</b>"), self.epochs_box, w.HBox([self.run_button, self.reset_button]),
-                         self.progress, self.status, self.live, self.error, self.table])
-        self.panel = w.HBox([layers, controls, runner])
+                         self.progress, self.status, self.live, self.error, self.table],
+                        layout=w.Layout(flex="1 1 auto"))
+        self.panel = w.HBox([layers, controls, runner], layout=w.Layout(flex_flow="row wrap"))
 
     def _preset_k(self) -> int | None:
         return self.k.value if self.preset.value in ("top", "bottom") else None
@@ -123,26 +125,31 @@ class LayerPicker:
     def _on_toggle(self, change) -> None:
         if self._syncing:
             return
-        self.set_trainable({name: toggle.value for name, toggle in self.toggles.items()})
+        name = next(n for n, toggle in self.toggles.items() if toggle is change.owner)
+        self.set_trainable({name: change.new})
 
     def set_trainable(self, choice: dict[str, bool]) -> None:
-        """Train exactly the groups marked True (others freeze). Unknown names raise, naming the valid ones."""
+        """Switch the named groups on (train) or off (freeze); the other groups keep their state, partly trainable
+        ones (BitFit) included. Unknown names, or a choice that leaves nothing to train, raise."""
         unknown = set(choice) - set(self.toggles)
         if unknown:
             raise ValueError(f"unknown layer groups {sorted(unknown)}; valid: {', '.join(self.toggles)}")
-        wanted = {**{name: t.value for name, t in self.toggles.items()}, **choice}
-        if not any(wanted.values()):
+        after = {id(p): p.requires_grad for p in self.model.parameters()}
+        for group in self.groups:
+            if group.name in choice:
+                after.update({id(p): choice[group.name] for p in group.parameters.values()})
+        if not any(after.values()):
             self._sync_toggles_from_model()
             raise ValueError("nothing left to train: keep at least one layer group on (the head, for a linear probe)")
         for group in self.groups:
-            group_on = wanted[group.name]
-            for param in group.parameters.values():
-                param.requires_grad_(group_on)
+            if group.name in choice:
+                for param in group.parameters.values():
+                    param.requires_grad_(choice[group.name])
         self._sync_toggles_from_model()
         self.refresh()
 
     def toggle(self, name: str) -> None:
-        """Flip one group, as a click on its button does."""
+        """Flip one group's button, as a click does (a partly trainable group shows as on, so a click freezes it)."""
         if name not in self.toggles:
             raise ValueError(f"unknown layer group {name!r}; valid: {', '.join(self.toggles)}")
         self.toggles[name].value = not self.toggles[name].value
