@@ -8,9 +8,9 @@
 Both come from one seeded generator (:func:`generate_task`); ``data/`` holds the files it writes, and
 ``data/README.md`` is their data card. Every split has the columns ``text`` (str) and ``label`` (int).
 
->>> splits = load_task("a")                     # doctest: +SKIP
->>> splits["train"][0]                          # doctest: +SKIP
-{'text': 'although the soup was cold, the staff were wonderful.', 'label': 1}
+>>> splits = load_task("a")
+>>> sorted(splits), splits["train"].column_names
+(['test', 'train', 'validation'], ['text', 'label'])
 """
 
 from __future__ import annotations
@@ -212,8 +212,7 @@ def load_task(name: str = "a", *, limit: dict[str, int] | None = None, seed: int
     absent), or a Hub dataset: ``"sst2"``, ``"ag_news"``, ``"imdb"``. Columns are ``text`` and ``label``, with
     label names in ``features["label"].names``. ``limit={"train": 500}`` keeps a seeded random subset.
 
-    >>> splits = load_task("a", limit={"train": 100})   # doctest: +SKIP
-    >>> splits["train"].num_rows                         # doctest: +SKIP
+    >>> load_task("a", limit={"train": 100})["train"].num_rows
     100
     """
     import datasets

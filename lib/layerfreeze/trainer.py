@@ -7,11 +7,12 @@ follows the schedule's curve; :class:`UnfreezingCallback` then switches ``requir
 AdamW skips parameters whose ``.grad`` is ``None``, so a group that has not thawed yet neither moves nor builds
 optimizer state.
 
->>> from layerfreeze import tiny_model, layer_groups, gradual_unfreezing   # doctest: +SKIP
->>> schedule = gradual_unfreezing([g.name for g in layer_groups(model)], every=50, total_steps=400, lrs=rates)
->>> optimizer, scheduler = schedule_optimizer(model, schedule)            # doctest: +SKIP
->>> Trainer(model=model, args=args, train_dataset=train, optimizers=(optimizer, scheduler),
-...         callbacks=[UnfreezingCallback(schedule)]).train()              # doctest: +SKIP
+Usage::
+
+    schedule = gradual_unfreezing([g.name for g in layer_groups(model)], every=50, total_steps=400, lrs=rates)
+    optimizer, scheduler = schedule_optimizer(model, schedule)
+    Trainer(model=model, args=args, train_dataset=train, optimizers=(optimizer, scheduler),
+            callbacks=[UnfreezingCallback(schedule)]).train()
 """
 
 from __future__ import annotations

@@ -393,7 +393,8 @@ def fit(model: nn.Module, train_data, eval_data=None, *, epochs: int = 3, lr: fl
 
     never_trained = next((i for i, g in enumerate(plan.groups) if any(g in gs for _, gs in plan.phases)),
                          len(groups))
-    prefix = feature_cache.requested_prefix(model, groups, cache_prefix, never_trained) if cache_prefix else 0
+    prefix = feature_cache.requested_prefix(model, groups, cache_prefix,
+                                            never_trained if follows_schedule else None) if cache_prefix else 0
     if prefix and world_size > 1:
         raise ValueError("cache_prefix is not supported with several processes yet; train without it under torchrun")
     cached = cached_eval = None

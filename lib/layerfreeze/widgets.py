@@ -1,9 +1,11 @@
 """An interactive layer picker (ipywidgets 8): choose what trains, see what it costs, run it, compare.
 
->>> picker = LayerPicker(model, train, validation)   # doctest: +SKIP
->>> picker                                           # shows the panel in JupyterLab or Colab
->>> picker.apply_preset("top", 2)                    # the same panel, driven from code (as papermill does)
->>> picker.run()                                     # fine-tunes a copy, adds a row to picker.results
+Usage::
+
+    picker = LayerPicker(model, train, validation)
+    picker                            # the last expression of a cell: shows the panel in JupyterLab or Colab
+    picker.apply_preset("top", 2)     # the same panel, driven from code (as papermill does)
+    picker.run()                      # fine-tunes a copy, adds a row to picker.results
 
 Everything the panel shows comes from plain functions (:func:`choice_summary`) and the picker's own methods, so
 tests drive it without a browser. Only standard ipywidgets controls are used (no JupyterLab extension), so the panel
