@@ -34,7 +34,8 @@ def test_committed_without_outputs_and_with_parameters(path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_runs_in_smoke_profile(path, tmp_path):
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
-    run_notebook(path, tmp_path / "executed", tmp_path / "results", tmp_path / "figures", profile="smoke")
+    run_notebook(path, tmp_path / "executed", tmp_path / "results", tmp_path / "figures", profile="smoke",
+                 cell_timeout=300)
     metrics = json.loads((tmp_path / "results" / f"{path.stem}.json").read_text())
     assert metrics["notebook"] == path.stem and metrics["profile"] == "smoke"
     assert metrics["environment"]["torch"]

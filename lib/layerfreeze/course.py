@@ -98,8 +98,10 @@ def notebook_paths(notebook_dir: str | Path = "notebooks") -> list[Path]:
 
 
 def run_notebook(notebook: str | Path, executed_dir: str | Path, results_dir: str | Path,
-                 figure_dir: str | Path, profile: str = "auto", **parameters) -> float:
-    """Execute one notebook with papermill (in its own folder) and return the seconds it took."""
+                 figure_dir: str | Path, profile: str = "auto", cell_timeout: int | None = None,
+                 **parameters) -> float:
+    """Execute one notebook with papermill (in its own folder) and return the seconds it took. A cell that runs
+    longer than ``cell_timeout`` seconds fails the run instead of hanging it."""
     import papermill
 
     notebook = Path(notebook).resolve()
@@ -107,7 +109,7 @@ def run_notebook(notebook: str | Path, executed_dir: str | Path, results_dir: st
     start = time.perf_counter()
     papermill.execute_notebook(
         str(notebook), str(Path(executed_dir).resolve() / notebook.name), kernel_name="python3",
-        cwd=str(notebook.parent), progress_bar=False,
+        cwd=str(notebook.parent), progress_bar=False, execution_timeout=cell_timeout,
         parameters=dict(profile=profile, output_dir=str(Path(results_dir).resolve()),
                         figure_dir=str(Path(figure_dir).resolve()), **parameters))
     return time.perf_counter() - start

@@ -80,6 +80,21 @@ def fresh_copy(base: nn.Module, from_scratch: bool = False, seed: int = 0) -> nn
     return type(base)(base.config).to(next(base.parameters()).device)
 
 
+def _uncached_step_seconds(base, strategy, train_data, steps, batch_size, seed, fit_options) -> float:
+    """Steady-state seconds per step without the cache: (time of ``steps`` + 1 steps - time of 1 step) / steps,
+    so that the first step's one-off costs drop out."""
+    tensors = train_data.tensors if hasattr(train_data, "tensors") else train_data
+    seconds = []
+    for count in (1, steps + 1):
+        model = fresh_copy(base, strategy.from_scratch, seed)
+        apply_strategy(model, strategy)
+        subset = tuple(t[: count * batch_size] for t in tensors)
+        seconds.append(fit(model, subset, epochs=1, lr=strategy.learning_rates, batch_size=batch_size, seed=seed,
+                           cache_prefix=False, progress=False, **fit_options).train_seconds)
+        del model
+    return (seconds[1] - seconds[0]) / steps
+
+
 def run_strategy(base: nn.Module, strategy: Strategy, train_data, eval_data, test_data, *, epochs: int = 3,
                  batch_size: int = 32, seed: int = 0, cache_prefix: bool = True, time_uncached_steps: int = 0,
                  progress: bool = True, **fit_options) -> dict:
@@ -87,7 +102,8 @@ def run_strategy(base: nn.Module, strategy: Strategy, train_data, eval_data, tes
 
     The row holds the test accuracy, parameter counts, speed (per step and per epoch), measured peak memory and
     the memory estimate. With ``cache_prefix`` the frozen prefix is cached wherever the strategy has one; with
-    ``time_uncached_steps`` > 0, a short uncached run of that many steps also measures the speed without the cache.
+    ``time_uncached_steps`` > 0, short uncached runs also measure the steady speed without the cache. Epoch times
+    are those of the last epoch, after one-off costs.
     """
     model = fresh_copy(base, strategy.from_scratch, seed)
     report = apply_strategy(model, strategy)
@@ -95,8 +111,7 @@ def run_strategy(base: nn.Module, strategy: Strategy, train_data, eval_data, tes
     groups = layer_groups(model)
     use_cache = cache_prefix and groups[0].trainable is False
     history = fit(model, train_data, eval_data, epochs=epochs, lr=strategy.learning_rates, batch_size=batch_size,
-                  seed=seed,
-                  cache_prefix=use_cache, progress=progress, **fit_options)
+                  seed=seed, cache_prefix=use_cache, progress=progress, **fit_options)
     start = time.perf_counter()
     test = evaluate(model, test_data, device=device)
     test_seconds = time.perf_counter() - start
@@ -112,18 +127,14 @@ def run_strategy(base: nn.Module, strategy: Strategy, train_data, eval_data, tes
            **history.summary()}
     steps_per_epoch = history.steps // max(len(history.epochs), 1)
     row["wall_seconds"] = history.train_seconds + history.cache_seconds
-    row["epoch_seconds_cached" if use_cache else "epoch_seconds_uncached"] = history.train_seconds / epochs
+    # per epoch after the first, when one-off costs (kernels, allocator warm-up) are behind us
+    steady_epoch = history.epochs[-1]["train_seconds"] if epochs > 1 else history.train_seconds
+    row["epoch_seconds_cached" if use_cache else "epoch_seconds_uncached"] = steady_epoch
     if use_cache and time_uncached_steps:
-        uncached = fresh_copy(base, strategy.from_scratch, seed)
-        apply_strategy(uncached, strategy)
-        subset = tuple(t[: time_uncached_steps * batch_size] for t in
-                       (train_data.tensors if hasattr(train_data, "tensors") else train_data))
-        timing = fit(uncached, subset, epochs=1, lr=strategy.learning_rates, batch_size=batch_size, seed=seed,
-                     cache_prefix=False, progress=False, **fit_options)
-        row["step_seconds_uncached"] = timing.step_seconds
-        row["epoch_seconds_uncached"] = timing.step_seconds * steps_per_epoch
+        row["step_seconds_uncached"] = _uncached_step_seconds(base, strategy, train_data, time_uncached_steps,
+                                                              batch_size, seed, fit_options)
+        row["epoch_seconds_uncached"] = row["step_seconds_uncached"] * steps_per_epoch
         row["cache_speedup"] = row["epoch_seconds_uncached"] / row["epoch_seconds_cached"]
-        del uncached
     del model
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -23,7 +23,7 @@ from transformers import TrainerCallback
 
 from .layers import layer_groups
 from .schedules import Schedule
-from .training import follow_schedule, parameter_groups
+from .training import follow_schedule, fused_available, parameter_groups
 
 
 def schedule_optimizer(model: nn.Module, schedule: Schedule, weight_decay: float = 0.01):
@@ -33,7 +33,8 @@ def schedule_optimizer(model: nn.Module, schedule: Schedule, weight_decay: float
     groups = [g for g in layer_groups(model) if g.name in ever]
     rates = {name: rate for name, rate in schedule.lrs.items() if name in ever}
     param_groups = parameter_groups(model, rates, weight_decay, groups, trainable_only=False)
-    optimizer = torch.optim.AdamW(param_groups, lr=param_groups[0]["lr"])
+    optimizer = torch.optim.AdamW(param_groups, lr=param_groups[0]["lr"],
+                                  fused=fused_available(next(model.parameters()).device))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.multiplier)
     return optimizer, scheduler
 
