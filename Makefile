@@ -41,7 +41,7 @@ bench: setup
 	$(PY) benchmarks/run.py
 
 lab: setup
-	cd notebooks && ../$(VENV)/bin/jupyter lab
+	cd notebooks && ../$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root)
 
 clean:
 	rm -rf build .pytest_cache .hypothesis $(VENV)
