@@ -6,6 +6,7 @@ import torch
 from layerfreeze import tiny_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # as `make test` sets it; kernels inherit it
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 FAMILIES = ["bert", "distilbert", "roberta", "gpt2", "llama"]
