@@ -32,6 +32,7 @@ import torch
 import layerfreeze as lf
 from layerfreeze.precision import resolve_precision
 from layerfreeze.schedules import lr_multiplier
+from layerfreeze.trainer import TrainerDataset
 from layerfreeze.training import PeakMemory, fused_available
 
 CONFIGURATIONS = {"full": ("all", None), "top half": ("top", "half"), "top 2 blocks": ("top", 2),
@@ -87,18 +88,6 @@ def hand_written_loop(model, data, steps, batch_size, lr, precision, device):
         torch.cuda.synchronize()
 
 
-class _Rows(torch.utils.data.Dataset):
-    def __init__(self, data):
-        self.data = data
-
-    def __len__(self):
-        return len(self.data)
-
-    def __getitem__(self, i):
-        input_ids, attention_mask, labels = self.data[i]
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-
-
 def trainer_loop(model, data, steps, batch_size, lr, precision, device):
     from transformers import Trainer, TrainingArguments
 
@@ -110,7 +99,7 @@ def trainer_loop(model, data, steps, batch_size, lr, precision, device):
             dataloader_num_workers=0, bf16=precision == "bf16", fp16=precision == "fp16",
             use_cpu=device.type == "cpu")
         with contextlib.redirect_stdout(io.StringIO()):  # the Trainer prints its metrics at the end
-            Trainer(model=model, args=args, train_dataset=_Rows(data)).train()
+            Trainer(model=model, args=args, train_dataset=TrainerDataset(data)).train()
     if device.type == "cuda":
         torch.cuda.synchronize()
 

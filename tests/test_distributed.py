@@ -19,7 +19,10 @@ def torchrun(target, output, tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                *target, *ARGS, "--output", str(output)]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+    if result.returncode != 0:  # a launch can fail on a busy machine (seen rarely here); one more try, then report
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    # the progress bars fill stderr: show the other lines, where an error would be
+    assert result.returncode == 0, "\n".join(l for l in result.stderr.splitlines() if "it/s" not in l)[-4000:]
     return json.loads(output.read_text())
 
 

@@ -5,19 +5,8 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from layerfreeze import changed_parameters, discriminative_lrs, fingerprint, gradual_unfreezing, layer_groups, tiny_model
-from layerfreeze.trainer import UnfreezingCallback, schedule_optimizer
+from layerfreeze.trainer import TrainerDataset, UnfreezingCallback, schedule_optimizer
 from tests.test_training import toy_task
-
-
-class Rows(torch.utils.data.Dataset):
-    def __init__(self, ids, mask, labels):
-        self.ids, self.mask, self.labels = ids, mask, labels
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        return {"input_ids": self.ids[i], "attention_mask": self.mask[i], "labels": self.labels[i]}
 
 
 class Snapshots(TrainerCallback):
@@ -43,7 +32,7 @@ def test_trainer_follows_the_schedule(tmp_path):
     args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=9,
                              logging_strategy="no", save_strategy="no", report_to=[], disable_tqdm=True,
                              use_cpu=True, seed=0)
-    trainer = Trainer(model=model, args=args, train_dataset=Rows(*toy_task(72)), optimizers=(optimizer, scheduler),
+    trainer = Trainer(model=model, args=args, train_dataset=TrainerDataset(toy_task(72)), optimizers=(optimizer, scheduler),
                       callbacks=[unfreezing, snapshots])
     trainer.train()
     assert unfreezing.phases == [(0, ["head"]), (3, ["block.2", "head"]), (6, ["block.1", "block.2", "head"])]

@@ -15,13 +15,9 @@ import torch
 from torch import nn
 
 from .freezing import frozen_in_eval
-from .layers import LayerGroup, layer_groups
+from .data import index_batches
+from .layers import LayerGroup, layer_groups, replace_module
 from .precision import autocast
-
-
-def _batches(n: int, batch_size: int):
-    for start in range(0, n, batch_size):
-        yield torch.arange(start, min(start + batch_size, n))
 
 
 class _StopForward(Exception):
@@ -107,45 +103,40 @@ def requested_prefix(model: nn.Module, groups: list[LayerGroup], cache_prefix: b
     return prefix
 
 
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> nn.Module:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    old = parent[int(child)] if child.isdigit() else getattr(parent, child)
-    if child.isdigit():
-        parent[int(child)] = module
-    else:
-        setattr(parent, child, module)
-    return old
-
-
 def compute_prefix_outputs(model: nn.Module, groups: list[LayerGroup], prefix: int, inputs: tuple[torch.Tensor, ...],
-                           batch_size: int, device: torch.device, precision: str,
-                           store_device: torch.device | None = None) -> torch.Tensor:
-    """The output of the first ``prefix`` groups for every example, computed once in eval mode."""
-    last = groups[prefix - 1]
-    (module,) = list(last.modules.values())
+                           batch_size: int, device: torch.device, precision: str) -> tuple[torch.Tensor, bool]:
+    """The output of the first ``prefix`` groups for every example, computed once in eval mode.
+
+    Kept on the device when it fits (:func:`cache_device`, decided from the first batch), else in CPU memory.
+    Also returns whether the last cached group returns a tuple, the structure its stand-ins must copy.
+    """
+    (module,) = list(groups[prefix - 1].modules.values())
     captured = {}
 
     def capture(_, __, output):
-        captured["value"] = output[0] if isinstance(output, tuple) else output
+        captured["value"], captured["tuple"] = (output[0] if isinstance(output, tuple) else output,
+                                                isinstance(output, tuple))
         raise _StopForward
 
     was_training = model.training
     model.eval()
     handle = module.register_forward_hook(capture)
-    chunks = []
+    chunks, store = [], None
     try:
         with torch.no_grad(), autocast(precision, device):
-            for index in _batches(len(inputs[0]), batch_size):
+            for index in index_batches(len(inputs[0]), batch_size):
                 try:
                     model(input_ids=inputs[0][index].to(device), attention_mask=inputs[1][index].to(device))
                 except _StopForward:
                     pass
-                chunks.append(captured["value"].to(store_device or device))
+                value = captured["value"]
+                if store is None:
+                    store = cache_device(device, value.element_size() * value[0].numel() * len(inputs[0]))
+                chunks.append(value.to(store))
     finally:
         handle.remove()
         model.train(was_training)
-    return torch.cat(chunks)
+    return torch.cat(chunks), captured["tuple"]
 
 
 def cache_device(device: torch.device, nbytes: int) -> torch.device:
@@ -163,32 +154,12 @@ def prefix_replaced(model: nn.Module, groups: list[LayerGroup], prefix: int, ret
     stand_in = _CachedOutput()
     swapped = {}
     (embeddings_name,) = groups[0].modules
-    swapped[embeddings_name] = _set_module(model, embeddings_name, stand_in)
+    swapped[embeddings_name] = replace_module(model, embeddings_name, stand_in)
     for group in groups[1:prefix]:
         for name in group.modules:
-            swapped[name] = _set_module(model, name, _PassThrough(returns_tuple))
+            swapped[name] = replace_module(model, name, _PassThrough(returns_tuple))
     try:
         yield stand_in
     finally:
         for name, module in swapped.items():
-            _set_module(model, name, module)
-
-
-def block_returns_tuple(model: nn.Module, groups: list[LayerGroup], inputs, device) -> bool:
-    blocks = [g for g in groups if g.kind == "block"]
-    (block,) = blocks[0].modules.values()
-    seen = {}
-
-    def record(_, __, output):
-        seen["tuple"] = isinstance(output, tuple)
-        raise _StopForward
-
-    handle = block.register_forward_hook(record)
-    try:
-        with torch.no_grad():
-            model(input_ids=inputs[0][:1].to(device), attention_mask=inputs[1][:1].to(device))
-    except _StopForward:
-        pass
-    finally:
-        handle.remove()
-    return seen["tuple"]
+            replace_module(model, name, module)

@@ -271,6 +271,20 @@ def num_labels(splits) -> int:
     return splits["train"].features["label"].num_classes
 
 
+def index_batches(n: int, batch_size: int, shuffle: bool = False, seed: int = 0, rank: int = 0,
+                  world_size: int = 1):
+    """Batches of example indices; shuffled with ``seed``. With several processes each takes every
+    ``world_size``-th example of one shared order.
+
+    >>> [b.tolist() for b in index_batches(5, 2)]
+    [[0, 1], [2, 3], [4]]
+    """
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if shuffle else torch.arange(n)
+    order = order[rank::world_size]
+    for start in range(0, len(order), batch_size):
+        yield order[start:start + batch_size]
+
+
 def encode(split, tokenizer, max_length: int = 64) -> torch.utils.data.TensorDataset:
     """Tokenize one split into a ``TensorDataset`` of ``(input_ids, attention_mask, labels)``, padded to the
     split's longest text (at most ``max_length`` tokens)."""

@@ -24,9 +24,9 @@ import torch
 from torch import nn
 
 from .freezing import freeze
-from .layers import layer_groups
+from .layers import layer_groups, replace_module
 from .strategies import apply_preset
-from .training import evaluate, fit
+from .training import _tensors, evaluate, fit
 
 # --- metrics on an accuracy matrix ---------------------------------------------------------------------------------
 
@@ -118,17 +118,22 @@ def hidden_states(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     return [torch.cat(chunks) for chunks in layers]
 
 
+def drift(original: nn.Module, tuned: nn.Module, input_ids, attention_mask) -> tuple[list[float], float]:
+    """Both drift measures from one pass of each model: per-layer CKA and sentence-embedding agreement."""
+    before = hidden_states(original, input_ids, attention_mask)
+    after = hidden_states(tuned, input_ids, attention_mask)
+    agreement = float(torch.nn.functional.cosine_similarity(before[-1], after[-1], dim=-1).mean())
+    return [linear_cka(a, b) for a, b in zip(before, after)], agreement
+
+
 def cka_by_layer(original: nn.Module, tuned: nn.Module, input_ids, attention_mask) -> list[float]:
     """Linear CKA between the two models' representations, for the embeddings output and each block's output."""
-    return [linear_cka(a, b) for a, b in zip(hidden_states(original, input_ids, attention_mask),
-                                             hidden_states(tuned, input_ids, attention_mask))]
+    return drift(original, tuned, input_ids, attention_mask)[0]
 
 
 def embedding_agreement(original: nn.Module, tuned: nn.Module, input_ids, attention_mask) -> float:
     """Mean cosine similarity between the two models' sentence embeddings (mean-pooled last hidden state)."""
-    a = hidden_states(original, input_ids, attention_mask)[-1]
-    b = hidden_states(tuned, input_ids, attention_mask)[-1]
-    return float(torch.nn.functional.cosine_similarity(a, b, dim=-1).mean())
+    return drift(original, tuned, input_ids, attention_mask)[1]
 
 
 # --- two heads over one body ---------------------------------------------------------------------------------------
@@ -139,12 +144,10 @@ def with_new_head(model_a: nn.Module, num_labels: int, seed: int = 0) -> nn.Modu
     The head group (for BERT: pooler and classifier) is copied, its final layer re-initialised for ``num_labels``;
     embeddings and blocks are the very same module objects, so training B moves A's body too.
     """
-    from .cache import _set_module
-
     model_b = copy.deepcopy(model_a)
     for group in layer_groups(model_a)[:-1]:
         for name, module in group.modules.items():
-            _set_module(model_b, name, module)
+            replace_module(model_b, name, module)
     torch.manual_seed(seed)
     head = getattr(model_b, "classifier", None) or getattr(model_b, "score", None)
     owner, attribute = (head, "out_proj") if hasattr(head, "out_proj") else (
@@ -162,6 +165,8 @@ def with_new_head(model_a: nn.Module, num_labels: int, seed: int = 0) -> nn.Modu
 # --- strategies for task B -----------------------------------------------------------------------------------------
 
 FORGETTING_KINDS = ("full", "freeze-bottom", "head", "bitfit", "gradual", "lora")
+# The attention projections LoRA adapts, by family: BERT/RoBERTa, DistilBERT, Llama, GPT-2.
+ATTENTION_PROJECTIONS = ("query", "key", "value", "q_lin", "k_lin", "v_lin", "q_proj", "k_proj", "v_proj", "c_attn")
 
 
 @dataclass
@@ -195,10 +200,7 @@ def prepare_for_b(model_b: nn.Module, strategy: ForgettingStrategy, steps: int):
         if strategy.k is None or not 0 <= strategy.k <= blocks:
             raise ValueError(f"freeze-bottom needs k from 0 to {blocks} blocks; got {strategy.k!r}")
         apply_preset(model_b, "all")
-        if strategy.k:
-            freeze(model_b, slice(0, strategy.k + 1), groups=groups)
-        else:
-            freeze(model_b, "embeddings", groups=groups)
+        freeze(model_b, slice(0, strategy.k + 1), groups=groups)  # the embeddings and the bottom k blocks
     elif strategy.kind == "head":
         apply_preset(model_b, "head")
     elif strategy.kind == "bitfit":
@@ -215,15 +217,12 @@ def _lora(model_b: nn.Module, strategy: ForgettingStrategy) -> nn.Module:
     """LoRA adapters on the attention projections of the shared blocks, via ``peft``; the head trains fully."""
     from peft import LoraConfig, get_peft_model
 
-    head_names = list(layer_groups(model_b)[-1].modules)
     targets = sorted({name.rsplit(".", 1)[-1] for name, m in model_b.named_modules()
-                      if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] in ("query", "key", "value", "q_lin",
-                                                                                     "k_lin", "v_lin", "q_proj",
-                                                                                     "k_proj", "v_proj", "c_attn")})
+                      if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] in ATTENTION_PROJECTIONS})
+    head = [name for name, module in layer_groups(model_b)[-1].modules.items()
+            if next(module.parameters(), None) is not None]  # pooler, classifier; not dropout
     config = LoraConfig(r=strategy.rank, lora_alpha=2 * strategy.rank, lora_dropout=0.0, target_modules=targets,
-                        modules_to_save=[n for n in head_names if dict(model_b.named_modules())[n]
-                                         .__class__.__name__ not in ("Dropout",)
-                                         and any(True for _ in dict(model_b.named_modules())[n].parameters())])
+                        modules_to_save=head)
     return get_peft_model(model_b, config)
 
 
@@ -280,9 +279,9 @@ def sequential_run(pretrained: nn.Module, model_a: nn.Module, strategy: Forgetti
     model_b = with_new_head(model_a, num_labels_b, seed)
     result = SequentialResult(strategy.name, evaluate(model_a, eval_a)["accuracy"],
                               evaluate(model_b, eval_b)["accuracy"])
-    examples = len(data_b[0] if isinstance(data_b, tuple) else data_b.tensors[0])
-    steps = epochs * -(-examples // batch_size)
+    steps = epochs * -(-len(_tensors(data_b)[0]) // batch_size)
     trained, plan = prepare_for_b(model_b, strategy, steps)
+
     def measure_a(epoch):
         result.a_during_b.append(evaluate(model_a, eval_a)["accuracy"])
         return {"a_accuracy": result.a_during_b[-1]}
@@ -295,8 +294,7 @@ def sequential_run(pretrained: nn.Module, model_a: nn.Module, strategy: Forgetti
     result.trainable_params = sum(p.numel() for p in trained.parameters() if p.requires_grad)
     result.b_during_b = [e["eval_accuracy"] for e in history.epochs]
     if probe is not None:
-        result.cka = cka_by_layer(pretrained, model_a, *probe)
-        result.agreement = embedding_agreement(pretrained, model_a, *probe)
+        result.cka, result.agreement = drift(pretrained, model_a, *probe)
     return result
 
 

@@ -30,7 +30,7 @@ from typing import Iterator, Union
 import torch
 from torch import nn
 
-from .layers import LayerGroup, group_of_parameter, layer_groups
+from .layers import LayerGroup, group_of_parameter, layer_groups, shared_parameters
 
 Selector = Union[int, slice, str, "re.Pattern[str]", LayerGroup]
 NORM_CLASS_HINTS = ("Norm",)  # LayerNorm, RMSNorm, LlamaRMSNorm, GroupNorm, BatchNorm1d ...
@@ -48,6 +48,7 @@ class FreezeReport:
     trainable_params: int = 0
     total_params: int = 0
     notes: list[str] = field(default_factory=list)
+    _group_by_name: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def changed(self) -> list[str]:
@@ -56,9 +57,6 @@ class FreezeReport:
     @property
     def percent_trainable(self) -> float:
         return 100.0 * self.trainable_params / max(self.total_params, 1)
-
-    def _groups_now(self, state: str) -> list[str]:
-        return [g for g, s in self.group_states.items() if s == state]
 
     def __repr__(self) -> str:
         parts = []
@@ -75,7 +73,6 @@ class FreezeReport:
     def _changed_groups(self, names: list[str]) -> list[str]:
         return list(dict.fromkeys(self._group_by_name.get(n, "?") for n in names))
 
-    _group_by_name: dict[str, str] = field(default_factory=dict, repr=False)
 
 
 def _is_glob(text: str) -> bool:
@@ -161,7 +158,7 @@ def _set_trainable(model: nn.Module, action: str, wanted: dict[int, bool], group
     owner = group_of_parameter(groups)
     report = FreezeReport(action)
     twins = {}
-    for names in _shared_names(model):
+    for names in shared_parameters(model):
         for name in names:
             twins[name] = [n for n in names if n != name]
     for name, param in canonical:
@@ -186,11 +183,6 @@ def _set_trainable(model: nn.Module, action: str, wanted: dict[int, bool], group
     elif eval_frozen is False and getattr(model, "_layerfreeze_eval_hooks", None) is not None:
         release_eval_mode(model)
     return report
-
-
-def _shared_names(model: nn.Module) -> list[list[str]]:
-    from .layers import shared_parameters
-    return shared_parameters(model)
 
 
 def freeze(model: nn.Module, *selection: Selector, groups: list[LayerGroup] | None = None,

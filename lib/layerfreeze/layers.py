@@ -177,6 +177,18 @@ def group_of_parameter(groups: list[LayerGroup]) -> dict[int, str]:
     return owner
 
 
+def replace_module(model: nn.Module, name: str, module: nn.Module) -> nn.Module:
+    """Put ``module`` where the qualified name ``name`` points (``"bert.encoder.layer.3"``); returns the old one."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    old = parent.get_submodule(child)
+    if child.isdigit():
+        parent[int(child)] = module
+    else:
+        setattr(parent, child, module)
+    return old
+
+
 def num_blocks(model: nn.Module, blocks: str | None = None) -> int:
     """How many repeated blocks the model has."""
     return len(layer_groups(model, blocks)) - 2

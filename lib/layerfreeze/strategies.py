@@ -21,7 +21,7 @@ from torch import nn
 from .freezing import FreezeReport, bitfit, freeze_to, train_only
 from .layers import layer_groups
 from .memory import estimate_memory
-from .training import evaluate, fit
+from .training import _tensors, evaluate, fit
 
 PRESETS = ("head", "top", "bottom", "all", "bitfit")
 
@@ -83,7 +83,7 @@ def fresh_copy(base: nn.Module, from_scratch: bool = False, seed: int = 0) -> nn
 def _uncached_step_seconds(base, strategy, train_data, steps, batch_size, seed, fit_options) -> float:
     """Steady-state seconds per step without the cache: (time of ``steps`` + 1 steps - time of 1 step) / steps,
     so that the first step's one-off costs drop out."""
-    tensors = train_data.tensors if hasattr(train_data, "tensors") else train_data
+    tensors = _tensors(train_data)
     seconds = []
     for count in (1, steps + 1):
         model = fresh_copy(base, strategy.from_scratch, seed)
@@ -115,7 +115,7 @@ def run_strategy(base: nn.Module, strategy: Strategy, train_data, eval_data, tes
     start = time.perf_counter()
     test = evaluate(model, test_data, device=device)
     test_seconds = time.perf_counter() - start
-    seq_len = train_data.tensors[0].shape[1] if hasattr(train_data, "tensors") else train_data[0].shape[1]
+    seq_len = _tensors(train_data)[0].shape[1]
     activation_bytes = 2 if history.precision in ("bf16", "fp16") else None
     estimate = estimate_memory(model, batch_size, seq_len, activation_bytes=activation_bytes)
     row = {**asdict(strategy), "test_accuracy": test["accuracy"], "test_loss": test["loss"],

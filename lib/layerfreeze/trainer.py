@@ -11,7 +11,7 @@ Usage::
 
     schedule = gradual_unfreezing([g.name for g in layer_groups(model)], every=50, total_steps=400, lrs=rates)
     optimizer, scheduler = schedule_optimizer(model, schedule)
-    Trainer(model=model, args=args, train_dataset=train, optimizers=(optimizer, scheduler),
+    Trainer(model=model, args=args, train_dataset=TrainerDataset(train), optimizers=(optimizer, scheduler),
             callbacks=[UnfreezingCallback(schedule)]).train()
 """
 
@@ -23,7 +23,20 @@ from transformers import TrainerCallback
 
 from .layers import layer_groups
 from .schedules import Schedule
-from .training import follow_schedule, fused_available, parameter_groups
+from .training import _tensors, follow_schedule, fused_available, parameter_groups
+
+
+class TrainerDataset(torch.utils.data.Dataset):
+    """The kit's ``(input_ids, attention_mask, labels)`` data as the dicts the ``Trainer`` feeds to a model."""
+
+    def __init__(self, data):
+        self.input_ids, self.attention_mask, self.labels = _tensors(data)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"input_ids": self.input_ids[i], "attention_mask": self.attention_mask[i], "labels": self.labels[i]}
 
 
 def schedule_optimizer(model: nn.Module, schedule: Schedule, weight_decay: float = 0.01):

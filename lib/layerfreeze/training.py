@@ -20,18 +20,17 @@ import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Iterator
-
 import pandas as pd
 import torch
 from torch import nn
 
 from . import cache as feature_cache
 from .course import seed_everything
+from .data import index_batches
 from .freezing import count_parameters, train_only
 from .layers import LayerGroup, layer_groups
 from .precision import autocast, resolve_precision
-from .schedules import Schedule, constant_schedule
+from .schedules import Schedule, constant_schedule, resolve_rates
 
 # --- data --------------------------------------------------------------------------------------------------------
 
@@ -44,16 +43,14 @@ def _tensors(data) -> tuple[torch.Tensor, ...]:
     return tensors
 
 
-def _batches(n: int, batch_size: int, shuffle: bool, seed: int, rank: int = 0,
-             world_size: int = 1) -> Iterator[torch.Tensor]:
-    """Index batches; with several processes each takes every ``world_size``-th example of one shared order."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if shuffle else torch.arange(n)
-    order = order[rank::world_size]
-    for start in range(0, len(order), batch_size):
-        yield order[start:start + batch_size]
+def _drop_stale_gradients(model: nn.Module) -> None:
+    """A frozen parameter must have no ``.grad``: a stale one would let AdamW's weight decay move it."""
+    for param in model.parameters():
+        if not param.requires_grad:
+            param.grad = None
 
 
-# --- schedules and precision ---------------------------------------------------------------------------------------
+# --- optimizer -----------------------------------------------------------------------------------------------------
 
 def parameter_groups(model: nn.Module, lr: float | dict[str, float], weight_decay: float = 0.01,
                      groups: list[LayerGroup] | None = None, trainable_only: bool = True) -> list[dict]:
@@ -71,15 +68,7 @@ def parameter_groups(model: nn.Module, lr: float | dict[str, float], weight_deca
     [('block.1', 0.0001), ('head', 0.001)]
     """
     groups = groups if groups is not None else layer_groups(model)
-    names = [g.name for g in groups]
-    if isinstance(lr, dict):
-        unknown = set(lr) - set(names) - {"default"}
-        if unknown:
-            raise ValueError(f"learning rates name unknown groups {sorted(unknown)}; valid: {', '.join(names)}, "
-                             "default")
-        rates = {name: lr.get(name, lr.get("default")) for name in names}
-    else:
-        rates = {name: lr for name in names}
+    rates = resolve_rates([g.name for g in groups], lr)
     seen: set[int] = set()
     result = []
     for group in groups:
@@ -88,7 +77,7 @@ def parameter_groups(model: nn.Module, lr: float | dict[str, float], weight_deca
         seen.update(id(p) for p in params)
         if not params:
             continue
-        if rates[group.name] is None:
+        if group.name not in rates:
             raise ValueError(f"no learning rate for trainable group {group.name!r}: name it, or add a 'default'")
         for decay, members in ((weight_decay, [p for p in params if p.ndim >= 2]),
                                (0.0, [p for p in params if p.ndim < 2])):
@@ -293,7 +282,7 @@ def evaluate(model: nn.Module, data, batch_size: int = 256, device: torch.device
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     with torch.no_grad(), autocast(precision, device):
-        for index in _batches(len(labels), batch_size, shuffle=False, seed=0):
+        for index in index_batches(len(labels), batch_size):
             index = index.to(device)
             out = _forward(model, input_ids[index], attention_mask[index], labels[index], _stand_in, _cached, index,
                            device)
@@ -321,9 +310,7 @@ def follow_schedule(model: nn.Module, schedule: Schedule, step: int, optimizer=N
     groups = groups if groups is not None else layer_groups(model)
     trainable = schedule.trainable_at(step)
     train_only(model, *trainable, groups=groups)
-    for param in model.parameters():
-        if not param.requires_grad:
-            param.grad = None  # a stale gradient would let AdamW's weight decay move a frozen weight
+    _drop_stale_gradients(model)
     if optimizer is not None:
         held = {id(p) for g in optimizer.param_groups for p in g["params"]}
         for group in parameter_groups(model, schedule.lrs, weight_decay, groups):
@@ -389,12 +376,10 @@ def fit(model: nn.Module, train_data, eval_data=None, *, epochs: int = 3, lr: fl
     if follows_schedule:
         follow_schedule(model, plan, 0, None, weight_decay, groups)
     else:
-        for param in model.parameters():
-            if not param.requires_grad:
-                param.grad = None
+        _drop_stale_gradients(model)
     optimizer = make_optimizer(model, lr if not follows_schedule else plan.lrs, weight_decay, device)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
-    history = History(precision=precision, phases=[(0, [g for g in plan.trainable_at(0)])])
+    history = History(precision=precision, phases=[(0, plan.trainable_at(0))])
     history.trainable_params, history.total_params = count_parameters(model)
 
     never_trained = next((i for i, g in enumerate(plan.groups) if any(g in gs for _, gs in plan.phases)),
@@ -407,21 +392,19 @@ def fit(model: nn.Module, train_data, eval_data=None, *, epochs: int = 3, lr: fl
     context = nullcontext(None)
     if prefix:
         start = time.perf_counter()
-        returns_tuple = feature_cache.block_returns_tuple(model, groups, (input_ids, attention_mask), device)
-        sample = feature_cache.compute_prefix_outputs(model, groups, prefix, (input_ids[:1], attention_mask[:1]), 1,
-                                                      device, precision)
-        store = feature_cache.cache_device(device, sample.element_size() * sample[0].numel() * len(labels))
-        cached = feature_cache.compute_prefix_outputs(model, groups, prefix, (input_ids, attention_mask),
-                                                      eval_batch_size, device, precision, store)
+        cached, returns_tuple = feature_cache.compute_prefix_outputs(
+            model, groups, prefix, (input_ids, attention_mask), eval_batch_size, device, precision)
         if evaluation is not None:
-            cached_eval = feature_cache.compute_prefix_outputs(model, groups, prefix, evaluation[:2], eval_batch_size,
-                                                               device, precision, store)
+            cached_eval, _ = feature_cache.compute_prefix_outputs(model, groups, prefix, evaluation[:2],
+                                                                  eval_batch_size, device, precision)
         history.cache_seconds = time.perf_counter() - start
         history.cached_groups = [g.name for g in groups[:prefix]]
         context = feature_cache.prefix_replaced(model, groups, prefix, returns_tuple)
 
     change_steps = set(plan.change_steps())
     step = 0
+    active = set(plan.trainable_at(0))
+    clipped = [p for g in optimizer.param_groups for p in g["params"]]  # clip_grad_norm_ skips missing grads
     with context as stand_in, PeakMemory(device) as peak:
         trained = _wrap(model, device, world_size)
         for epoch in range(1, epochs + 1):
@@ -432,12 +415,14 @@ def fit(model: nn.Module, train_data, eval_data=None, *, epochs: int = 3, lr: fl
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             start = time.perf_counter()
-            for index in _batches(len(labels), batch_size, True, seed + epoch, rank, world_size):
+            for index in index_batches(len(labels), batch_size, True, seed + epoch, rank, world_size):
                 if step in change_steps:
                     phase = follow_schedule(model, plan, step, optimizer, weight_decay, groups)
                     history.phases.append((step, phase))
+                    active = set(phase)
+                    clipped = [p for g in optimizer.param_groups for p in g["params"]]
                     trained = _wrap(model, device, world_size)
-                multiplier, active = plan.multiplier(step), plan.trainable_at(step)
+                multiplier = plan.multiplier(step)
                 for group in optimizer.param_groups:
                     name = group["layer_group"]
                     group["lr"] = plan.lrs[name] * multiplier if name in active else 0.0
@@ -452,8 +437,7 @@ def fit(model: nn.Module, train_data, eval_data=None, *, epochs: int = 3, lr: fl
                 else:
                     loss.backward()
                 if max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]
-                                                    if p.grad is not None], max_grad_norm)
+                    torch.nn.utils.clip_grad_norm_(clipped, max_grad_norm)
                 if scaler is not None:
                     scaler.step(optimizer)
                     scaler.update()
@@ -476,7 +460,7 @@ def fit(model: nn.Module, train_data, eval_data=None, *, epochs: int = 3, lr: fl
             history.train_seconds += epoch_seconds
             row = {"epoch": epoch, "train_loss": running_loss.item() / steps_per_epoch, "train_seconds": epoch_seconds,
                    "lr": max(g["lr"] for g in optimizer.param_groups),
-                   "trainable_groups": len(plan.trainable_at(step - 1))}
+                   "trainable_groups": len(active)}
             if evaluation is not None:
                 start = time.perf_counter()
                 scores = evaluate(model, evaluation, eval_batch_size, device, precision, stand_in, cached_eval)
