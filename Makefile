@@ -11,10 +11,16 @@ export JUPYTER_PATH := $(CURDIR)/$(VENV)/share/jupyter
 export MPLBACKEND ?= Agg
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help setup test course bench lab clean
+# The version-floor environment: requirements-floor.txt, with this torch (PyPI has only CUDA builds of older ones;
+# on a GPU machine, `make floor FLOOR_TORCH=torch==2.3.1` tests torch's floor too).
+FLOOR_VENV  := .venv-floor
+FLOOR_TORCH ?= torch==2.13.0
+
+.PHONY: help setup test floor course bench lab clean
 
 help:
 	@echo "make test    set up .venv, then run the unit tests and every notebook (profile=smoke)"
+	@echo "make floor   the same tests in .venv-floor, with the oldest supported versions (requirements-floor.txt)"
 	@echo "make course  set up .venv, then run every notebook (PROFILE=$(PROFILE)) into build/"
 	@echo "make bench   benchmarks: fit vs a hand-written loop vs the Trainer"
 	@echo "make lab     JupyterLab in notebooks/"
@@ -34,6 +40,19 @@ $(VENV)/.setup-done: requirements.txt requirements-test.txt pyproject.toml
 test: setup
 	$(PY) -m pytest
 
+$(FLOOR_VENV)/.setup-done: requirements-floor.txt requirements-test.txt pyproject.toml
+	test -x $(FLOOR_VENV)/bin/python || $(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/python -m pip install "$(FLOOR_TORCH)"
+	$(FLOOR_VENV)/bin/python -m pip install -r requirements-floor.txt -r requirements-test.txt
+	$(FLOOR_VENV)/bin/python -m pip install --no-deps -e .
+	$(FLOOR_VENV)/bin/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (layerfreeze floor)" >/dev/null
+	touch $@
+
+floor: JUPYTER_PATH := $(CURDIR)/$(FLOOR_VENV)/share/jupyter
+floor: $(FLOOR_VENV)/.setup-done
+	$(FLOOR_VENV)/bin/python -m pip list --format=freeze | grep -iE "^(torch|transformers|datasets|accelerate|ipywidgets|peft|numpy)=="
+	$(FLOOR_VENV)/bin/python -m pytest -p no:cacheprovider
+
 course: setup
 	$(PY) -m layerfreeze course --profile $(PROFILE) --build-dir build
 
@@ -44,5 +63,5 @@ lab: setup
 	cd notebooks && ../$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root)
 
 clean:
-	rm -rf build .pytest_cache .hypothesis $(VENV)
+	rm -rf build .pytest_cache .hypothesis $(VENV) $(FLOOR_VENV)
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -188,11 +188,13 @@ def main(argv=None):
             uncached, cached = cache_speedup(base, config, data, plan["batch_size"], lr, precision, device)
             row.update({"epoch s uncached": uncached, "epoch s cached": cached, "cache speed-up": uncached / cached})
         measured, estimated = memory(base, config, data, plan["batch_size"], lr, precision, device)
-        row.update({"measured MiB": measured, "estimated MiB": estimated, "estimate / measured": estimated / measured})
+        # the CPU's resident-set growth can be zero when the allocator reuses freed memory: no ratio then
+        ratio = estimated / measured if measured > 0 else None
+        row.update({"measured MiB": measured, "estimated MiB": estimated, "estimate / measured": ratio})
         rows.append(row)
         print(f"  {config}: fit/hand {row['fit / hand-written']:.3f}, Trainer/fit {row['Trainer / fit']:.2f}"
               + (f", cache {row['cache speed-up']:.2f}x" if "cache speed-up" in row else "")
-              + f", estimate/measured memory {row['estimate / measured']:.2f}", flush=True)
+              + (f", estimate/measured memory {ratio:.2f}" if ratio is not None else ""), flush=True)
 
     stem = device_name.split(":")[0] if device.type == "cpu" else torch.cuda.get_device_name().replace(" ", "-")
     out = Path(args.out)

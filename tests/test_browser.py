@@ -41,7 +41,7 @@ def lab(tmp_path):
                 'figure_dir = "../build/figures"', f'figure_dir = "{tmp_path}/figures"')
     nbformat.write(notebook, tmp_path / "picker.ipynb")
     port, token = free_port(), "layerfreeze-test"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "JUPYTER_PATH": str(ROOT / ".venv" / "share" / "jupyter")}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "JUPYTER_PATH": str(Path(sys.prefix) / "share" / "jupyter")}
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", f"--port={port}", "--ServerApp.ip=127.0.0.1",
          f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={tmp_path}", "--LabApp.news_url=",

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import torch
+import transformers
 
 from layerfreeze.course import notebook_paths, run_notebook
 
@@ -38,5 +40,7 @@ def test_runs_in_smoke_profile(path, tmp_path):
                  cell_timeout=300)
     metrics = json.loads((tmp_path / "results" / f"{path.stem}.json").read_text())
     assert metrics["notebook"] == path.stem and metrics["profile"] == "smoke"
-    assert metrics["environment"]["torch"]
+    # the kernel is this environment's Python (make floor relies on it), not one registered elsewhere
+    assert metrics["environment"]["torch"] == torch.__version__
+    assert metrics["environment"]["transformers"] == transformers.__version__
     assert list((tmp_path / "figures").glob("*.png")), "the notebook saved no figure"
