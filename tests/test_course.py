@@ -23,3 +23,46 @@ def test_save_metrics_writes_clean_json(tmp_path):
     payload = json.loads(path.read_text())
     assert payload["accuracy"] == 0.5 and payload["nan"] is None and payload["rows"] == [[1, 2.0]]
     assert payload["notebook"] == "01_x" and "torch" in payload["environment"]
+
+
+def test_key_tables_keep_their_index_and_columns(tmp_path):
+    import pandas as pd
+    frame = pd.DataFrame({"accuracy": [0.5, 0.75]}, index=pd.Index(["head", "all"], name="strategy"))
+    payload = json.loads(save_metrics({}, tmp_path, "02_x", key_tables={"t": frame, "records": [{"a": 1}]},
+                                      key_figures=["02_fig"]).read_text())
+    assert payload["key_tables"] == [{"title": "t", "columns": ["strategy", "accuracy"],
+                                      "rows": [["head", 0.5], ["all", 0.75]]},
+                                     {"title": "records", "columns": ["a"], "rows": [[1]]}]
+    assert payload["key_figures"] == ["02_fig"]
+
+
+def _fake_run(build, figure_bytes=1000, device="cpu: 2 cores"):
+    """A course run's files as run_course and save_metrics leave them, for one notebook."""
+    from layerfreeze.course import environment
+    save_metrics({"model_name": "m", "seed": 0}, build / "results", "01_x", key_tables={"t": [{"a": 1}]},
+                 key_figures=["01_fig"])
+    (build / "figures").mkdir(parents=True)
+    (build / "figures" / "01_fig.png").write_bytes(b"\0" * figure_bytes)
+    (build / "results" / "course_timing.json").write_text(json.dumps(
+        {"profile": "auto", "resolved_profile": "full", "seconds": {"01_x": 120.0}, "total_seconds": 120.0,
+         "environment": {**environment(), "device": device}}))
+
+
+def test_publish_refuses_oversized_figures_and_missing_runs(tmp_path):
+    from layerfreeze.course import publish_results
+    with pytest.raises(FileNotFoundError, match="make course"):
+        publish_results(tmp_path / "nothing", tmp_path / "docs")
+    _fake_run(tmp_path / "build", figure_bytes=400_000)
+    with pytest.raises(ValueError, match="01_fig.png is 400,000 bytes"):
+        publish_results(tmp_path / "build", tmp_path / "docs")
+
+
+def test_publish_replaces_old_figures_and_estimates_a_t4_from_an_h100(tmp_path):
+    from layerfreeze.course import estimate_seconds_on, publish_results
+    _fake_run(tmp_path / "build", device="cuda: NVIDIA H100 80GB HBM3")
+    (tmp_path / "docs" / "figures").mkdir(parents=True)
+    (tmp_path / "docs" / "figures" / "stale.png").write_bytes(b"old")
+    text = publish_results(tmp_path / "build", tmp_path / "docs").read_text()
+    assert sorted(p.name for p in (tmp_path / "docs" / "figures").iterdir()) == ["01_fig.png"]
+    low, high = estimate_seconds_on(120.0, "cuda: NVIDIA H100 80GB HBM3", "T4")
+    assert 1 < low < high and f"| 01_x | 120 | {low:.0f} to {high:.0f} |" in text

@@ -1,4 +1,5 @@
-"""Every notebook: committed clean, with a parameters cell, and runnable offline under papermill (profile=smoke)."""
+"""Every notebook: committed clean, with a parameters cell, and runnable offline under papermill (profile=smoke);
+the results page is then written from that smoke run of the whole course."""
 
 import json
 import os
@@ -9,9 +10,10 @@ import pytest
 import torch
 import transformers
 
-from layerfreeze.course import notebook_paths, run_notebook
+from layerfreeze.course import notebook_paths, publish_results, run_course
 
-NOTEBOOKS = notebook_paths(Path(__file__).resolve().parents[1] / "notebooks")
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = notebook_paths(ROOT / "notebooks")
 REQUIRED_PARAMETERS = ("profile", "model_name", "seed", "output_dir")
 
 
@@ -32,15 +34,45 @@ def test_committed_without_outputs_and_with_parameters(path):
     assert notebook.cells[0].cell_type == "markdown" and notebook.cells[0].source.startswith("# ")
 
 
+@pytest.fixture(scope="module")
+def smoke_course(tmp_path_factory):
+    """The whole course, run once in order with profile=smoke, as `make course` runs it."""
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"
+    build = tmp_path_factory.mktemp("build")
+    run_course("smoke", build, ROOT / "notebooks", cell_timeout=300)
+    return build
+
+
 @pytest.mark.notebook
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_runs_in_smoke_profile(path, tmp_path):
-    assert os.environ.get("HF_HUB_OFFLINE") == "1"
-    run_notebook(path, tmp_path / "executed", tmp_path / "results", tmp_path / "figures", profile="smoke",
-                 cell_timeout=300)
-    metrics = json.loads((tmp_path / "results" / f"{path.stem}.json").read_text())
+def test_runs_in_smoke_profile(path, smoke_course):
+    metrics = json.loads((smoke_course / "results" / f"{path.stem}.json").read_text())
     assert metrics["notebook"] == path.stem and metrics["profile"] == "smoke"
     # the kernel is this environment's Python (make floor relies on it), not one registered elsewhere
     assert metrics["environment"]["torch"] == torch.__version__
     assert metrics["environment"]["transformers"] == transformers.__version__
-    assert list((tmp_path / "figures").glob("*.png")), "the notebook saved no figure"
+    assert metrics["key_tables"] and all(t["rows"] for t in metrics["key_tables"])
+    for name in metrics["key_figures"]:
+        assert (smoke_course / "figures" / f"{name}.png").exists(), f"{path.stem} names a figure it did not save"
+    assert (smoke_course / "notebooks" / path.name).exists()
+
+
+@pytest.mark.notebook
+def test_results_page_from_the_course_run(smoke_course, tmp_path):
+    page = publish_results(smoke_course, tmp_path / "docs", ROOT / "notebooks")
+    text = page.read_text()
+    timing = json.loads((smoke_course / "results" / "course_timing.json").read_text())
+    assert timing["environment"]["device"] in text and f"torch {torch.__version__}" in text
+    for path in NOTEBOOKS:
+        title = nbformat.read(path, as_version=4).cells[0].source.splitlines()[0].lstrip("# ")
+        assert f"## {title}" in text
+        metrics = json.loads((smoke_course / "results" / f"{path.stem}.json").read_text())
+        for table in metrics["key_tables"]:
+            assert f"**{table['title']}**" in text
+            assert "| " + " | ".join(table["columns"]) + " |" in text
+        for name in metrics["key_figures"]:
+            assert f"(figures/{name}.png)" in text
+            assert (tmp_path / "docs" / "figures" / f"{name}.png").read_bytes() == \
+                (smoke_course / "figures" / f"{name}.png").read_bytes()
+    # the CPU is on no datasheet: no T4 estimate is made up for it
+    assert "T4" not in text

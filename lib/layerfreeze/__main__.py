@@ -1,6 +1,7 @@
 """Command line.
 
 ``python -m layerfreeze course``  runs every notebook in order into ``build/`` (what ``make course`` calls).
+``python -m layerfreeze publish`` writes ``docs/results.md`` and ``docs/figures/`` from that run.
 ``python -m layerfreeze train``   fine-tunes with a freezing plan or an unfreezing schedule. It runs unchanged
 under ``torchrun --nproc_per_node N`` or ``accelerate launch``: each process trains on its shard with
 DistributedDataParallel, re-wrapped whenever the trainable set changes, and rank 0 writes the metrics, including
@@ -13,11 +14,16 @@ import argparse
 import json
 from pathlib import Path
 
-from .course import PROFILES, run_course
+from .course import PROFILES, publish_results, run_course
 
 
 def _course(args) -> None:
     run_course(args.profile, args.build_dir, args.notebook_dir, args.only)
+
+
+def _publish(args) -> None:
+    path = publish_results(args.build_dir, args.docs_dir, args.notebook_dir)
+    print(f"written: {path} and {path.parent / 'figures'}")
 
 
 def _train(args) -> None:
@@ -77,6 +83,12 @@ def main(argv: list[str] | None = None) -> None:
     course.add_argument("--notebook-dir", default="notebooks")
     course.add_argument("--only", nargs="*", help="notebook prefixes to run, e.g. 01 03")
     course.set_defaults(run=_course)
+
+    publish = commands.add_parser("publish", help="write docs/results.md and docs/figures/ from a course run")
+    publish.add_argument("--build-dir", default="build")
+    publish.add_argument("--docs-dir", default="docs")
+    publish.add_argument("--notebook-dir", default="notebooks")
+    publish.set_defaults(run=_publish)
 
     train = commands.add_parser("train", help="fine-tune with a freezing plan or an unfreezing schedule")
     train.add_argument("--model", default="minilm", help="minilm, a Hub id, a local directory, or tiny:bert")
