@@ -28,11 +28,14 @@ def test_save_metrics_writes_clean_json(tmp_path):
 def test_key_tables_keep_their_index_and_columns(tmp_path):
     import pandas as pd
     frame = pd.DataFrame({"accuracy": [0.5, 0.75]}, index=pd.Index(["head", "all"], name="strategy"))
-    payload = json.loads(save_metrics({}, tmp_path, "02_x", key_tables={"t": frame, "records": [{"a": 1}]},
+    unnamed = pd.DataFrame({"MiB": [1.5]}, index=["weights"])
+    payload = json.loads(save_metrics({}, tmp_path, "02_x", key_tables={"t": frame, "records": [{"a": 1}],
+                                                                        "unnamed": unnamed},
                                       key_figures=["02_fig"]).read_text())
     assert payload["key_tables"] == [{"title": "t", "columns": ["strategy", "accuracy"],
                                       "rows": [["head", 0.5], ["all", 0.75]]},
-                                     {"title": "records", "columns": ["a"], "rows": [[1]]}]
+                                     {"title": "records", "columns": ["a"], "rows": [[1]]},
+                                     {"title": "unnamed", "columns": ["", "MiB"], "rows": [["weights", 1.5]]}]
     assert payload["key_figures"] == ["02_fig"]
 
 

@@ -34,6 +34,14 @@ def test_committed_without_outputs_and_with_parameters(path):
     assert notebook.cells[0].cell_type == "markdown" and notebook.cells[0].source.startswith("# ")
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_seeded_before_the_model_is_loaded(path):
+    """A new classification head is initialised at random when the model loads: unseeded, two runs of the same
+    notebook and seed give different numbers."""
+    code = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+    assert 0 <= code.find("seed_everything(seed)") < code.find("load_model("), f"{path.name}: seed before load_model"
+
+
 @pytest.fixture(scope="module")
 def smoke_course(tmp_path_factory):
     """The whole course, run once in order with profile=smoke, as `make course` runs it."""

@@ -62,7 +62,9 @@ def test_run_adds_comparable_rows_and_reset_clears(picker):
     head = picker.run()
     picker.apply_preset("all")
     full = picker.run()
-    assert list(picker.results["choice"]) == ["head", "embeddings, block.0, block.1, block.2, head"]
+    picker.apply_preset("bitfit")
+    picker.run()
+    assert list(picker.results["choice"]) == ["head", "all", "part of 4 groups, head"]
     assert head["trainable_params"] < full["trainable_params"]
     assert picker.progress.value == picker.progress.max and len(picker.losses) == picker.progress.max
     assert 0 <= full["accuracy"] <= 1

@@ -82,7 +82,7 @@ def _table(frame) -> dict:
 
     frame = pd.DataFrame(frame)
     if not isinstance(frame.index, pd.RangeIndex):
-        frame = frame.reset_index()
+        frame = frame.rename_axis(frame.index.name or "").reset_index()
     return {"columns": [str(c) for c in frame.columns], "rows": _clean(frame.values.tolist())}
 
 

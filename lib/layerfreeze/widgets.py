@@ -35,6 +35,26 @@ def _human(count: int) -> str:
     return f"{count / 1e6:.2f}M" if count >= 1e6 else f"{count / 1e3:.1f}k" if count >= 1e3 else str(count)
 
 
+def describe_choice(groups) -> str:
+    """What trains, in a few words: ``'all'``, ``'block.5, head'``, or with partly trainable groups (BitFit's
+    biases) ``'part of 7 groups, head'``.
+
+    >>> from layerfreeze import layer_groups, tiny_model, bitfit
+    >>> model = tiny_model("bert", num_layers=2)
+    >>> describe_choice(layer_groups(model))
+    'all'
+    >>> _ = bitfit(model)
+    >>> describe_choice(layer_groups(model))
+    'part of 3 groups, head'
+    """
+    whole = [g.name for g in groups if g.trainable is True]
+    part = [g.name for g in groups if g.trainable is None]
+    if len(whole) == len(groups):
+        return "all"
+    described = ["part of " + (", ".join(part) if len(part) <= 2 else f"{len(part)} groups")] if part else []
+    return ", ".join(described + whole)
+
+
 def choice_summary(model: nn.Module, batch_size: int = 32, seq_len: int = 64) -> dict:
     """What the current trainable set costs: counts, the memory estimate split by part, and the relative step time."""
     trainable, total = count_parameters(model)
@@ -214,7 +234,7 @@ class LayerPicker:
             self._thread.join(timeout)
 
     def _run(self) -> dict:
-        choice = [g.name for g in self.groups if g.trainable is not False]
+        choice = describe_choice(self.groups)
         flags = {n: p.requires_grad for n, p in self.model.named_parameters()}
         model = fresh_copy(self.pretrained)
         for name, param in model.named_parameters():
@@ -223,7 +243,7 @@ class LayerPicker:
         steps = epochs * -(-len(self.train_data.tensors[0]) // self.batch_size)
         self.progress.max, self.progress.value = steps, 0
         self.run_button.disabled = True
-        self.status.value = f"<i>training {', '.join(choice)} for {epochs} epochs ...</i>"
+        self.status.value = f"<i>training {choice} for {epochs} epochs ...</i>"
         self.losses = []
         start = time.perf_counter()
         try:
@@ -232,7 +252,7 @@ class LayerPicker:
                           on_step_end=self._on_step)
         finally:
             self.run_button.disabled = False
-        row = {"choice": ", ".join(choice), "trainable_params": history.trainable_params,
+        row = {"choice": choice, "trainable_params": history.trainable_params,
                "percent_trainable": 100 * history.trainable_params / history.total_params,
                "accuracy": history.final_accuracy, "seconds": time.perf_counter() - start,
                "step_ms": history.step_seconds * 1000, "estimated_mib": self.last_summary["memory_total_mib"]}
