@@ -19,12 +19,12 @@ FLOOR_TORCH ?= torch==2.13.0
 .PHONY: help setup test floor course bench lab clean
 
 help:
-	@echo "make test    set up .venv, then run the unit tests and every notebook (profile=smoke)"
+	@echo "make test    set up .venv, then run the unit tests and the whole course (profile=smoke)"
 	@echo "make floor   the same tests in .venv-floor, with the oldest supported versions (requirements-floor.txt)"
 	@echo "make course  set up .venv, then run every notebook (PROFILE=$(PROFILE)) into build/"
 	@echo "make bench   benchmarks: fit vs a hand-written loop vs the Trainer"
 	@echo "make lab     JupyterLab in notebooks/"
-	@echo "make clean   remove build/, caches and .venv"
+	@echo "make clean   remove build/, caches, .venv and .venv-floor"
 
 setup: $(VENV)/.setup-done
 
