@@ -22,8 +22,8 @@ from .inspection import group_table, parameter_table, relative_step_time
 from .layers import LayerGroup, find_blocks_path, layer_groups, num_blocks, shared_parameters
 from .memory import MemoryEstimate, estimate_memory
 from .models import MINILM_SHA256, load_model, resolve_model_source, tiny_model
-from .plots import (plot_accuracy_vs, plot_epoch_curves, plot_measured_vs_estimated_memory, plot_memory,
-                    plot_parameter_groups, plot_schedule)
+from .plots import (label_points, plot_accuracy_vs, plot_epoch_curves, plot_measured_vs_estimated_memory,
+                    plot_memory, plot_parameter_groups, plot_schedule)
 from .strategies import PRESETS, Strategy, apply_preset, apply_strategy, fresh_copy, run_strategy
 from .schedules import (Schedule, chain_thaw, constant_schedule, discriminative_lrs, gradual_unfreezing,
                         layerwise_decay, lr_multiplier, spread_lrs)
@@ -42,7 +42,7 @@ __all__ = [
     "LayerGroup", "find_blocks_path", "layer_groups", "num_blocks", "shared_parameters",
     "MemoryEstimate", "estimate_memory",
     "MINILM_SHA256", "load_model", "resolve_model_source", "tiny_model",
-    "plot_accuracy_vs", "plot_epoch_curves", "plot_measured_vs_estimated_memory", "plot_memory",
+    "label_points", "plot_accuracy_vs", "plot_epoch_curves", "plot_measured_vs_estimated_memory", "plot_memory",
     "plot_parameter_groups", "plot_schedule",
     "PRESETS", "Strategy", "apply_preset", "apply_strategy", "fresh_copy", "run_strategy",
     "Schedule", "chain_thaw", "constant_schedule", "discriminative_lrs", "gradual_unfreezing", "layerwise_decay",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 from torch import nn
 
@@ -57,13 +58,34 @@ def plot_memory(estimates: dict[str, MemoryEstimate], ax=None, measured_mib: dic
     return ax
 
 
+def label_points(ax, xs, ys, labels, log_x: bool = False, close: float = 0.06) -> None:
+    """Write each label beside its point; a label whose point sits close to an earlier one (within ``close`` of
+    the data's range on both axes) moves down a line, so that near-identical results stay readable.
+
+    >>> ax = _axes(None)
+    >>> label_points(ax, [1.0, 1.01, 5.0], [0.5, 0.5, 0.9], ["a", "b", "c"])
+    >>> [t.xyann[1] for t in ax.texts]
+    [4, -7, 4]
+    """
+    xs, ys = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+    xs = np.log10(xs) if log_x else xs
+
+    def unit(v):
+        return (v - v.min()) / ((v.max() - v.min()) or 1.0)
+
+    nx, ny = unit(xs), unit(ys)
+    for i, text in enumerate(labels):
+        crowd = sum(bool(abs(nx[i] - nx[j]) < close and abs(ny[i] - ny[j]) < close) for j in range(i))
+        ax.annotate(text, (10 ** xs[i] if log_x else xs[i], ys[i]), textcoords="offset points",
+                    xytext=(6, 4 - 11 * crowd), fontsize="small")
+
+
 def plot_accuracy_vs(results: pd.DataFrame, x: str = "trainable_params", ax=None, log: bool = True,
                      label: str = "name", y: str = "test_accuracy"):
     """Accuracy of each strategy (column ``y``) against a cost column (trainable parameters, wall time ...)."""
     ax = _axes(ax)
     ax.scatter(results[x], results[y], color=TRAINABLE_COLOR, zorder=3)
-    for _, row in results.iterrows():
-        ax.annotate(row[label], (row[x], row[y]), textcoords="offset points", xytext=(5, 4), fontsize="small")
+    label_points(ax, results[x], results[y], results[label], log_x=log)
     if log:
         ax.set_xscale("log")
     ax.set_xlabel(x.replace("_", " "))
