@@ -188,8 +188,9 @@ def main(argv=None):
             uncached, cached = cache_speedup(base, config, data, plan["batch_size"], lr, precision, device)
             row.update({"epoch s uncached": uncached, "epoch s cached": cached, "cache speed-up": uncached / cached})
         measured, estimated = memory(base, config, data, plan["batch_size"], lr, precision, device)
-        # the CPU's resident-set growth can be zero when the allocator reuses freed memory: no ratio then
-        ratio = estimated / measured if measured > 0 else None
+        # only CUDA's allocator peak is comparable with the estimate (the CPU's resident set grows by whatever the
+        # allocator did not already hold, often nothing): no ratio elsewhere
+        ratio = estimated / measured if device.type == "cuda" and measured > 0 else None
         row.update({"measured MiB": measured, "estimated MiB": estimated, "estimate / measured": ratio})
         rows.append(row)
         print(f"  {config}: fit/hand {row['fit / hand-written']:.3f}, Trainer/fit {row['Trainer / fit']:.2f}"
