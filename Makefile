@@ -16,13 +16,15 @@ export TOKENIZERS_PARALLELISM ?= false
 FLOOR_VENV  := .venv-floor
 FLOOR_TORCH ?= torch==2.13.0
 
-.PHONY: help setup test floor course bench lab clean
+.PHONY: help setup test floor course bench lab clean gpu gpu-rehearsal
 
 help:
 	@echo "make test    set up .venv, then run the unit tests and the whole course (profile=smoke)"
 	@echo "make floor   the same tests in .venv-floor, with the oldest supported versions (requirements-floor.txt)"
 	@echo "make course  set up .venv, then run every notebook (PROFILE=$(PROFILE)) into build/"
 	@echo "make bench   benchmarks: fit vs a hand-written loop vs the Trainer"
+	@echo "make gpu     pack .carry/ and print the one command for the GPU machine (docs/gpu_runs.md)"
+	@echo "make gpu-rehearsal  that command on this CPU: smoke sizes, bf16 and fp16 forced, then published to build/"
 	@echo "make lab     JupyterLab in notebooks/"
 	@echo "make clean   remove build/, caches, .venv and .venv-floor"
 
@@ -58,6 +60,24 @@ course: setup
 
 bench: setup
 	$(PY) benchmarks/run.py
+
+# The GPU run: one command on the device machine (docs/gpu_runs.md). `make gpu` packs what it carries and prints it.
+GPU_COMMAND := source .carry/gpu-env.sh && python3 -m layerfreeze gpu-run --out $$OUT
+
+gpu: setup
+	bash .ci/gpu/pack.sh $(PY)
+	@echo 'On the device machine (carry: [".carry"], timeout_s: 540):'
+	@echo '  $(GPU_COMMAND)'
+	@echo "Then here: $(PY) -m layerfreeze gpu-import <the folder it returned>"
+
+# The same command and packaging on this CPU, with the smoke sizes and the GPU's bf16 and fp16 paths forced.
+gpu-rehearsal: setup
+	bash .ci/gpu/pack.sh $(PY)
+	rm -rf build/rehearsal
+	$(PY) -m layerfreeze gpu-run --out build/rehearsal/out --build-dir build/rehearsal/build --profile smoke \
+		--precision bf16,fp16 --budget 1500 --course-budget 1400
+	$(PY) -m layerfreeze gpu-import build/rehearsal/out --build-dir build/rehearsal/imported \
+		--docs-dir build/rehearsal/docs --bench-dir build/rehearsal/bench
 
 lab: setup
 	cd notebooks && ../$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root)

@@ -2,6 +2,8 @@
 
 ``python -m layerfreeze course``  runs every notebook in order into ``build/`` (what ``make course`` calls).
 ``python -m layerfreeze publish`` writes ``docs/results.md`` and ``docs/figures/`` from that run.
+``python -m layerfreeze gpu-run``  the course and the benchmarks on a GPU in one short window (docs/gpu_runs.md);
+``python -m layerfreeze gpu-import`` publishes what such a run returned as ``docs/results-gpu.md``.
 ``python -m layerfreeze train``   fine-tunes with a freezing plan or an unfreezing schedule. It runs unchanged
 under ``torchrun --nproc_per_node N`` or ``accelerate launch``: each process trains on its shard with
 DistributedDataParallel, re-wrapped whenever the trainable set changes, and rank 0 writes the metrics, including
@@ -14,11 +16,32 @@ import argparse
 import json
 from pathlib import Path
 
-from .course import PROFILES, publish_results, run_course
+from .course import DEFAULT_CELL_TIMEOUT, PROFILES, publish_results, run_course
 
 
 def _course(args) -> None:
-    run_course(args.profile, args.build_dir, args.notebook_dir, args.only)
+    run_course(args.profile, args.build_dir, args.notebook_dir, args.only, args.cell_timeout)
+
+
+def _precision_list(text: str) -> str:
+    from .gpu_run import precisions
+    try:
+        precisions(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def _gpu_run(args) -> None:
+    from .gpu_run import gpu_run
+    gpu_run(args.out, args.profile, args.budget, args.course_budget, args.precision, args.notebook_dir,
+            args.build_dir)
+
+
+def _gpu_import(args) -> None:
+    from .gpu_run import import_gpu_run
+    path = import_gpu_run(args.out, args.build_dir, args.docs_dir, args.bench_dir)
+    print(f"written: {path} and its figures; benchmark results copied to {args.bench_dir}")
 
 
 def _publish(args) -> None:
@@ -82,7 +105,30 @@ def main(argv: list[str] | None = None) -> None:
     course.add_argument("--build-dir", default="build")
     course.add_argument("--notebook-dir", default="notebooks")
     course.add_argument("--only", nargs="*", help="notebook prefixes to run, e.g. 01 03")
+    course.add_argument("--cell-timeout", type=int, default=DEFAULT_CELL_TIMEOUT,
+                        help="stop a cell that runs longer than this many seconds (default %(default)s)")
     course.set_defaults(run=_course)
+
+    gpu = commands.add_parser("gpu-run", help="the course, most valuable notebook first, then the benchmarks, "
+                                              "within a time budget; archives after every notebook")
+    gpu.add_argument("--out", required=True, help="folder for gpu_run.tar.gz, gpu_run.json and gpu_run.log")
+    gpu.add_argument("--profile", default="full", choices=PROFILES)
+    gpu.add_argument("--budget", type=float, default=420, help="seconds for everything (default %(default)s)")
+    gpu.add_argument("--course-budget", type=float, default=360,
+                     help="seconds for the notebooks; the benchmarks get what is left (default %(default)s)")
+    gpu.add_argument("--precision", default="auto", type=_precision_list,
+                     help="auto, fp32, bf16 or fp16, forced in every notebook, on the CPU too; several, separated "
+                          "by commas, are cycled over the notebooks (the rehearsal: bf16,fp16)")
+    gpu.add_argument("--build-dir", default="build-gpu")
+    gpu.add_argument("--notebook-dir", default="notebooks")
+    gpu.set_defaults(run=_gpu_run)
+
+    gpu_import = commands.add_parser("gpu-import", help="publish a GPU run's archive as docs/results-gpu.md")
+    gpu_import.add_argument("out", help="the folder the GPU run wrote (its $OUT)")
+    gpu_import.add_argument("--build-dir", default="build-gpu")
+    gpu_import.add_argument("--docs-dir", default="docs")
+    gpu_import.add_argument("--bench-dir", default="benchmarks/results")
+    gpu_import.set_defaults(run=_gpu_import)
 
     publish = commands.add_parser("publish", help="write docs/results.md and docs/figures/ from a course run")
     publish.add_argument("--build-dir", default="build")

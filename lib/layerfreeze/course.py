@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 
 PROFILES = ("auto", "smoke", "cpu", "full")
+# No cell of any profile needs this long on a 2-core CPU; a cell that does has hung (see nbclient issue 312).
+DEFAULT_CELL_TIMEOUT = 1800
 
 
 def resolve_profile(profile: str) -> str:
@@ -135,9 +137,12 @@ def run_notebook(notebook: str | Path, executed_dir: str | Path, results_dir: st
 
 
 def run_course(profile: str = "auto", build_dir: str | Path = "build", notebook_dir: str | Path = "notebooks",
-               only: list[str] | None = None, cell_timeout: int | None = None) -> dict[str, float]:
+               only: list[str] | None = None, cell_timeout: int | None = DEFAULT_CELL_TIMEOUT) -> dict[str, float]:
     """Run every notebook in order into ``build_dir``: executed notebooks in ``notebooks/``, metrics in
-    ``results/``, figures in ``figures/``. Prints each notebook's time and where the output is."""
+    ``results/``, figures in ``figures/``. Prints each notebook's time and where the output is. A cell that runs
+    past ``cell_timeout`` seconds stops the course with a message that says which, instead of hanging it."""
+    from nbclient.exceptions import CellTimeoutError
+
     build = Path(build_dir)
     paths = [p for p in notebook_paths(notebook_dir) if not only or any(p.name.startswith(o) for o in only)]
     if not paths:
@@ -147,17 +152,28 @@ def run_course(profile: str = "auto", build_dir: str | Path = "build", notebook_
     timings = {}
     for path in paths:
         print(f"  {path.name} ...", end=" ", flush=True)
-        timings[path.stem] = run_notebook(path, build / "notebooks", build / "results", build / "figures", profile,
-                                          cell_timeout)
+        try:
+            timings[path.stem] = run_notebook(path, build / "notebooks", build / "results", build / "figures",
+                                              profile, cell_timeout)
+        except CellTimeoutError:
+            raise TimeoutError(f"{path.name}: a cell ran for more than {cell_timeout} s and was stopped (the "
+                               f"executed notebook, up to that cell: {build / 'notebooks' / path.name}). On a slow "
+                               f"or busy machine, allow more with --cell-timeout.") from None
         print(f"{timings[path.stem]:.0f} s", flush=True)
-    total = sum(timings.values())
-    (build / "results").mkdir(parents=True, exist_ok=True)
-    (build / "results" / "course_timing.json").write_text(json.dumps(
-        {"profile": profile, "resolved_profile": resolve_profile(profile), "seconds": timings, "total_seconds": total,
-         "environment": environment()}, indent=2) + "\n")
-    print(f"Done in {total / 60:.1f} min.\n  executed notebooks: {build / 'notebooks'}\n"
+    write_course_timing(build, profile, timings)
+    print(f"Done in {sum(timings.values()) / 60:.1f} min.\n  executed notebooks: {build / 'notebooks'}\n"
           f"  metrics (JSON):     {build / 'results'}\n  figures (PNG):      {build / 'figures'}")
     return timings
+
+
+def write_course_timing(build_dir: str | Path, profile: str, seconds: dict[str, float]) -> Path:
+    """``build_dir/results/course_timing.json``: each notebook's seconds, what :func:`publish_results` reads."""
+    path = Path(build_dir) / "results" / "course_timing.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(
+        {"profile": profile, "resolved_profile": resolve_profile(profile), "seconds": seconds,
+         "total_seconds": sum(seconds.values()), "environment": environment()}, indent=2) + "\n")
+    return path
 
 
 # Datasheet figures (NVIDIA): dense bf16/fp16 tensor TFLOPS and memory GB/s, used only to scale a measured time to
@@ -213,9 +229,10 @@ def _markdown_table(columns: list[str], rows: list[list]) -> list[str]:
 
 
 def publish_results(build_dir: str | Path = "build", docs_dir: str | Path = "docs",
-                    notebook_dir: str | Path = "notebooks", max_figure_bytes: int = 300_000) -> Path:
-    """Write ``docs_dir/results.md`` and ``docs_dir/figures/`` from one course run in ``build_dir``: the device,
-    library versions and date, each notebook's time, key tables and key figures (as each notebook declared them to
+                    notebook_dir: str | Path = "notebooks", max_figure_bytes: int = 300_000,
+                    page: str = "results.md", figures: str = "figures") -> Path:
+    """Write ``docs_dir/<page>`` and ``docs_dir/<figures>/`` from one course run in ``build_dir``: the device, library
+    versions and date, each notebook's time, key tables and key figures (as each notebook declared them to
     :func:`save_metrics`). Figures from an earlier run are removed, so the page shows one run only. A figure over
     ``max_figure_bytes`` is an error, not a silent omission. ``python -m layerfreeze publish`` runs this."""
     import shutil
@@ -228,19 +245,19 @@ def publish_results(build_dir: str | Path = "build", docs_dir: str | Path = "doc
     env = timing["environment"]
     metrics = {stem: json.loads((build / "results" / f"{stem}.json").read_text()) for stem in timing["seconds"]}
 
-    figures = [(stem, name) for stem, m in metrics.items() for name in m.get("key_figures", [])]
-    for stem, name in figures:
+    key_figures = [(stem, name) for stem, m in metrics.items() for name in m.get("key_figures", [])]
+    for stem, name in key_figures:
         source = build / "figures" / f"{name}.png"
         if not source.exists():
             raise FileNotFoundError(f"{stem} names key figure {name!r}, but {source} does not exist")
         if source.stat().st_size > max_figure_bytes:
             raise ValueError(f"{source} is {source.stat().st_size:,} bytes; figures on the results page must stay "
                              f"under {max_figure_bytes:,}: save it smaller (fewer points, lower dpi)")
-    figure_dir = docs / "figures"
+    figure_dir = docs / figures
     figure_dir.mkdir(parents=True, exist_ok=True)
     for old in figure_dir.glob("*.png"):
         old.unlink()
-    for _, name in figures:
+    for _, name in key_figures:
         shutil.copyfile(build / "figures" / f"{name}.png", figure_dir / f"{name}.png")
 
     estimate = estimate_seconds_on(1, env["device"], "T4") is not None
@@ -274,7 +291,7 @@ def publish_results(build_dir: str | Path = "build", docs_dir: str | Path = "doc
         for table in m.get("key_tables", []):
             lines += ["", f"**{table['title']}**", ""] + _markdown_table(table["columns"], table["rows"])
         for name in m.get("key_figures", []):
-            lines += ["", f"![{name}](figures/{name}.png)"]
-    path = docs / "results.md"
+            lines += ["", f"![{name}]({figures}/{name}.png)"]
+    path = docs / page
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -22,6 +22,7 @@ from torch import nn
 from transformers import TrainerCallback
 
 from .layers import layer_groups
+from .precision import resolve_precision
 from .schedules import Schedule
 from .training import _tensors, follow_schedule, fused_available, parameter_groups
 
@@ -78,3 +79,14 @@ class UnfreezingCallback(TrainerCallback):
             follow_schedule(model, self.schedule, step)
             self._current = trainable
             self.phases.append((step, trainable))
+
+
+def trainer_precision(device: torch.device) -> dict:
+    """``TrainingArguments`` keywords for the precision :func:`~layerfreeze.precision.resolve_precision` picks, so
+    the Trainer and :func:`~layerfreeze.training.fit` train alike (bf16, fp16 with a scaler, or fp32).
+
+    >>> trainer_precision(torch.device("cpu"))
+    {'bf16': False, 'fp16': False, 'use_cpu': True}
+    """
+    precision = resolve_precision("auto", device)
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16", "use_cpu": device.type == "cpu"}

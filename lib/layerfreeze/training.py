@@ -29,7 +29,7 @@ from .course import seed_everything
 from .data import index_batches
 from .freezing import count_parameters, train_only
 from .layers import LayerGroup, layer_groups
-from .precision import autocast, resolve_precision
+from .precision import autocast, grad_scaler, resolve_precision
 from .schedules import Schedule, constant_schedule, resolve_rates
 
 # --- data --------------------------------------------------------------------------------------------------------
@@ -378,7 +378,7 @@ def fit(model: nn.Module, train_data, eval_data=None, *, epochs: int = 3, lr: fl
     else:
         _drop_stale_gradients(model)
     optimizer = make_optimizer(model, lr if not follows_schedule else plan.lrs, weight_decay, device)
-    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+    scaler = grad_scaler(precision, device)
     history = History(precision=precision, phases=[(0, plan.trainable_at(0))])
     history.trainable_params, history.total_params = count_parameters(model)
 

@@ -1,0 +1,253 @@
+"""The course on a GPU in one short window, and its rehearsal on the CPU.
+
+The project's GPU machine is lent rarely and briefly, so the GPU run is one prepared command that cannot waste its
+window. It runs the notebooks most valuable first (04, the forgetting run, whose lessons need a GPU), each under a
+time limit; skips a notebook that no longer fits, and says so; kills one that runs past its limit instead of
+hanging; after *each* notebook, rewrites one archive of everything finished so far, so a run cut short still
+returns what it did; then runs the benchmarks if time is left. ``docs/gpu_runs.md`` shows the sizing.
+
+    python -m layerfreeze gpu-run --out $OUT                                   # on the GPU machine
+    python -m layerfreeze gpu-run --out build/rehearsal --profile smoke --precision bf16,fp16   # rehearsal (CPU)
+
+Back here, :func:`import_gpu_run` unpacks what came back and publishes it as its own results page.
+
+>>> run_order(["01_a.ipynb", "02_b.ipynb", "04_c.ipynb", "06_d.ipynb"])
+['04_c.ipynb', '02_b.ipynb', '01_a.ipynb', '06_d.ipynb']
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+from .course import environment, notebook_paths, publish_results, write_course_timing
+
+PRIORITY = ("04", "02", "03", "05", "01")
+# Seconds each notebook is expected to take, per profile: `full` on one H100 from the step counts in
+# docs/gpu_runs.md, `smoke` as measured on a 2-core CPU. A notebook that no longer fits is skipped.
+EXPECTED_SECONDS = {
+    "full": {"04": 100, "02": 60, "03": 60, "05": 30, "01": 15},
+    "smoke": {},
+}
+DEFAULT_EXPECTED_SECONDS = {"full": 60, "smoke": 30}
+ARCHIVE, SUMMARY, LOG = "gpu_run.tar.gz", "gpu_run.json", "gpu_run.log"
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+CELL_TIMEOUT_EXIT = 124  # what `timeout` returns: a cell ran past its limit
+CARRY_LIMIT = 64 * 2 ** 20  # what goes along with a device command: the working tree plus .carry/
+
+
+def run_order(names: list) -> list:
+    """Notebooks in the order the GPU run takes them: :data:`PRIORITY` first, then the rest in course order."""
+    rank = {prefix: i for i, prefix in enumerate(PRIORITY)}
+    return sorted(names, key=lambda n: (rank.get(Path(n).name[:2], len(rank)), Path(n).name))
+
+
+def expected_seconds(stem: str, profile: str) -> float:
+    return EXPECTED_SECONDS.get(profile, {}).get(stem[:2], DEFAULT_EXPECTED_SECONDS.get(profile, 60))
+
+
+def time_limit(expected: float, seconds_left: float) -> float:
+    """A notebook may take twice its expected time (at least a minute more), but never past the deadline.
+
+    >>> time_limit(100, 600), time_limit(20, 600), time_limit(100, 150)
+    (200, 80, 150)
+    """
+    return min(seconds_left, max(2 * expected, expected + 60))
+
+
+def precisions(precision: str) -> list[str]:
+    """``"bf16,fp16"`` is cycled over the notebooks, so one rehearsal tries both of the GPU's paths.
+
+    >>> precisions("bf16,fp16")
+    ['bf16', 'fp16']
+    """
+    chosen = [p.strip() for p in precision.split(",")]
+    for p in chosen:
+        if p not in PRECISIONS:
+            raise ValueError(f"precision={precision!r}; valid: one of {', '.join(PRECISIONS)}, or several "
+                             "separated by commas (cycled over the notebooks)")
+    return chosen
+
+
+def check_arguments(profile: str, budget: float, course_budget: float | None, precision: str) -> None:
+    """Refuse bad arguments before anything runs."""
+    from .course import PROFILES
+    if profile not in PROFILES:
+        raise ValueError(f"profile={profile!r}; valid: {', '.join(PROFILES)}")
+    precisions(precision)
+    if not budget > 0:
+        raise ValueError(f"budget={budget!r} seconds; it must be a positive number")
+    if course_budget is not None and not 0 < course_budget <= budget:
+        raise ValueError(f"course_budget={course_budget!r} seconds; it must be positive and at most budget={budget}")
+
+
+def run_limited(command: list[str], limit: float, log, env: dict | None = None) -> tuple[str, float]:
+    """Run ``command`` in its own process group, its output appended to ``log``; kill the whole group after
+    ``limit`` seconds. Returns ``("ok" | "failed" | "timed out", seconds)``."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        code = process.wait(timeout=limit)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        code = CELL_TIMEOUT_EXIT
+    status = {0: "ok", CELL_TIMEOUT_EXIT: "timed out"}.get(code, "failed")
+    return status, time.perf_counter() - start
+
+
+def _notebook_command(path: Path, build: Path, profile: str, cell_timeout: float) -> list[str]:
+    """One notebook in a fresh Python process: :func:`run_one_notebook` (this module run as a script)."""
+    return [sys.executable, "-m", "layerfreeze.gpu_run", str(path), str(build), profile, str(int(cell_timeout))]
+
+
+def run_one_notebook(path: str, build: str, profile: str, cell_timeout: str) -> int:
+    """Execute one notebook into ``build``; the exit code says how it ended (0, 1, or 124 for a cell timeout)."""
+    from nbclient.exceptions import CellTimeoutError
+
+    from .course import run_notebook
+    build = Path(build)
+    try:
+        run_notebook(path, build / "notebooks", build / "results", build / "figures", profile, int(cell_timeout))
+    except CellTimeoutError as error:
+        print(f"cell timeout: {error}", flush=True)
+        return CELL_TIMEOUT_EXIT
+    return 0
+
+
+def write_archive(build: Path, out: Path) -> Path:
+    """Everything finished so far in one archive, replaced atomically (a run killed mid-write keeps the last)."""
+    partial = out / (ARCHIVE + ".partial")
+    with tarfile.open(partial, "w:gz") as tar:
+        for part in ("results", "figures", "notebooks", "bench"):
+            if (build / part).exists():
+                tar.add(build / part, arcname=part)
+    return partial.replace(out / ARCHIVE)
+
+
+def _save_progress(summary: dict, build: Path, out: Path, started: float) -> None:
+    summary["seconds"] = round(time.perf_counter() - started, 1)
+    finished = {n["stem"]: n["seconds"] for n in summary["notebooks"] if n["status"] == "ok"}
+    write_course_timing(build, summary["profile"], finished)
+    write_archive(build, out)
+    (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def _run_course_part(paths, build, out, log, summary, deadline, started) -> None:
+    profile, cycle = summary["profile"], precisions(summary["precision"])
+    for i, path in enumerate(paths):
+        expected, left = expected_seconds(path.stem, profile), deadline - time.perf_counter()
+        entry = {"stem": path.stem, "precision": cycle[i % len(cycle)], "expected_seconds": expected}
+        env = _environment(entry["precision"])
+        if left < expected:
+            entry.update(status="skipped", seconds=0.0, reason=f"needs about {expected:.0f} s, {left:.0f} s left")
+        else:
+            limit = time_limit(expected, left)
+            print(f"  {path.name} ({entry['precision']}): up to {limit:.0f} s ...", end=" ", flush=True)
+            log.write(f"\n===== {path.name} (limit {limit:.0f} s) =====\n".encode()); log.flush()
+            # papermill stops a cell at the limit; the process-group kill 30 s later catches everything else
+            status, seconds = run_limited(_notebook_command(path, build, profile, limit), limit + 30, log, env)
+            entry.update(status=status, seconds=round(seconds, 1), limit_seconds=round(limit))
+        print(f"{entry['status']} ({entry['seconds']:.0f} s) {entry.get('reason', '')}", flush=True)
+        summary["notebooks"].append(entry)
+        _save_progress(summary, build, out, started)
+
+
+def _environment(precision: str) -> dict:
+    """The child's environment: ``auto`` leaves the choice to the device, anything else forces it."""
+    from .precision import FORCE_VARIABLE
+    env = {k: v for k, v in os.environ.items() if k != FORCE_VARIABLE}
+    return env if precision == "auto" else {**env, FORCE_VARIABLE: precision}
+
+
+def _run_benchmarks(build, out, log, summary, deadline, started, minimum: float = 60) -> None:
+    left = deadline - time.perf_counter()
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "run.py"
+    if left < minimum or not script.exists():
+        why = f"{left:.0f} s left, needs {minimum:.0f}" if script.exists() else f"{script} not found"
+        summary["bench"] = {"status": "skipped", "reason": why}
+    else:
+        print(f"  benchmarks: up to {left:.0f} s ...", end=" ", flush=True)
+        log.write(b"\n===== benchmarks =====\n"); log.flush()
+        size = "smoke" if summary["profile"] == "smoke" else "auto"
+        command = [sys.executable, str(script), "--size", size, "--out", str(build / "bench")]
+        status, seconds = run_limited(command, left, log, _environment("auto"))
+        summary["bench"] = {"status": status, "seconds": round(seconds, 1)}
+    print(f"benchmarks: {summary['bench']['status']}", flush=True)
+    _save_progress(summary, build, out, started)
+
+
+def gpu_run(out_dir: str | Path, profile: str = "full", budget: float = 420, course_budget: float | None = 360,
+            precision: str = "auto", notebook_dir: str | Path = "notebooks", build_dir: str | Path = "build") -> dict:
+    """Run the course (most valuable notebook first) and then the benchmarks within ``budget`` seconds in all,
+    the notebooks within ``course_budget``. ``out_dir`` receives :data:`ARCHIVE`, :data:`SUMMARY` and :data:`LOG`,
+    updated after every notebook. ``precision`` other than ``auto`` forces that precision (a list such as
+    ``"bf16,fp16"`` is cycled over the notebooks), on the CPU too: the rehearsal tries the GPU's paths that way.
+    Returns the summary."""
+    check_arguments(profile, budget, course_budget, precision)
+    out, build = Path(out_dir), Path(build_dir)
+    paths = run_order(notebook_paths(notebook_dir))
+    if not paths:
+        raise FileNotFoundError(f"no notebooks (NN_name.ipynb) in {Path(notebook_dir).resolve()}")
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(build, ignore_errors=True)
+    started = time.perf_counter()
+    summary = {"profile": profile, "precision": precision, "budget_seconds": budget,
+               "course_budget_seconds": course_budget or budget, "environment": environment(), "notebooks": []}
+    print(f"GPU run: {len(paths)} notebooks, profile {profile}, precision {precision}, budget {budget:.0f} s, "
+          f"on {summary['environment']['device']}", flush=True)
+    with open(out / LOG, "ab") as log:
+        _run_course_part(paths, build, out, log, summary, started + (course_budget or budget), started)
+        _run_benchmarks(build, out, log, summary, started + budget, started)
+    print(f"Done in {summary['seconds']:.0f} s: {out / ARCHIVE}, {out / SUMMARY}, {out / LOG}", flush=True)
+    return summary
+
+
+def import_gpu_run(out_dir: str | Path, build_dir: str | Path = "build-gpu", docs_dir: str | Path = "docs",
+                   bench_dir: str | Path | None = "benchmarks/results", notebook_dir: str | Path = "notebooks",
+                   page: str = "results-gpu.md", figures: str = "figures-gpu") -> Path:
+    """Unpack what a GPU run returned into ``build_dir``, publish it as ``docs_dir/page`` with its figures in
+    ``docs_dir/figures`` (the CPU page stays), and copy its benchmark results into ``bench_dir``."""
+    archive = Path(out_dir) / ARCHIVE
+    if not archive.exists():
+        raise FileNotFoundError(f"{archive} not found: pass the folder a GPU run wrote ($OUT)")
+    build = Path(build_dir)
+    shutil.rmtree(build, ignore_errors=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(build, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    if bench_dir is not None and (build / "bench").exists():
+        Path(bench_dir).mkdir(parents=True, exist_ok=True)
+        for result in (build / "bench").iterdir():
+            shutil.copyfile(result, Path(bench_dir) / result.name)
+    return publish_results(build, docs_dir, notebook_dir, page=page, figures=figures)
+
+
+def carry_bytes(root: str | Path = ".") -> int:
+    """What a device command carries: the working tree (tracked files and untracked ones git does not ignore)
+    plus ``.carry/``. It must stay under :data:`CARRY_LIMIT`."""
+    root = Path(root)
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    tree = sum((root / name).stat().st_size for name in listed if name and (root / name).is_file())
+    carry = sum(p.stat().st_size for p in (root / ".carry").rglob("*") if p.is_file())
+    return tree + carry
+
+
+def check_carry(root: str | Path = ".") -> int:
+    """Raise when the carry is over the limit; return its size in bytes."""
+    size = carry_bytes(root)
+    if size >= CARRY_LIMIT:
+        raise ValueError(f"the working tree plus .carry/ is {size / 2 ** 20:.1f} MiB; a device command carries at "
+                         f"most {CARRY_LIMIT / 2 ** 20:.0f} MiB: remove large untracked files or shrink .carry/")
+    return size
+
+
+if __name__ == "__main__":
+    sys.exit(run_one_notebook(*sys.argv[1:]))

@@ -1,0 +1,131 @@
+"""The GPU run's command, and its rehearsal: the same command and packaging on the CPU with the smoke sizes, with
+the GPU's bf16 and fp16-with-scaler paths forced, so that the only untried thing on the GPU machine is CUDA."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import layerfreeze as lf
+from layerfreeze import gpu_run as gr
+from layerfreeze.course import notebook_paths
+from layerfreeze.precision import FORCE_VARIABLE
+
+ROOT = Path(__file__).resolve().parents[1]
+WHEELS_ALLOWANCE = 10 * 2 ** 20  # pack.sh's wheels for the GPU machine: about 6 MB when last packed
+
+
+def test_notebook_04_runs_first_and_every_notebook_is_in_the_order():
+    names = [p.name[:2] for p in gr.run_order(notebook_paths(ROOT / "notebooks"))]
+    assert names[:5] == ["04", "02", "03", "05", "01"] and sorted(names) == sorted(set(names))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(profile="gpu"), "profile='gpu'; valid: auto, smoke, cpu, full"),
+    (dict(precision="fp8"), "precision='fp8'; valid: one of auto, fp32, bf16, fp16"),
+    (dict(precision="bf16,int8"), "precision='bf16,int8'"),
+    (dict(budget=0), "budget=0 seconds"),
+    (dict(budget=100, course_budget=200), "course_budget=200 seconds; it must be positive and at most budget=100"),
+])
+def test_bad_arguments_are_refused_before_anything_runs(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        gr.gpu_run(tmp_path / "out", build_dir=tmp_path / "build", **kwargs)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "build").exists()
+
+
+def test_a_run_past_its_limit_is_killed_with_its_children(tmp_path):
+    pid_file = tmp_path / "child.pid"
+    command = ["bash", "-c", f"sleep 300 & echo $! > {pid_file}; wait"]
+    with open(tmp_path / "log", "ab") as log:
+        status, seconds = gr.run_limited(command, 2, log)
+    assert status == "timed out" and seconds < 60
+    child = Path(f"/proc/{int(pid_file.read_text())}/stat")
+    for _ in range(100):  # SIGKILL is delivered asynchronously
+        if not child.exists() or child.read_text().split()[2] in "ZX":
+            break
+        time.sleep(0.1)
+    assert not child.exists() or child.read_text().split()[2] in "ZX"
+
+
+def test_exit_codes_become_statuses(tmp_path):
+    with open(tmp_path / "log", "ab") as log:
+        assert gr.run_limited(["true"], 30, log)[0] == "ok"
+        assert gr.run_limited(["false"], 30, log)[0] == "failed"
+        assert gr.run_limited(["bash", "-c", f"exit {gr.CELL_TIMEOUT_EXIT}"], 30, log)[0] == "timed out"
+
+
+def test_what_no_longer_fits_is_skipped_and_says_so(tmp_path):
+    summary = gr.gpu_run(tmp_path / "out", profile="full", budget=1, course_budget=1, build_dir=tmp_path / "build",
+                         notebook_dir=ROOT / "notebooks")
+    assert [n["status"] for n in summary["notebooks"]] == ["skipped"] * len(summary["notebooks"])
+    assert all("s left" in n["reason"] for n in summary["notebooks"]) and summary["bench"]["status"] == "skipped"
+    assert json.loads((tmp_path / "out" / gr.SUMMARY).read_text()) == summary
+    assert tarfile.open(tmp_path / "out" / gr.ARCHIVE).getnames() == ["results", "results/course_timing.json"]
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_forced_precision_trains_on_the_cpu(monkeypatch, precision):
+    """The rehearsal's premise: bf16 autocast and fp16 with a gradient scaler run on the CPU too."""
+    monkeypatch.setenv(FORCE_VARIABLE, precision)
+    model = lf.tiny_model("bert", num_layers=2)
+    before = lf.fingerprint(model)
+    ids = torch.randint(10, 60, (32, 8), generator=torch.Generator().manual_seed(0))
+    history = lf.fit(model, (ids, torch.ones_like(ids), ids[:, 0] % 2), epochs=1, lr=1e-3, batch_size=8,
+                     progress=False)
+    assert history.precision == precision and math.isfinite(history.epochs[-1]["train_loss"])
+    assert lf.changed_parameters(before, lf.fingerprint(model))
+
+
+def test_the_trainer_gets_the_same_precision(monkeypatch):
+    from layerfreeze.trainer import trainer_precision
+    monkeypatch.setenv(FORCE_VARIABLE, "fp16")
+    assert trainer_precision(torch.device("cpu")) == {"bf16": False, "fp16": True, "use_cpu": True}
+
+
+def test_the_carry_fits_under_the_limit():
+    """The working tree plus .carry/ (or, before pack.sh ran, what it will hold: the fp16 model and the wheels)."""
+    size = gr.carry_bytes(ROOT)
+    if not (ROOT / ".carry" / "minilm-fp16").exists():
+        from safetensors import safe_open
+        from layerfreeze.models import resolve_model_source
+        source = Path(resolve_model_source("minilm"))
+        with safe_open(source / "model.safetensors", "pt") as weights:  # halved to fp16 by pack.sh
+            size += sum(2 * math.prod(weights.get_slice(k).get_shape()) for k in weights.keys())
+        size += sum(p.stat().st_size for p in source.iterdir() if p.is_file() and p.name != "model.safetensors")
+        size += WHEELS_ALLOWANCE
+    assert size < gr.CARRY_LIMIT, f"{size / 2 ** 20:.1f} MiB"
+
+
+@pytest.mark.notebook
+@pytest.mark.slow
+def test_rehearsal(tmp_path):
+    """`make gpu-rehearsal`'s run: every notebook, bf16 and fp16 cycled, archived; then imported and published."""
+    out = tmp_path / "out"
+    summary = gr.gpu_run(out, profile="smoke", budget=1500, course_budget=1400, precision="bf16,fp16",
+                         build_dir=tmp_path / "build", notebook_dir=ROOT / "notebooks")
+    log = (out / gr.LOG).read_text()
+    assert [n["status"] for n in summary["notebooks"]] == ["ok"] * len(summary["notebooks"]), log[-3000:]
+    assert {n["precision"] for n in summary["notebooks"]} == {"bf16", "fp16"}
+    assert summary["bench"]["status"] == "ok", log[-3000:]
+    names = tarfile.open(out / gr.ARCHIVE).getnames()
+    for entry in summary["notebooks"]:
+        assert f"results/{entry['stem']}.json" in names and f"notebooks/{entry['stem']}.ipynb" in names
+    assert any(n.startswith("bench/") for n in names) and sorted(os.listdir(out)) == sorted(
+        [gr.ARCHIVE, gr.SUMMARY, gr.LOG])
+    page = gr.import_gpu_run(out, tmp_path / "imported", tmp_path / "docs", tmp_path / "bench",
+                             ROOT / "notebooks")
+    assert page.name == "results-gpu.md" and "(figures-gpu/" in page.read_text()
+    assert any((tmp_path / "bench").iterdir())
+
+
+def test_the_cli_refuses_a_bad_precision_in_one_line():
+    result = subprocess.run([sys.executable, "-m", "layerfreeze", "gpu-run", "--out", "x", "--precision", "fp8"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "fp8" in result.stderr and "Traceback" not in result.stderr
