@@ -55,7 +55,8 @@ class LayerGroup:
 
     ``modules`` maps qualified module names to modules, in the order they run; ``parameters`` maps qualified
     parameter names to parameters, each tensor once (a tied twin that lives in another group is listed there too).
-    ``note`` says what is special about the group (a block run several times, a table every block reads).
+    ``note`` says what is special about the group (a block run several times, a table every block reads);
+    ``runs`` is how many times a block runs per forward pass (more than 1 for a shared block).
     """
 
     name: str
@@ -63,6 +64,7 @@ class LayerGroup:
     modules: dict[str, nn.Module] = field(repr=False)
     parameters: dict[str, nn.Parameter] = field(repr=False)
     note: str = ""
+    runs: int = 1
 
     @property
     def num_params(self) -> int:
@@ -330,6 +332,7 @@ class _Layout:
     kinds: list[str]
     module_names: list[list[str]]
     notes: list[str]
+    runs: list[int] = field(default_factory=list)
     warning: str = ""
 
 
@@ -378,6 +381,7 @@ def _shared_notes(model: nn.Module, timeline: _Timeline | None, layout: _Layout,
         for block in model.get_submodule(path):
             entries[id(block)] += 1
     runs = [max(entries[id(b)], timeline.calls[id(b)] if timeline else 0) for b in block_modules]
+    layout.runs = [1] + runs + [1]
     if max(runs) == 1:
         return
     for i, count in enumerate(runs):
@@ -424,9 +428,10 @@ def layer_groups(model: nn.Module, blocks: str | list[str] | None = None) -> lis
     """
     layout = _layout(model, blocks)
     groups = []
-    for name, kind, names, note in zip(layout.names, layout.kinds, layout.module_names, layout.notes):
+    for name, kind, names, note, runs in zip(layout.names, layout.kinds, layout.module_names, layout.notes,
+                                             layout.runs):
         modules = {n: model.get_submodule(n) for n in names}
-        groups.append(LayerGroup(name, kind, modules, _parameters_of(modules), note))
+        groups.append(LayerGroup(name, kind, modules, _parameters_of(modules), note, runs))
     _check_coverage(model, groups)
     return groups
 
