@@ -38,6 +38,7 @@ encoder-decoder). When that fails, pass ``blocks="path.to.modulelist"``. A model
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -137,6 +138,7 @@ class _Timeline:
         self.calls: dict[int, int] = defaultdict(int)
         self.first_use: dict[int, tuple] = {}  # id(parameter) -> slot of its first use in any operation
         self.ticks: dict[int, int] = {}  # id(module or parameter) -> when it first ran or was used
+        self.read_by_blocks: set[str] = set()  # modules outside the blocks that feed them more than hidden states
 
     def slot(self) -> tuple:
         return ("in", self.inside) if self.inside is not None else ("gap", self.done + 1)
@@ -156,19 +158,43 @@ class _Timeline:
 
 class _ParameterUse(torch.overrides.TorchFunctionMode):
     """Records where each parameter is first used, also when its module never runs (DeBERTa reads
-    ``rel_embeddings.weight`` directly)."""
+    ``rel_embeddings.weight`` directly), and which modules outside the blocks feed the blocks something besides
+    the hidden states (a position table every block reads): tensors computed outside the blocks carry the names
+    of the modules whose parameters they come from."""
 
-    def __init__(self, timeline: _Timeline, parameter_ids: set[int]):
+    def __init__(self, timeline: _Timeline, owners: dict[int, str]):
         super().__init__()
-        self.timeline, self.parameter_ids = timeline, parameter_ids
+        self.timeline, self.owners = timeline, owners
+        self.sources: dict[int, tuple[torch.Tensor, frozenset]] = {}  # id(tensor) -> (tensor kept alive, names)
+        self.read_by_blocks: set[str] = set()
+
+    def names_of(self, values) -> frozenset:
+        names = set()
+        for value in torch.utils._pytree.tree_leaves(values):
+            if isinstance(value, torch.Tensor):
+                names |= {self.owners[id(value)]} if id(value) in self.owners else self.sources.get(
+                    id(value), (None, frozenset()))[1]
+        return frozenset(names)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         for value in torch.utils._pytree.tree_leaves((args, kwargs)):
-            if isinstance(value, nn.Parameter) and id(value) in self.parameter_ids:
+            if isinstance(value, nn.Parameter):
                 self.timeline.first_use.setdefault(id(value), self.timeline.slot())
                 self.timeline.ticks.setdefault(id(value), len(self.timeline.ticks))
-        return func(*args, **kwargs)
+        result = func(*args, **kwargs)
+        names = self.names_of((args, kwargs)) if self.timeline.inside is None else frozenset()
+        if names:
+            for value in torch.utils._pytree.tree_leaves(result):
+                if isinstance(value, torch.Tensor):
+                    self.sources[id(value)] = (value, names)
+        return result
+
+    def block_inputs(self, module, args, kwargs):
+        """A block's pre-hook: note what reaches it beside the hidden states."""
+        if self.timeline.inside is None:
+            self.read_by_blocks |= self.names_of((args[1:], kwargs) if args else
+                                                 {k: v for k, v in kwargs.items() if k != "hidden_states"})
 
 
 def _dummy_inputs(model: nn.Module) -> dict[str, torch.Tensor] | None:
@@ -187,32 +213,68 @@ def _dummy_inputs(model: nn.Module) -> dict[str, torch.Tensor] | None:
     return inputs
 
 
-def _trace(model: nn.Module, blocks: list[nn.Module]) -> _Timeline | None:
-    """Run one forward pass on a dummy batch and record where every module and parameter ran; ``None`` if the
-    model cannot run on ``input_ids``. Weights, train/eval modes and the random state are left as they were."""
+def _run_dummy_forward(model: nn.Module, pre_hook, post_hook=None, parameter_use=None) -> Exception | None:
+    """One forward pass on a dummy batch with hooks on every module; returns the error if the model cannot run on
+    ``input_ids``. Weights, train/eval modes and the random state are left as they were."""
     inputs = _dummy_inputs(model)
     if inputs is None:
-        return None
-    timeline = _Timeline({id(b): i for i, b in enumerate(blocks)})
+        return TypeError(f"{type(model).__name__} has no input embedding to feed token ids to")
     modes = {m: m.training for m in model.modules()}
-    handles = [h for m in model.modules()
-               for h in (m.register_forward_pre_hook(timeline.pre_hook), m.register_forward_hook(timeline.post_hook))]
+    handles = [m.register_forward_pre_hook(pre_hook) for m in model.modules()]
+    handles += [m.register_forward_hook(post_hook) for m in model.modules()] if post_hook else []
     device = inputs["input_ids"].device
     try:
         model.eval()
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad(), \
-                _ParameterUse(timeline, {id(p) for p in model.parameters()}):
+                parameter_use or contextlib.nullcontext():
             model(**inputs)
-    except Exception as error:  # a model that needs other inputs: fall back to registration order
-        warnings.warn(f"layer_groups could not trace {type(model).__name__} ({type(error).__name__}: {error}); its "
-                      "groups follow the order in which modules are registered, which may not be the order they run")
-        return None
+    except Exception as error:  # a model that needs other inputs
+        return error
     finally:
         for handle in handles:
             handle.remove()
         for module, training in modes.items():
             module.training = training
-    return timeline
+    return None
+
+
+def _trace(model: nn.Module, blocks: list[nn.Module]) -> _Timeline | None:
+    """Where every module and parameter ran in one dummy forward pass; ``None`` if the model cannot run on
+    ``input_ids`` (then groups follow registration order, with a warning for a transformers model)."""
+    timeline = _Timeline({id(b): i for i, b in enumerate(blocks)})
+    inside = {id(p) for b in blocks for p in b.parameters()}
+    owners = {id(p): name for name, m in model.named_modules() for p in m.parameters(recurse=False)
+              if id(p) not in inside}
+    use = _ParameterUse(timeline, owners)
+    handles = [b.register_forward_pre_hook(use.block_inputs, with_kwargs=True) for b in blocks]
+    try:
+        error = _run_dummy_forward(model, timeline.pre_hook, timeline.post_hook, use)
+    finally:
+        for handle in handles:
+            handle.remove()
+    timeline.read_by_blocks = use.read_by_blocks
+    if error is None:
+        return timeline
+    if hasattr(model, "config"):
+        warnings.warn(f"layer_groups could not trace {type(model).__name__} ({type(error).__name__}: {error}); its "
+                      "groups follow the order in which modules are registered, which may not be the order they run")
+    return None
+
+
+def module_run_order(model: nn.Module) -> list[str]:
+    """Names of the model's modules in the order they first run in one forward pass on a dummy batch (modules that
+    never run are left out). Independent of the layer groups: use it to check them.
+
+    >>> from layerfreeze import tiny_model
+    >>> module_run_order(tiny_model("bert", num_layers=1))[:3]
+    ['', 'bert', 'bert.embeddings']
+    """
+    names = {id(m): n for n, m in model.named_modules()}
+    order: dict[str, None] = {}
+    error = _run_dummy_forward(model, lambda module, args: order.setdefault(names[id(module)]))
+    if error is not None:
+        raise ValueError(f"cannot run {type(model).__name__} on a dummy batch of token ids: {error}")
+    return list(order)
 
 
 # --- placing modules in groups -------------------------------------------------------------------------------------
@@ -372,10 +434,11 @@ def _shared_notes(model: nn.Module, timeline: _Timeline | None, layout: _Layout,
                   block_modules: list[nn.Module]) -> None:
     """Notes for blocks that run several times and for tables that every block reads; sets the layout's warning."""
     if timeline is not None:
-        for name in layout.module_names[0]:
-            slot = _slot_of(model.get_submodule(name), timeline)
-            if slot is not None and slot[0] == "in":
-                layout.notes[0] += (" " if layout.notes[0] else "") + f"{name} is used by every block."
+        read = [name for name in layout.module_names[0] if _slot_of(model.get_submodule(name), timeline)[0] == "in"
+                or any(r == name or r.startswith(name + ".") for r in timeline.read_by_blocks)]
+        if read:
+            layout.notes[0] = (f"{', '.join(read)}: read by every block (beside the hidden states), so with the "
+                               "embeddings.")
     entries = defaultdict(int)
     for path in paths:
         for block in model.get_submodule(path):
