@@ -75,6 +75,11 @@ def _check_cache(model: nn.Module, groups: list[LayerGroup], prefix: int) -> Non
         if trainable:
             raise ValueError(f"cannot cache {group.name}: it holds trainable parameters ({', '.join(trainable[:3])}). "
                              "The cache is only correct for a fully frozen prefix.")
+    stacks = {g.name.split(".")[0] for g in groups[1:prefix + 1] if g.kind == "block"}
+    if "encoder" in stacks and "decoder" in stacks:
+        raise ValueError(f"cannot cache past the encoder of {type(model).__name__}: the decoder's blocks read the "
+                         "encoder's output, which the cache does not store. Cache within the encoder (e.g. "
+                         "cache_prefix=2), or train without cache_prefix.")
     held_in_eval = set(frozen_in_eval(model))
     for group in groups[:prefix]:
         active = [name for module_name, module in group.modules.items()
@@ -133,17 +138,12 @@ def compute_prefix_outputs(model: nn.Module, groups: list[LayerGroup], prefix: i
 def _capture(model: nn.Module, groups: list[LayerGroup], prefix: int, input_ids, attention_mask, precision: str,
              device: torch.device) -> tuple[torch.Tensor, dict]:
     """One batch: the entry's hidden input, and each cached block's output structure (``None``: a bare tensor;
-    ``n``: a tuple of the hidden states and ``n - 1`` Nones; a string: why no stand-in can copy it)."""
+    ``n``: a tuple of ``n`` items, which a stand-in fills with the hidden states and ``n - 1`` Nones)."""
     captured, structure = {}, {}
 
     def record(name):
         def hook(_, __, output):
-            if not isinstance(output, tuple):
-                structure[name] = None
-            elif all(item is None for item in output[1:]):
-                structure[name] = len(output)
-            else:
-                structure[name] = ", ".join(type(item).__name__ for item in output[1:])
+            structure[name] = len(output) if isinstance(output, tuple) else None
         return hook
 
     def stop(_, args, kwargs):
@@ -173,29 +173,45 @@ def _verify(model: nn.Module, groups: list[LayerGroup], prefix: int, structure: 
             precision: str, device: torch.device) -> None:
     """Refuse, with the reason, unless the stand-ins give bit-identical outputs on a few examples."""
     what = f"cannot cache {', '.join(g.name for g in groups[:prefix])} of {type(model).__name__}"
-    extra = {name: kind for name, kind in structure.items() if isinstance(kind, str)}
-    if extra:
-        name, kinds = next(iter(extra.items()))
-        raise ValueError(f"{what}: {name} passes more than hidden states to the next block ({kinds}), which a "
-                         "stand-in cannot reproduce. Train without cache_prefix.")
     value, _ = _capture(model, groups, prefix, input_ids, attention_mask, precision, device)
     was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad(), autocast(precision, device):
-            expected = _first_output(model(input_ids=input_ids, attention_mask=attention_mask))
-            with prefix_replaced(model, groups, prefix, structure) as stand_in:
-                stand_in.value = value
-                got = _first_output(model(input_ids=input_ids, attention_mask=attention_mask))
+        for training in (False, True):  # eval: the structure; training: no randomness left in the cached groups
+            expected, got = _outputs_with_and_without(model, groups, prefix, structure, value, input_ids,
+                                                      attention_mask, precision, device, training)
+            if got.shape != expected.shape or not torch.equal(got, expected):
+                raise ValueError(f"{what}: " + (
+                    "in training mode their output changes from run to run (dropout outside nn.Dropout modules, "
+                    "as in BART's encoder), so a cache would change training." if training else
+                    "with the cached blocks standing in, the model's outputs differ from its real outputs: its "
+                    "blocks hand on more than hidden states (T5's position bias), so something besides the entry's "
+                    "input carries information past the cached groups.")
+                    + " Train without cache_prefix, or cache fewer groups.")
+    except ValueError:
+        raise
     except Exception as error:
         raise ValueError(f"{what}: the model fails with the cached blocks standing in ({type(error).__name__}: "
                          f"{error}). Train without cache_prefix.") from error
     finally:
         model.train(was_training)
-    if got.shape != expected.shape or not torch.equal(got, expected):
-        raise ValueError(f"{what}: with the cached blocks standing in, the model's outputs differ from its real "
-                         "outputs, so something besides the entry's input carries information past the cached "
-                         f"groups. Train without cache_prefix, or cache fewer groups.")
+
+
+def _outputs_with_and_without(model, groups, prefix, structure, value, input_ids, attention_mask, precision, device,
+                              training: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's first output on a few examples, as it is and with the stand-ins, from one random state."""
+    model.train(training)
+    outputs = []
+    with torch.no_grad(), autocast(precision, device), \
+            torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for stand_ins in (False, True):
+            torch.manual_seed(0)
+            if stand_ins:
+                with prefix_replaced(model, groups, prefix, structure) as stand_in:
+                    stand_in.value = value
+                    outputs.append(_first_output(model(input_ids=input_ids, attention_mask=attention_mask)))
+            else:
+                outputs.append(_first_output(model(input_ids=input_ids, attention_mask=attention_mask)))
+    return outputs[0], outputs[1]
 
 
 def _first_output(output) -> torch.Tensor:
