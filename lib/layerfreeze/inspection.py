@@ -79,7 +79,7 @@ def run_order_table(model: nn.Module, groups: list[LayerGroup] | None = None) ->
     table = pd.DataFrame(rows, columns=["step", "module", "group", "group_index"]).sort_values("step")
     table["in_order"] = table["group_index"] >= table["group_index"].cummax()
     tied = {id(p) for names in shared_parameters(model) for p in [model.get_parameter(names[0])]}
-    table["note"] = ["a tied copy of an earlier group's embedding" if not ok and any(
+    table["note"] = ["one tensor with an embedding that ran earlier: it stays with it" if not ok and any(
         id(p) in tied for p in model.get_submodule(name).parameters()) else "" for name, ok in
         zip(table["module"], table["in_order"])]
     return table.reset_index(drop=True)
