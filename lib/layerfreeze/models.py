@@ -154,7 +154,8 @@ def tiny_tokenizer(max_length: int = 128):
     backend.normalizer = normalizers.BertNormalizer(lowercase=True)
     backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     backend.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", CLS_ID), ("[SEP]", SEP_ID)])
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", CLS_ID), ("[SEP]", SEP_ID)])
     backend.decoder = decoders.WordPiece()
     return PreTrainedTokenizerFast(tokenizer_object=backend, model_max_length=max_length, unk_token="[UNK]",
                                    pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
@@ -180,8 +181,9 @@ def _tiny_config(family: str, hidden: int, layers: int, vocab_size: int, num_lab
         "xlm-roberta": lambda: tf.XLMRobertaConfig(**bert_like),
         "electra": lambda: tf.ElectraConfig(embedding_size=hidden // 2, **bert_like),
         "deberta-v2": lambda: tf.DebertaV2Config(relative_attention=True, pos_att_type=["p2c", "c2p"],
-                                                 position_buckets=32, max_relative_positions=64, norm_rel_ebd="layer_norm",
-                                                 share_att_key=True, position_biased_input=False, **bert_like),
+                                                 position_buckets=32, max_relative_positions=64,
+                                                 norm_rel_ebd="layer_norm", share_att_key=True,
+                                                 position_biased_input=False, **bert_like),
         "mpnet": lambda: tf.MPNetConfig(**bert_like),
         "modernbert": lambda: tf.ModernBertConfig(global_attn_every_n_layers=2, local_attention=16,
                                                   sep_token_id=SEP_ID, cls_token_id=CLS_ID, **bert_like),
