@@ -227,7 +227,7 @@ def _run_dummy_forward(model: nn.Module, pre_hook, post_hook=None, parameter_use
         model.eval()
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad(), \
                 parameter_use or contextlib.nullcontext():
-            model(**inputs)
+            getattr(model, "_orig_mod", model)(**inputs)  # a torch.compile'd model: trace the original, uncompiled
     except Exception as error:  # a model that needs other inputs
         return error
     finally:
