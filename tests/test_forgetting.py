@@ -119,7 +119,7 @@ def test_decoder_forgetting_code_path():
     topics = load_task("b", limit={"train": 48, "test": 16})
     general, domain_train, domain_eval = (lm_data(s["text"], tokenizer, 24) for s in
                                           (texts["test"], topics["train"], topics["test"]))
-    assert perplexity(model, general) > 1000  # a random 30k-vocabulary model is nearly uniform
+    assert perplexity(model, general) > len(tokenizer) / 2  # a random model is nearly uniform over its vocabulary
     result = decoder_forgetting(model, domain_train, general, domain_eval, preset="all", epochs=2, batch_size=8,
                                 lr=3e-3, progress=False)
     assert result["after"]["domain"] < result["before"]["domain"]  # it learned the domain

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from layerfreeze import (assert_frozen_unchanged, bitfit, changed_parameters, count_parameters, fingerprint, freeze,
                          freeze_to, frozen, frozen_in_eval, layer_groups, release_eval_mode, select_parameters,
-                         tiny_model, train_only, unfreeze)
+                         tiny_model, train_only, trainable_state, unfreeze)
 
 
 def trainable_groups(model):
@@ -111,15 +111,38 @@ def test_frozen_context_manager_restores(bert):
     assert {n: p.requires_grad for n, p in bert.named_parameters()} == before
 
 
-def test_tied_twin_is_frozen_under_both_names_and_reported():
+@pytest.mark.parametrize("call", [lambda m: train_only(m, "head"), lambda m: freeze_to(m, -1),
+                                  lambda m: freeze_to(m, -2), lambda m: bitfit(m), lambda m: freeze(m, "embeddings"),
+                                  lambda m: freeze(m, "head")])
+def test_no_selection_trains_or_freezes_one_side_of_a_tie_silently(call):
     model = tiny_model("gpt2", task="causal-lm")
-    report = freeze(model, "embeddings")
+    before = trainable_state(model)
+    with pytest.raises(ValueError, match=r"transformer.wte.weight \(embeddings\).*untie=True.*tie_word_embeddings"):
+        call(model)
+    assert trainable_state(model) == before  # nothing changed
+
+
+def test_untie_gives_the_head_its_own_copy_and_keeps_the_outputs():
+    model = tiny_model("gpt2", task="causal-lm")
+    ids = torch.randint(5, 99, (2, 6))
+    expected = model(input_ids=ids).logits
+    report = freeze_to(model, -1, untie=True)
+    assert report.ties == ["transformer.wte.weight (embeddings) = lm_head.weight (head): untied, lm_head.weight "
+                           "got a copy of its own"]
+    assert model.lm_head.weight is not model.transformer.wte.weight and model.lm_head.weight.requires_grad
+    assert not model.transformer.wte.weight.requires_grad and not model.config.tie_word_embeddings
+    assert torch.equal(model(input_ids=ids).logits, expected)
+    assert layer_groups(model)[0].trainable is False
+
+
+def test_a_selection_that_takes_both_sides_of_a_tie_lists_it():
+    model = tiny_model("gpt2", task="causal-lm")
+    report = freeze(model, "embeddings", "head")
     assert not model.lm_head.weight.requires_grad
-    assert any("shared with lm_head.weight" in note for note in report.notes)
-    report = train_only(model, "head")  # the head's lm_head *is* the embedding table: it trains, and we say so
-    assert model.transformer.wte.weight.requires_grad
-    assert layer_groups(model)[0].trainable is None  # embeddings: partly trainable
-    assert any("trains under every name" in note for note in report.notes)
+    assert report.ties == ["transformer.wte.weight (embeddings) = lm_head.weight (head): one tensor, it is frozen "
+                           "under every name"]
+    assert "tie: transformer.wte.weight" in repr(report)
+    assert freeze_to(model, 0).ties[0].endswith("it trains under every name")
 
 
 def test_eval_frozen_keeps_dropout_off_after_train():

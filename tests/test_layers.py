@@ -9,7 +9,7 @@ HEAD_MODULES = {  # what "head" means per family (classification models)
     "distilbert": {"pre_classifier", "classifier", "dropout"},
     "roberta": {"classifier"},
     "gpt2": {"transformer.ln_f", "score"},
-    "llama": {"model.norm", "model.rotary_emb", "score"},
+    "llama": {"model.norm", "score"},  # model.rotary_emb runs before the blocks: embeddings
 }
 BLOCK_PATHS = {"bert": "bert.encoder.layer", "distilbert": "distilbert.transformer.layer",
                "roberta": "roberta.encoder.layer", "gpt2": "transformer.h", "llama": "model.layers"}
@@ -77,13 +77,14 @@ def test_untied_model_has_no_shared_parameters():
     assert shared_parameters(tiny_model("gpt2", task="causal-lm", tie_word_embeddings=False)) == []
 
 
-def test_a_block_reused_twice_is_one_tensor():
+def test_a_block_reused_twice_is_one_group_with_a_warning_and_a_note():
     model = Custom()
     model.blocks[3] = model.blocks[1]
-    shared = shared_parameters(model)
-    assert ["blocks.1.0.weight", "blocks.3.0.weight"] in shared
-    groups = layer_groups(model)
-    assert groups[2].parameters["blocks.1.0.weight"] is groups[4].parameters["blocks.3.0.weight"]
+    assert ["blocks.1.0.weight", "blocks.3.0.weight"] in shared_parameters(model)
+    with pytest.warns(UserWarning, match="4 distinct block.s. as 5 layers: the layers share weights"):
+        groups = layer_groups(model)
+    assert [g.name for g in groups] == ["embeddings"] + [f"block.{i}" for i in range(4)] + ["head"]
+    assert groups[2].note == "runs 2 times per forward pass: its layers share these weights."
 
 
 def test_parameter_on_the_root_is_an_error():

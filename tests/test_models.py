@@ -86,18 +86,29 @@ def test_refuses_pickle_weights(saved_tiny):
 def test_bad_task_and_family_name_the_valid_ones():
     with pytest.raises(ValueError, match="classification, causal-lm"):
         load_model("minilm", task="translation")
-    with pytest.raises(ValueError, match="bert, distilbert, roberta, gpt2, llama"):
-        tiny_model("t5")
-    with pytest.raises(ValueError, match="gpt2 or llama"):
+    with pytest.raises(ValueError, match="valid families: bert, albert, .*, t5, bart"):
+        tiny_model("t6")
+    with pytest.raises(ValueError, match="bert is not a decoder: causal-lm needs one of gpt2, gpt-neox"):
         tiny_model("bert", task="causal-lm")
 
 
 @pytest.mark.parametrize("family, task", [(f, "classification") for f in ("bert", "distilbert", "roberta", "gpt2",
                                                                           "llama")]
                          + [("gpt2", "causal-lm"), ("llama", "causal-lm")])
-def test_tiny_models_run(family, task):
+def test_tiny_models_run(family, task):  # every family: tests/test_family_matrix.py
     model = tiny_model(family, task=task, num_layers=2)
     ids = torch.randint(3, 100, (2, 8))
     out = model(input_ids=ids, attention_mask=torch.ones_like(ids))
     assert out.logits.shape[0] == 2
     assert sum(p.numel() for p in model.parameters()) < 3_000_000
+
+
+def test_tiny_tokenizer_is_built_in_code():
+    from layerfreeze.models import CLS_ID, PAD_ID, SEP_ID, tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    encoded = tokenizer(["The soup was not bad", "ok"], padding=True)
+    assert encoded["input_ids"][0][0] == CLS_ID and encoded["input_ids"][0][-1] == SEP_ID
+    assert encoded["input_ids"][1][-1] == PAD_ID and tokenizer.pad_token_id == PAD_ID
+    assert tokenizer.unk_token_id not in encoded["input_ids"][0]  # words and word pieces cover plain text
+    assert tokenizer.decode(encoded["input_ids"][0], skip_special_tokens=True) == "the soup was not bad"

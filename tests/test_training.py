@@ -65,7 +65,7 @@ def test_nothing_trainable_is_a_clear_error():
 
 @pytest.mark.parametrize("family", ["bert", "distilbert", "roberta", "llama"])
 def test_cache_matches_the_uncached_run(family):
-    """Same seed, same data: with the frozen prefix cached, losses, accuracies and weights agree to 1e-5."""
+    """Same seed, same data: with the frozen prefix cached, losses and accuracies agree, weights bit for bit."""
     data, held_out = toy_task(48, seed=1), toy_task(32, seed=2)
     runs = {}
     for cache in (False, True):
@@ -81,7 +81,7 @@ def test_cache_matches_the_uncached_run(family):
         assert a["eval_loss"] == pytest.approx(b["eval_loss"], abs=1e-5)
         assert a["eval_accuracy"] == b["eval_accuracy"]
     for name, weight in plain_weights.items():
-        torch.testing.assert_close(cached_weights[name], weight, atol=1e-5, rtol=1e-4)
+        assert torch.equal(cached_weights[name], weight), name  # bit-identical
 
 
 def test_model_is_whole_again_after_a_cached_fit():
@@ -108,13 +108,9 @@ def test_cache_refuses_a_trainable_parameter_in_the_prefix():
         fit(model, toy_task(16), cache_prefix=9, progress=False)
 
 
-def test_cache_needs_a_frozen_prefix_and_one_embeddings_module():
+def test_cache_needs_a_frozen_prefix():
     with pytest.raises(ValueError, match="embeddings are trainable"):
         fit(tiny_model("bert"), toy_task(16), cache_prefix=True, progress=False)
-    gpt2 = tiny_model("gpt2")
-    freeze_to(gpt2, -2, eval_frozen=True)
-    with pytest.raises(ValueError, match="transformer.wte, transformer.wpe"):
-        fit(gpt2, toy_task(16), cache_prefix=True, progress=False)
 
 
 def test_cache_spills_to_cpu_when_the_gpu_is_short(monkeypatch):

@@ -3,7 +3,8 @@
 The public API, by concept:
 
 * models: :func:`load_model`, :func:`tiny_model`, :func:`resolve_model_source`
-* layers: :func:`layer_groups`, :func:`shared_parameters`, :class:`LayerGroup`
+* layers: :func:`layer_groups`, :func:`shared_parameters`, :func:`tied_weights`, :class:`LayerGroup`
+  (``docs/layer_groups.md``: the grouping rule and its special cases)
 * inspection and memory: :func:`parameter_table`, :func:`group_table`, :func:`estimate_memory`
 * freezing: :func:`freeze`, :func:`unfreeze`, :func:`train_only`, :func:`freeze_to`, :func:`bitfit`,
   :func:`frozen`, :func:`fingerprint`, :func:`assert_frozen_unchanged`
@@ -18,8 +19,9 @@ from .data import encode, generate_task, load_task, num_labels
 from .freezing import (FreezeReport, assert_frozen_unchanged, bitfit, changed_parameters, count_parameters, freeze,
                        freeze_to, frozen, frozen_in_eval, fingerprint, release_eval_mode, restore_trainable,
                        select_parameters, train_only, trainable_state, unfreeze)
-from .inspection import group_table, parameter_table, relative_step_time
-from .layers import LayerGroup, find_blocks_path, layer_groups, num_blocks, shared_parameters
+from .inspection import group_table, parameter_table, relative_step_time, run_order_table
+from .layers import (LayerGroup, find_blocks_path, layer_groups, module_run_order, num_blocks, shared_parameters,
+                     tied_weights)
 from .memory import MemoryEstimate, estimate_memory
 from .models import MINILM_SHA256, load_model, resolve_model_source, tiny_model
 from .plots import (label_points, plot_accuracy_vs, plot_epoch_curves, plot_measured_vs_estimated_memory,
@@ -38,8 +40,9 @@ __all__ = [
     "FreezeReport", "assert_frozen_unchanged", "bitfit", "changed_parameters", "count_parameters", "freeze",
     "freeze_to", "frozen", "frozen_in_eval", "fingerprint", "release_eval_mode", "restore_trainable",
     "select_parameters", "train_only", "trainable_state", "unfreeze",
-    "group_table", "parameter_table", "relative_step_time",
-    "LayerGroup", "find_blocks_path", "layer_groups", "num_blocks", "shared_parameters",
+    "group_table", "parameter_table", "relative_step_time", "run_order_table",
+    "LayerGroup", "find_blocks_path", "layer_groups", "num_blocks", "shared_parameters", "module_run_order",
+    "tied_weights",
     "MemoryEstimate", "estimate_memory",
     "MINILM_SHA256", "load_model", "resolve_model_source", "tiny_model",
     "label_points", "plot_accuracy_vs", "plot_epoch_curves", "plot_measured_vs_estimated_memory", "plot_memory",

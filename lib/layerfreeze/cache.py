@@ -1,10 +1,13 @@
 """The frozen-prefix feature cache.
 
 When the embeddings and the lowest blocks are frozen and held in eval mode, their output is the same every epoch.
-:func:`~layerfreeze.fit` (``cache_prefix=True``) then computes that output once, swaps the cached groups for
-stand-ins that hand the stored tensors on, and trains only the rest; the model is restored afterwards. The cache
-refuses, with the reason, where it would change the result: dropout active in the prefix, a trainable parameter
-inside it, or embeddings made of several modules (GPT-2's ``wte`` + ``wpe``).
+:func:`~layerfreeze.fit` (``cache_prefix=True``) then computes, once, the input of the first group that trains (its
+*entry*: the first of its modules to run), and while training lets the cached blocks hand their input straight on
+and feeds the stored tensor to the entry; the model is restored afterwards. The cache refuses, with the reason,
+where it would change the result: dropout active in the prefix, a trainable parameter inside it, an entry that
+runs several times per forward pass (a shared block), or blocks that pass more than hidden states on (T5's
+position bias). Before training it checks itself: the model with the stand-ins must give bit-identical outputs to
+the model without them on two examples, or it refuses, naming what went wrong.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from torch import nn
 
 from .freezing import frozen_in_eval
 from .data import index_batches
-from .layers import LayerGroup, layer_groups, replace_module
+from .layers import LayerGroup, layer_groups
 from .precision import autocast
 
 
@@ -24,26 +27,31 @@ class _StopForward(Exception):
     pass
 
 
-class _CachedOutput(nn.Module):
-    """Stands in for the embeddings: returns the cached output of the frozen prefix for the current batch."""
+class _CachedInput:
+    """Holds the cached entry input of the current batch; ``fit`` sets ``value`` before every forward pass."""
 
     def __init__(self):
-        super().__init__()
         self.value: torch.Tensor | None = None
 
-    def forward(self, *args, **kwargs):
-        return self.value
+
+def _hidden_input(args: tuple, kwargs: dict) -> torch.Tensor:
+    return args[0] if args else kwargs["hidden_states"]
 
 
-class _PassThrough(nn.Module):
-    """Stands in for a cached block: returns its hidden-state input unchanged, in the block's output structure."""
+def _with_hidden_input(args: tuple, kwargs: dict, value: torch.Tensor) -> tuple[tuple, dict]:
+    if args:
+        return (value, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": value}
 
-    def __init__(self, returns_tuple: bool):
-        super().__init__()
-        self.returns_tuple = returns_tuple
 
-    def forward(self, hidden_states, *args, **kwargs):
-        return (hidden_states,) if self.returns_tuple else hidden_states
+def _entry(groups: list[LayerGroup], prefix: int) -> tuple[str, nn.Module]:
+    """The first module of the first group that is not cached to run in the forward pass."""
+    return next(iter(groups[prefix].modules.items()))
+
+
+def _cached_blocks(groups: list[LayerGroup], prefix: int) -> dict[str, nn.Module]:
+    """The block module of every cached block group (its last module; the others run before it)."""
+    return dict(list(g.modules.items())[-1] for g in groups[1:prefix])
 
 
 def cacheable_prefix(model: nn.Module, groups: list[LayerGroup] | None = None) -> int:
@@ -58,15 +66,20 @@ def cacheable_prefix(model: nn.Module, groups: list[LayerGroup] | None = None) -
 
 
 def _check_cache(model: nn.Module, groups: list[LayerGroup], prefix: int) -> None:
-    embeddings = groups[0]
-    if len(embeddings.modules) != 1:
-        raise ValueError(f"the feature cache needs the embeddings to be one module; {type(model).__name__} has "
-                         f"{', '.join(embeddings.modules)}. Train without cache_prefix.")
+    if groups[prefix].runs > 1:
+        raise ValueError(f"cannot cache the groups below {groups[prefix].name}: it runs {groups[prefix].runs} times "
+                         "per forward pass (its layers share weights), so no single input can stand in for it. Train "
+                         "without cache_prefix, or freeze it too and cache up to the next group.")
     for group in groups[:prefix]:
         trainable = [n for n, p in group.parameters.items() if p.requires_grad]
         if trainable:
             raise ValueError(f"cannot cache {group.name}: it holds trainable parameters ({', '.join(trainable[:3])}). "
                              "The cache is only correct for a fully frozen prefix.")
+    stacks = {g.name.split(".")[0] for g in groups[1:prefix + 1] if g.kind == "block"}
+    if "encoder" in stacks and "decoder" in stacks:
+        raise ValueError(f"cannot cache past the encoder of {type(model).__name__}: the decoder's blocks read the "
+                         "encoder's output, which the cache does not store. Cache within the encoder (e.g. "
+                         "cache_prefix=2), or train without cache_prefix.")
     held_in_eval = set(frozen_in_eval(model))
     for group in groups[:prefix]:
         active = [name for module_name, module in group.modules.items()
@@ -104,39 +117,105 @@ def requested_prefix(model: nn.Module, groups: list[LayerGroup], cache_prefix: b
 
 
 def compute_prefix_outputs(model: nn.Module, groups: list[LayerGroup], prefix: int, inputs: tuple[torch.Tensor, ...],
-                           batch_size: int, device: torch.device, precision: str) -> tuple[torch.Tensor, bool]:
-    """The output of the first ``prefix`` groups for every example, computed once in eval mode.
+                           batch_size: int, device: torch.device, precision: str) -> tuple[torch.Tensor, dict]:
+    """The entry input of the first group after the first ``prefix`` groups, for every example, computed once in
+    eval mode; then a check that the stand-ins reproduce the model's outputs (see the module docstring).
 
     Kept on the device when it fits (:func:`cache_device`, decided from the first batch), else in CPU memory.
-    Also returns whether the last cached group returns a tuple, the structure its stand-ins must copy.
+    Also returns the output structure of the cached blocks, which their stand-ins copy.
     """
-    (module,) = list(groups[prefix - 1].modules.values())
-    captured = {}
+    chunks, store, structure = [], None, {}
+    for index in index_batches(len(inputs[0]), batch_size):
+        value, structure = _capture(model, groups, prefix, inputs[0][index].to(device),
+                                    inputs[1][index].to(device), precision, device)
+        if store is None:
+            store = cache_device(device, value.element_size() * value[0].numel() * len(inputs[0]))
+        chunks.append(value.to(store))
+    _verify(model, groups, prefix, structure, inputs[0][:2].to(device), inputs[1][:2].to(device), precision, device)
+    return torch.cat(chunks), structure
 
-    def capture(_, __, output):
-        captured["value"], captured["tuple"] = (output[0] if isinstance(output, tuple) else output,
-                                                isinstance(output, tuple))
+
+def _capture(model: nn.Module, groups: list[LayerGroup], prefix: int, input_ids, attention_mask, precision: str,
+             device: torch.device) -> tuple[torch.Tensor, dict]:
+    """One batch: the entry's hidden input, and each cached block's output structure (``None``: a bare tensor;
+    ``n``: a tuple of ``n`` items, which a stand-in fills with the hidden states and ``n - 1`` Nones)."""
+    captured, structure = {}, {}
+
+    def record(name):
+        def hook(_, __, output):
+            structure[name] = len(output) if isinstance(output, tuple) else None
+        return hook
+
+    def stop(_, args, kwargs):
+        captured["value"] = _hidden_input(args, kwargs)
         raise _StopForward
 
+    _, entry = _entry(groups, prefix)
+    handles = [entry.register_forward_pre_hook(stop, with_kwargs=True)]
+    handles += [m.register_forward_hook(record(n)) for n, m in _cached_blocks(groups, prefix).items()]
     was_training = model.training
     model.eval()
-    handle = module.register_forward_hook(capture)
-    chunks, store = [], None
     try:
         with torch.no_grad(), autocast(precision, device):
-            for index in index_batches(len(inputs[0]), batch_size):
-                try:
-                    model(input_ids=inputs[0][index].to(device), attention_mask=inputs[1][index].to(device))
-                except _StopForward:
-                    pass
-                value = captured["value"]
-                if store is None:
-                    store = cache_device(device, value.element_size() * value[0].numel() * len(inputs[0]))
-                chunks.append(value.to(store))
+            model(input_ids=input_ids, attention_mask=attention_mask)
+    except _StopForward:
+        pass
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
         model.train(was_training)
-    return torch.cat(chunks), captured["tuple"]
+    if "value" not in captured:
+        raise ValueError(f"cannot cache up to {groups[prefix].name}: its first module never ran in the forward pass")
+    return captured["value"], structure
+
+
+def _verify(model: nn.Module, groups: list[LayerGroup], prefix: int, structure: dict, input_ids, attention_mask,
+            precision: str, device: torch.device) -> None:
+    """Refuse, with the reason, unless the stand-ins give bit-identical outputs on a few examples."""
+    what = f"cannot cache {', '.join(g.name for g in groups[:prefix])} of {type(model).__name__}"
+    value, _ = _capture(model, groups, prefix, input_ids, attention_mask, precision, device)
+    was_training = model.training
+    try:
+        for training in (False, True):  # eval: the structure; training: no randomness left in the cached groups
+            expected, got = _outputs_with_and_without(model, groups, prefix, structure, value, input_ids,
+                                                      attention_mask, precision, device, training)
+            if got.shape != expected.shape or not torch.equal(got, expected):
+                raise ValueError(f"{what}: " + (
+                    "in training mode their output changes from run to run (dropout outside nn.Dropout modules, "
+                    "as in BART's encoder), so a cache would change training." if training else
+                    "with the cached blocks standing in, the model's outputs differ from its real outputs: its "
+                    "blocks hand on more than hidden states (T5's position bias), so something besides the entry's "
+                    "input carries information past the cached groups.")
+                    + " Train without cache_prefix, or cache fewer groups.")
+    except ValueError:
+        raise
+    except Exception as error:
+        raise ValueError(f"{what}: the model fails with the cached blocks standing in ({type(error).__name__}: "
+                         f"{error}). Train without cache_prefix.") from error
+    finally:
+        model.train(was_training)
+
+
+def _outputs_with_and_without(model, groups, prefix, structure, value, input_ids, attention_mask, precision, device,
+                              training: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's first output on a few examples, as it is and with the stand-ins, from one random state."""
+    model.train(training)
+    outputs = []
+    with torch.no_grad(), autocast(precision, device), \
+            torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for stand_ins in (False, True):
+            torch.manual_seed(0)
+            if stand_ins:
+                with prefix_replaced(model, groups, prefix, structure) as stand_in:
+                    stand_in.value = value
+                    outputs.append(_first_output(model(input_ids=input_ids, attention_mask=attention_mask)))
+            else:
+                outputs.append(_first_output(model(input_ids=input_ids, attention_mask=attention_mask)))
+    return outputs[0], outputs[1]
+
+
+def _first_output(output) -> torch.Tensor:
+    return output.logits if hasattr(output, "logits") else output[0]
 
 
 def cache_device(device: torch.device, nbytes: int) -> torch.device:
@@ -148,18 +227,28 @@ def cache_device(device: torch.device, nbytes: int) -> torch.device:
     return torch.device("cpu")
 
 
+def _pass_through(returns: int | None):
+    def forward(*args, **kwargs):
+        hidden = _hidden_input(args, kwargs)
+        return hidden if returns is None else (hidden,) + (None,) * (returns - 1)
+    return forward
+
+
 @contextmanager
-def prefix_replaced(model: nn.Module, groups: list[LayerGroup], prefix: int, returns_tuple: bool):
-    """Swap the cached groups for stand-ins; yields the embeddings stand-in, whose ``value`` to set per batch."""
-    stand_in = _CachedOutput()
-    swapped = {}
-    (embeddings_name,) = groups[0].modules
-    swapped[embeddings_name] = replace_module(model, embeddings_name, stand_in)
-    for group in groups[1:prefix]:
-        for name in group.modules:
-            swapped[name] = replace_module(model, name, _PassThrough(returns_tuple))
+def prefix_replaced(model: nn.Module, groups: list[LayerGroup], prefix: int, structure: dict):
+    """Let the cached blocks hand their input on unchanged and feed the entry the cached tensor; yields the holder
+    whose ``value`` to set per batch. The blocks stay in place (only their ``forward`` is swapped), so attributes
+    the model reads from them keep working."""
+    stand_in = _CachedInput()
+    blocks = _cached_blocks(groups, prefix)
+    for name, block in blocks.items():
+        block.forward = _pass_through(structure.get(name))
+    _, entry = _entry(groups, prefix)
+    handle = entry.register_forward_pre_hook(
+        lambda _, args, kwargs: _with_hidden_input(args, kwargs, stand_in.value), with_kwargs=True)
     try:
         yield stand_in
     finally:
-        for name, module in swapped.items():
-            replace_module(model, name, module)
+        handle.remove()
+        for block in blocks.values():
+            block.__dict__.pop("forward", None)

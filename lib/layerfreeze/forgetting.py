@@ -335,7 +335,7 @@ def decoder_forgetting(model: nn.Module, domain_train, general_eval, domain_eval
     before and after. The rise on general text is the forgetting."""
     model = copy.deepcopy(model)
     before = {"general": perplexity(model, general_eval), "domain": perplexity(model, domain_eval)}
-    apply_preset(model, preset, k)
+    apply_preset(model, preset, k, untie=True)  # a tied lm_head gets its own copy: "top k" leaves the embedding be
     history = fit(model, domain_train, None, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
                   progress=progress)
     after = {"general": perplexity(model, general_eval), "domain": perplexity(model, domain_eval)}

@@ -30,7 +30,7 @@ from typing import Iterator, Union
 import torch
 from torch import nn
 
-from .layers import LayerGroup, group_of_parameter, layer_groups, shared_parameters
+from .layers import LayerGroup, group_of_parameter, layer_groups, shared_parameters, tied_weights
 
 Selector = Union[int, slice, str, "re.Pattern[str]", LayerGroup]
 NORM_CLASS_HINTS = ("Norm",)  # LayerNorm, RMSNorm, LlamaRMSNorm, GroupNorm, BatchNorm1d ...
@@ -39,7 +39,9 @@ NORM_CLASS_HINTS = ("Norm",)  # LayerNorm, RMSNorm, LlamaRMSNorm, GroupNorm, Bat
 @dataclass
 class FreezeReport:
     """What one freezing call changed. Its ``repr`` is a one-line summary, shown when a notebook cell ends with
-    the call; ``froze``/``unfroze`` list parameter names, ``notes`` anything the caller should know."""
+    the call; ``froze``/``unfroze`` list parameter names, ``ties`` the tied tensors the selection touched (one
+    tensor under names in several groups, e.g. ``transformer.wte.weight = lm_head.weight``), ``notes`` anything
+    else the caller should know."""
 
     action: str
     froze: list[str] = field(default_factory=list)
@@ -48,6 +50,7 @@ class FreezeReport:
     trainable_params: int = 0
     total_params: int = 0
     notes: list[str] = field(default_factory=list)
+    ties: list[str] = field(default_factory=list)
     _group_by_name: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
@@ -67,7 +70,7 @@ class FreezeReport:
         head = f"{self.action}: " + ("; ".join(parts) if parts else "nothing changed")
         tail = (f". Trainable: {self.trainable_params:,} of {self.total_params:,} parameters "
                 f"({self.percent_trainable:.1f}%).")
-        notes = "".join(f"\n  note: {n}" for n in self.notes)
+        notes = "".join(f"\n  note: {n}" for n in self.notes) + "".join(f"\n  tie: {t}" for t in self.ties)
         return head + tail + notes
 
     def _changed_groups(self, names: list[str]) -> list[str]:
@@ -146,6 +149,73 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
+# --- tied weights ---------------------------------------------------------------------------------------------------
+
+def _untie(model: nn.Module, tie: dict[str, str]) -> list[str]:
+    """Give every group of ``tie`` but the first a copy of its own; returns the names that got copies."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    first_group = next(iter(tie.values()))
+    copies: dict[str, nn.Parameter] = {}
+    for name, group in tie.items():
+        if group == first_group:
+            continue
+        original = params[name]
+        if group not in copies:
+            copies[group] = nn.Parameter(original.detach().clone(), requires_grad=original.requires_grad)
+        owner, _, attribute = name.rpartition(".")
+        setattr(model.get_submodule(owner), attribute, copies[group])
+    for config in {id(c): c for c in (getattr(model, "config", None), _text_config(model)) if c is not None}.values():
+        if hasattr(config, "tie_word_embeddings"):
+            config.tie_word_embeddings = False  # so that saving and reloading does not tie them again
+    return [n for n, g in tie.items() if g != first_group]
+
+
+def _text_config(model: nn.Module):
+    config = getattr(model, "config", None)
+    return config.get_text_config() if hasattr(config, "get_text_config") else None
+
+
+def _describe_tie(tie: dict[str, str]) -> str:
+    return " = ".join(f"{name} ({group})" for name, group in tie.items())
+
+
+def _settle_ties(model: nn.Module, action: str, groups: list[LayerGroup], intent: dict[str, bool],
+                 untie: bool) -> tuple[list[LayerGroup], list[str]]:
+    """Check the tied tensors that ``intent`` (parameter name -> requires_grad wanted) touches.
+
+    A tie whose names would want different states is an error naming the ways out, or, with ``untie=True``, gets
+    a copy per group. Returns the groups (rebuilt after untying) and a description of each tie touched.
+    """
+    touched, conflicts = [], []
+    params = dict(model.named_parameters(remove_duplicate=False))
+    for tie in tied_weights(model, groups):
+        if not any(name in intent for name in tie):
+            continue
+        wants = {name: intent.get(name, params[name].requires_grad) for name in tie}
+        touched.append(tie)
+        if len(set(wants.values())) > 1:
+            conflicts.append((tie, wants))
+    if conflicts and not untie:
+        tie, wants = conflicts[0]
+        training = [f"{n} ({tie[n]})" for n, w in wants.items() if w]
+        frozen_names = [f"{n} ({tie[n]})" for n, w in wants.items() if not w]
+        raise ValueError(
+            f"{action} would train {', '.join(training)} but freeze {', '.join(frozen_names)}, and they are one tied "
+            "tensor: training one trains the other. Ways out: pass untie=True to give each group a copy of its own "
+            "(the model's outputs do not change; the copies then train apart), select both groups, or build the "
+            "model with tie_word_embeddings=False.")
+    descriptions = []
+    for tie, wants in conflicts:
+        copied = _untie(model, tie)
+        descriptions.append(f"{_describe_tie(tie)}: untied, {', '.join(copied)} got a copy of its own")
+    conflicted = [id(t) for t, _ in conflicts]
+    for tie in touched:
+        if id(tie) not in conflicted:
+            state = "trains" if intent.get(next(n for n in tie if n in intent)) else "is frozen"
+            descriptions.append(f"{_describe_tie(tie)}: one tensor, it {state} under every name")
+    return (layer_groups(model) if conflicts else groups), descriptions
+
+
 def _set_trainable(model: nn.Module, action: str, wanted: dict[int, bool], groups: list[LayerGroup],
                    allow_nothing_trainable: bool, eval_frozen: bool | None) -> FreezeReport:
     """Apply ``wanted`` (id(parameter) -> requires_grad) after checking it leaves something to train."""
@@ -185,28 +255,48 @@ def _set_trainable(model: nn.Module, action: str, wanted: dict[int, bool], group
     return report
 
 
+def _apply(model: nn.Module, action: str, selection: tuple, groups: list[LayerGroup] | None, intent_of,
+           untie: bool, eval_frozen: bool | None, allow_nothing_trainable: bool = False) -> FreezeReport:
+    """Resolve the selection, settle the ties it touches, then set the flags. ``intent_of(selected)`` gives
+    ``{parameter name: requires_grad}`` for the names the call decides."""
+    groups = groups if groups is not None else layer_groups(model)
+    intent = intent_of(select_parameters(model, *selection, groups=groups))
+    groups, ties = _settle_ties(model, action, groups, intent, untie)
+    if untie and ties:  # untying made new tensors: resolve again
+        intent = intent_of(select_parameters(model, *selection, groups=groups))
+    params = dict(model.named_parameters(remove_duplicate=False))
+    wanted = {id(params[name]): flag for name, flag in intent.items()}
+    report = _set_trainable(model, action, wanted, groups, allow_nothing_trainable, eval_frozen)
+    report.ties = ties
+    return report
+
+
+def _label(function: str, selection: tuple) -> str:
+    return f"{function}({', '.join(map(_describe, selection))})"
+
+
 def freeze(model: nn.Module, *selection: Selector, groups: list[LayerGroup] | None = None,
            keep_norm_trainable: bool = False, eval_frozen: bool | None = None,
-           allow_nothing_trainable: bool = False) -> FreezeReport:
+           allow_nothing_trainable: bool = False, untie: bool = False) -> FreezeReport:
     """Freeze the selected parameters (all, with no selection); everything else keeps its state.
 
     ``keep_norm_trainable=True`` leaves norm layers (LayerNorm, RMSNorm, BatchNorm ...) trainable.
     ``eval_frozen=True`` keeps fully frozen groups in eval mode even after ``model.train()``.
+    A selection that would freeze one name of a tied tensor but not the other raises ``ValueError``;
+    ``untie=True`` gives each group its own copy instead (as in every function here).
 
     >>> from layerfreeze import tiny_model
     >>> freeze(tiny_model("bert"), "embeddings", 1).froze[:1]
     ['bert.embeddings.word_embeddings.weight']
     """
-    groups = groups if groups is not None else layer_groups(model)
-    selected = select_parameters(model, *selection, groups=groups)
     norms = _norm_parameter_ids(model) if keep_norm_trainable else set()
-    wanted = {id(p): False for p in selected.values() if id(p) not in norms}
-    label = f"freeze({', '.join(map(_describe, selection))})"
-    return _set_trainable(model, label, wanted, groups, allow_nothing_trainable, eval_frozen)
+    return _apply(model, _label("freeze", selection), selection, groups,
+                  lambda selected: {n: False for n, p in selected.items() if id(p) not in norms},
+                  untie, eval_frozen, allow_nothing_trainable)
 
 
 def unfreeze(model: nn.Module, *selection: Selector, groups: list[LayerGroup] | None = None,
-             eval_frozen: bool | None = None) -> FreezeReport:
+             eval_frozen: bool | None = None, untie: bool = False) -> FreezeReport:
     """Make the selected parameters trainable (all, with no selection); everything else keeps its state.
 
     >>> from layerfreeze import tiny_model
@@ -215,33 +305,41 @@ def unfreeze(model: nn.Module, *selection: Selector, groups: list[LayerGroup] | 
     >>> unfreeze(model, "block.3").group_states["block.3"]
     'trainable'
     """
-    groups = groups if groups is not None else layer_groups(model)
-    selected = select_parameters(model, *selection, groups=groups)
-    label = f"unfreeze({', '.join(map(_describe, selection))})"
-    return _set_trainable(model, label, {id(p): True for p in selected.values()}, groups, False, eval_frozen)
+    return _apply(model, _label("unfreeze", selection), selection, groups,
+                  lambda selected: dict.fromkeys(selected, True), untie, eval_frozen)
+
+
+def _only(model: nn.Module, keep_norm_trainable: bool):
+    """The intent of ``train_only``: the selection (and norms, if kept) train, every other name freezes."""
+    norms = _norm_parameter_ids(model) if keep_norm_trainable else set()
+    return lambda selected: {n: n in selected or id(p) in norms
+                             for n, p in model.named_parameters(remove_duplicate=False)}
 
 
 def train_only(model: nn.Module, *selection: Selector, groups: list[LayerGroup] | None = None,
-               keep_norm_trainable: bool = False, eval_frozen: bool | None = None) -> FreezeReport:
+               keep_norm_trainable: bool = False, eval_frozen: bool | None = None,
+               untie: bool = False) -> FreezeReport:
     """Make exactly the selection trainable and freeze everything else.
 
     >>> from layerfreeze import tiny_model
     >>> train_only(tiny_model("bert"), "head").group_states["head"]
     'trainable'
+
+    On a causal LM whose ``lm_head`` is tied to the input embedding, training the head alone would train the
+    embedding too; it raises unless ``untie=True``:
+
+    >>> lm = tiny_model("gpt2", task="causal-lm")
+    >>> train_only(lm, "head", untie=True).ties
+    ['transformer.wte.weight (embeddings) = lm_head.weight (head): untied, lm_head.weight got a copy of its own']
     """
-    groups = groups if groups is not None else layer_groups(model)
     if not selection:
         raise ValueError("train_only needs a selection, e.g. train_only(model, 'head') or train_only(model, -2, -1)")
-    selected = select_parameters(model, *selection, groups=groups)
-    norms = _norm_parameter_ids(model) if keep_norm_trainable else set()
-    wanted = {id(p): id(p) in norms for p in model.parameters()}
-    wanted.update({id(p): True for p in selected.values()})
-    label = f"train_only({', '.join(map(_describe, selection))})"
-    return _set_trainable(model, label, wanted, groups, False, eval_frozen)
+    return _apply(model, _label("train_only", selection), selection, groups, _only(model, keep_norm_trainable),
+                  untie, eval_frozen)
 
 
 def freeze_to(model: nn.Module, n: int, groups: list[LayerGroup] | None = None,
-              keep_norm_trainable: bool = False, eval_frozen: bool | None = None) -> FreezeReport:
+              keep_norm_trainable: bool = False, eval_frozen: bool | None = None, untie: bool = False) -> FreezeReport:
     """fastai's ``freeze_to``: freeze groups ``[:n]`` and train groups ``[n:]``. ``n`` may be negative.
 
     ``freeze_to(model, -1)`` trains the head only, ``freeze_to(model, -3)`` the top two blocks and the head,
@@ -251,13 +349,12 @@ def freeze_to(model: nn.Module, n: int, groups: list[LayerGroup] | None = None,
     if isinstance(n, bool) or not isinstance(n, int) or not -len(groups) <= n < len(groups):
         raise ValueError(f"freeze_to needs an int n with {-len(groups)} <= n < {len(groups)} so that something "
                          f"trains; the model has {len(groups)} groups: {', '.join(g.name for g in groups)}. Got {n!r}.")
-    report = train_only(model, slice(n, None), groups=groups, keep_norm_trainable=keep_norm_trainable,
-                        eval_frozen=eval_frozen)
-    report.action = f"freeze_to({n})"
-    return report
+    return _apply(model, f"freeze_to({n})", (slice(n, None),), groups, _only(model, keep_norm_trainable), untie,
+                  eval_frozen)
 
 
-def bitfit(model: nn.Module, train_head: bool = True, groups: list[LayerGroup] | None = None) -> FreezeReport:
+def bitfit(model: nn.Module, train_head: bool = True, groups: list[LayerGroup] | None = None,
+           untie: bool = False) -> FreezeReport:
     """BitFit (Ben Zaken et al. 2022): train only the bias terms, plus the task head by default.
 
     >>> from layerfreeze import tiny_model
@@ -265,11 +362,8 @@ def bitfit(model: nn.Module, train_head: bool = True, groups: list[LayerGroup] |
     >>> report.percent_trainable < 10
     True
     """
-    groups = groups if groups is not None else layer_groups(model)
-    selection: list[Selector] = ["*bias"] + (["head"] if train_head else [])
-    report = train_only(model, *selection, groups=groups)
-    report.action = f"bitfit(train_head={train_head})"
-    return report
+    selection: tuple = ("*bias",) + (("head",) if train_head else ())
+    return _apply(model, f"bitfit(train_head={train_head})", selection, groups, _only(model, False), untie, None)
 
 
 def trainable_state(model: nn.Module) -> dict[str, bool]:

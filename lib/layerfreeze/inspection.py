@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 from torch import nn
 
-from .layers import LayerGroup, layer_groups, shared_parameters
+from .layers import LayerGroup, layer_groups, module_run_order, shared_parameters
 
 
 def parameter_table(model: nn.Module, groups: list[LayerGroup] | None = None) -> pd.DataFrame:
@@ -38,6 +38,9 @@ def parameter_table(model: nn.Module, groups: list[LayerGroup] | None = None) ->
 def group_table(model: nn.Module, groups: list[LayerGroup] | None = None) -> pd.DataFrame:
     """One row per layer group, plus a ``total`` row: parameters, trainable and frozen counts, bytes, % trainable.
 
+    When a group is special (a shared block that runs several times, a table every block reads), a ``note``
+    column says how.
+
     >>> from layerfreeze import tiny_model
     >>> group_table(tiny_model("bert", num_layers=2)).index.tolist()
     ['embeddings', 'block.0', 'block.1', 'head', 'total']
@@ -53,7 +56,33 @@ def group_table(model: nn.Module, groups: list[LayerGroup] | None = None) -> pd.
     per_group["frozen"] = per_group["params"] - per_group["trainable"]
     per_group["% trainable"] = (100 * per_group["trainable"] / per_group["params"].clip(lower=1)).round(1)
     per_group.index.name = "group"
-    return per_group[["params", "trainable", "frozen", "% trainable", "tensors", "bytes"]]
+    per_group = per_group[["params", "trainable", "frozen", "% trainable", "tensors", "bytes"]]
+    if any(g.note for g in groups):
+        per_group["note"] = [g.note for g in groups] + [""]
+    return per_group
+
+
+def run_order_table(model: nn.Module, groups: list[LayerGroup] | None = None) -> pd.DataFrame:
+    """Each group's modules in the order they first run (one forward pass on a dummy batch, traced apart from the
+    grouping), with the group's index. The groups follow where modules run when ``group_index`` never goes down;
+    ``in_order`` marks each row, and a row out of order is one of the documented cases in ``note``.
+
+    >>> from layerfreeze import tiny_model
+    >>> table = run_order_table(tiny_model("bert", num_layers=2))
+    >>> table["group"].tolist(), bool(table["in_order"].all())
+    (['embeddings', 'block.0', 'block.1', 'head', 'head', 'head'], True)
+    """
+    groups = groups if groups is not None else layer_groups(model)
+    ran = {name: step for step, name in enumerate(module_run_order(model))}
+    rows = [dict(step=ran[name], module=name, group=group.name, group_index=index)
+            for index, group in enumerate(groups) for name in group.modules if name in ran]
+    table = pd.DataFrame(rows, columns=["step", "module", "group", "group_index"]).sort_values("step")
+    table["in_order"] = table["group_index"] >= table["group_index"].cummax()
+    tied = {id(p) for names in shared_parameters(model) for p in [model.get_parameter(names[0])]}
+    table["note"] = ["one tensor with an embedding that ran earlier: it stays with it" if not ok and any(
+        id(p) in tied for p in model.get_submodule(name).parameters()) else "" for name, ok in
+        zip(table["module"], table["in_order"])]
+    return table.reset_index(drop=True)
 
 
 def relative_step_time(model: nn.Module, cache_prefix: bool = False, groups: list[LayerGroup] | None = None) -> float:

@@ -24,7 +24,6 @@ MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9d
 MINILM_ENV_VAR = "LAYERFREEZE_MINILM_DIR"
 DEFAULT_MODEL = "minilm"
 TASKS = ("classification", "causal-lm")
-TINY_FAMILIES = ("bert", "distilbert", "roberta", "gpt2", "llama")
 
 
 def sha256_of(path: str | Path, chunk_size: int = 1 << 20) -> str:
@@ -69,7 +68,8 @@ def load_model(name: str = DEFAULT_MODEL, task: str = "classification", num_labe
     """Load a pretrained model and its tokenizer for ``task``; returns ``(model, tokenizer)``.
 
     ``task`` is ``"classification"`` (a fresh classification head with ``num_labels`` outputs) or ``"causal-lm"``.
-    ``"tiny:bert"`` (or ``tiny:gpt2`` ...) gives a tiny random model of that family with the default tokenizer.
+    ``"tiny:bert"`` (``tiny:gpt2``, ``tiny:t5`` ... any of :data:`TINY_FAMILIES`) gives a tiny random model of
+    that family with :func:`tiny_tokenizer`, built in code: it needs nothing from the Hub.
     Only safetensors weights are read, and remote code runs only when ``trust_remote_code=True``.
 
     >>> model, tokenizer = load_model("minilm", num_labels=2)
@@ -83,12 +83,9 @@ def load_model(name: str = DEFAULT_MODEL, task: str = "classification", num_labe
 
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
-    if name.startswith("tiny:"):  # a tiny random model with the default model's tokenizer, for tests and demos
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model_source(DEFAULT_MODEL))
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        model = tiny_model(name.removeprefix("tiny:"), task=task, num_labels=num_labels,
-                           vocab_size=tokenizer.vocab_size)
+    if name.startswith("tiny:"):  # a tiny random model and a tokenizer built in code: nothing to download
+        tokenizer = tiny_tokenizer()
+        model = tiny_model(name.removeprefix("tiny:"), task=task, num_labels=num_labels, vocab_size=len(tokenizer))
         return (model.to(device) if device is not None else model), tokenizer
     source = resolve_model_source(name)
     options = dict(use_safetensors=True, trust_remote_code=trust_remote_code, dtype=dtype)
@@ -117,12 +114,111 @@ def load_model(name: str = DEFAULT_MODEL, task: str = "classification", num_labe
     return model, tokenizer
 
 
+# --- tiny random models ---------------------------------------------------------------------------------------------
+
+# Encoders (sequence classification only), then decoders (also causal LM), then encoder-decoders.
+ENCODER_FAMILIES = ("bert", "albert", "distilbert", "roberta", "xlm-roberta", "electra", "deberta-v2", "mpnet",
+                    "modernbert")
+DECODER_FAMILIES = ("gpt2", "gpt-neox", "opt", "bloom", "falcon", "llama", "mistral", "qwen2", "qwen3", "phi3",
+                    "gemma2", "gemma3")
+ENCODER_DECODER_FAMILIES = ("t5", "bart")
+TINY_FAMILIES = ENCODER_FAMILIES + DECODER_FAMILIES + ENCODER_DECODER_FAMILIES
+# The tiny tokenizer's special tokens, at fixed ids that every tiny config points at.
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = range(len(SPECIAL_TOKENS))
+_COMMON_WORDS = """the a an and or but not no is was are were be been it this that these those i you he she we they
+my your his her our their of to in on at for with from by as about after before over under very really quite so
+too good great bad poor fine nice awful best worst love like hate enjoy food film phone hotel room service price
+team game match win lost player goal market stock bank money trip city flight beach tech software data model
+new old big small fast slow never always but although because while""".split()
+_PUNCTUATION = list(".,!?;:'\"-()/&%$")
+
+
+def tiny_tokenizer(max_length: int = 128):
+    """A small WordPiece tokenizer built in code (no download): letters, digits, punctuation and common words.
+
+    Tiny models get it from ``load_model("tiny:<family>")``; it adds ``[CLS] ... [SEP]`` like BERT's, and
+    ``[SEP]`` is every tiny model's end-of-sequence token (BART and T5 classify from it).
+
+    >>> tokenizer = tiny_tokenizer()
+    >>> tokenizer("Not bad!")["input_ids"]
+    [2, 97, 143, 79, 3]
+    """
+    from tokenizers import Tokenizer, decoders, models as wordpiece, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    characters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [str(d) for d in range(10)]
+    tokens = list(SPECIAL_TOKENS) + characters + [f"##{c}" for c in characters] + _PUNCTUATION
+    tokens += [w for w in dict.fromkeys(_COMMON_WORDS) if w not in tokens]
+    backend = Tokenizer(wordpiece.WordPiece({t: i for i, t in enumerate(tokens)}, unk_token="[UNK]"))
+    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", CLS_ID), ("[SEP]", SEP_ID)])
+    backend.decoder = decoders.WordPiece()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, model_max_length=max_length, unk_token="[UNK]",
+                                   pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
+                                   bos_token="[CLS]", eos_token="[SEP]")
+
+
+def _tiny_config(family: str, hidden: int, layers: int, vocab_size: int, num_labels: int, tie: bool):
+    """The config of a tiny ``family`` model: 4 heads (2 key-value heads where the family has GQA), 128 positions."""
+    import transformers as tf
+
+    ids = dict(vocab_size=vocab_size, num_labels=num_labels, pad_token_id=PAD_ID, bos_token_id=CLS_ID,
+               eos_token_id=SEP_ID, tie_word_embeddings=tie)
+    bert_like = dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
+                     intermediate_size=2 * hidden, max_position_embeddings=130, **ids)
+    llama_like = dict(bert_like, num_key_value_heads=2)
+    head_dim = dict(head_dim=hidden // 4)
+    builders = {
+        "bert": lambda: tf.BertConfig(**bert_like),
+        "albert": lambda: tf.AlbertConfig(embedding_size=hidden // 2, **bert_like),
+        "distilbert": lambda: tf.DistilBertConfig(dim=hidden, n_layers=layers, n_heads=4, hidden_dim=2 * hidden,
+                                                  max_position_embeddings=130, **ids),
+        "roberta": lambda: tf.RobertaConfig(**bert_like),
+        "xlm-roberta": lambda: tf.XLMRobertaConfig(**bert_like),
+        "electra": lambda: tf.ElectraConfig(embedding_size=hidden // 2, **bert_like),
+        "deberta-v2": lambda: tf.DebertaV2Config(relative_attention=True, pos_att_type=["p2c", "c2p"],
+                                                 position_buckets=32, max_relative_positions=64,
+                                                 norm_rel_ebd="layer_norm", share_att_key=True,
+                                                 position_biased_input=False, **bert_like),
+        "mpnet": lambda: tf.MPNetConfig(**bert_like),
+        "modernbert": lambda: tf.ModernBertConfig(global_attn_every_n_layers=2, local_attention=16,
+                                                  sep_token_id=SEP_ID, cls_token_id=CLS_ID, **bert_like),
+        "gpt2": lambda: tf.GPT2Config(n_embd=hidden, n_layer=layers, n_head=4, n_positions=130, **ids),
+        "gpt-neox": lambda: tf.GPTNeoXConfig(**bert_like),
+        "opt": lambda: tf.OPTConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
+                                    ffn_dim=2 * hidden, word_embed_proj_dim=hidden, max_position_embeddings=130, **ids),
+        "bloom": lambda: tf.BloomConfig(hidden_size=hidden, n_layer=layers, n_head=4, **ids),
+        "falcon": lambda: tf.FalconConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
+                                          new_decoder_architecture=False, multi_query=True, alibi=False, **ids),
+        "llama": lambda: tf.LlamaConfig(**llama_like),
+        "mistral": lambda: tf.MistralConfig(**llama_like, **head_dim),
+        "qwen2": lambda: tf.Qwen2Config(**llama_like),
+        "qwen3": lambda: tf.Qwen3Config(**llama_like, **head_dim),
+        "phi3": lambda: tf.Phi3Config(**llama_like),
+        "gemma2": lambda: tf.Gemma2Config(**llama_like, **head_dim),
+        "gemma3": lambda: tf.Gemma3TextConfig(**llama_like, **head_dim, sliding_window=16),
+        "t5": lambda: tf.T5Config(d_model=hidden, d_kv=hidden // 4, d_ff=2 * hidden, num_layers=layers,
+                                  num_decoder_layers=layers, num_heads=4, decoder_start_token_id=PAD_ID, **ids),
+        "bart": lambda: tf.BartConfig(d_model=hidden, encoder_layers=layers, decoder_layers=layers,
+                                      encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=2 * hidden,
+                                      decoder_ffn_dim=2 * hidden, max_position_embeddings=130,
+                                      decoder_start_token_id=SEP_ID, forced_eos_token_id=SEP_ID, **ids),
+    }
+    return builders[family]()
+
+
 def tiny_model(family: str = "bert", task: str = "classification", num_labels: int = 2, *,
                vocab_size: int = 30522, hidden_size: int = 32, num_layers: int = 4, seed: int = 0,
                tie_word_embeddings: bool = True) -> nn.Module:
     """A small randomly initialised model of a common family, built from a config (no download).
 
-    Meant for tests and quick experiments: ``family`` is one of :data:`TINY_FAMILIES`.
+    Meant for tests and quick experiments: ``family`` is one of :data:`TINY_FAMILIES`; decoders
+    (:data:`DECODER_FAMILIES`) also take ``task="causal-lm"``. Special tokens sit at the ids of
+    :func:`tiny_tokenizer`.
 
     >>> model = tiny_model("gpt2", task="causal-lm")
     >>> sum(p.numel() for p in model.parameters()) < 2_000_000
@@ -134,29 +230,14 @@ def tiny_model(family: str = "bert", task: str = "classification", num_labels: i
         raise ValueError(f"unknown family {family!r}; valid families: {', '.join(TINY_FAMILIES)}")
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
-    if task == "causal-lm" and family not in ("gpt2", "llama"):
-        raise ValueError(f"{family} is an encoder: causal-lm needs a decoder family, gpt2 or llama")
-    heads = 4
-    common = dict(vocab_size=vocab_size, num_labels=num_labels, pad_token_id=0,
-                  tie_word_embeddings=tie_word_embeddings)
-    if family == "bert":
-        config = tf.BertConfig(hidden_size=hidden_size, num_hidden_layers=num_layers, num_attention_heads=heads,
-                               intermediate_size=4 * hidden_size, max_position_embeddings=128, **common)
-    elif family == "roberta":
-        config = tf.RobertaConfig(hidden_size=hidden_size, num_hidden_layers=num_layers, num_attention_heads=heads,
-                                  intermediate_size=4 * hidden_size, max_position_embeddings=130, pad_token_id=1,
-                                  **{k: v for k, v in common.items() if k != "pad_token_id"})
-    elif family == "distilbert":
-        config = tf.DistilBertConfig(dim=hidden_size, n_layers=num_layers, n_heads=heads, hidden_dim=4 * hidden_size,
-                                     max_position_embeddings=128, **common)
-    elif family == "gpt2":
-        config = tf.GPT2Config(n_embd=hidden_size, n_layer=num_layers, n_head=heads, n_positions=128, **common)
-    else:
-        config = tf.LlamaConfig(hidden_size=hidden_size, num_hidden_layers=num_layers, num_attention_heads=heads,
-                                num_key_value_heads=heads // 2, intermediate_size=2 * hidden_size,
-                                max_position_embeddings=128, **common)
-    torch.manual_seed(seed)
+    if task == "causal-lm" and family not in DECODER_FAMILIES:
+        raise ValueError(f"{family} is not a decoder: causal-lm needs one of {', '.join(DECODER_FAMILIES)}")
+    config = _tiny_config(family, hidden_size, num_layers, vocab_size, num_labels, tie_word_embeddings)
     auto = tf.AutoModelForSequenceClassification if task == "classification" else tf.AutoModelForCausalLM
+    if type(config) not in auto._model_mapping:
+        raise ValueError(f"transformers {tf.__version__} has no {task} model for {family} "
+                         f"({type(config).__name__}); a newer transformers has")
+    torch.manual_seed(seed)
     model = auto.from_config(config)
     model.eval()
     return model

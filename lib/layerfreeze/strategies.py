@@ -44,9 +44,11 @@ class Strategy:
         return self.lr if self.head_lr is None else {"head": self.head_lr, "default": self.lr}
 
 
-def apply_preset(model: nn.Module, preset: str, k: int | None = None, eval_frozen: bool = True) -> FreezeReport:
+def apply_preset(model: nn.Module, preset: str, k: int | None = None, eval_frozen: bool = True,
+                 untie: bool = False) -> FreezeReport:
     """Set the trainable set by preset: ``head`` only, ``top`` k blocks + head, ``bottom`` k blocks + head,
-    ``all``, or ``bitfit`` (biases + head). Frozen groups stay in eval mode unless ``eval_frozen=False``."""
+    ``all``, or ``bitfit`` (biases + head). Frozen groups stay in eval mode unless ``eval_frozen=False``.
+    ``untie=True`` gives a head tied to the input embedding a copy of its own (see :func:`~layerfreeze.freeze`)."""
     groups = layer_groups(model)
     blocks = len(groups) - 2
     if preset not in PRESETS:
@@ -57,14 +59,14 @@ def apply_preset(model: nn.Module, preset: str, k: int | None = None, eval_froze
     elif k is not None:
         raise ValueError(f"preset {preset!r} takes no k (only 'top' and 'bottom' do)")
     if preset == "head":
-        return freeze_to(model, -1, groups, eval_frozen=eval_frozen)
+        return freeze_to(model, -1, groups, eval_frozen=eval_frozen, untie=untie)
     if preset == "top":
-        return freeze_to(model, -(k + 1), groups, eval_frozen=eval_frozen)
+        return freeze_to(model, -(k + 1), groups, eval_frozen=eval_frozen, untie=untie)
     if preset == "bottom":
-        return train_only(model, slice(1, 1 + k), "head", groups=groups, eval_frozen=eval_frozen)
+        return train_only(model, slice(1, 1 + k), "head", groups=groups, eval_frozen=eval_frozen, untie=untie)
     if preset == "all":
-        return freeze_to(model, 0, groups, eval_frozen=eval_frozen)
-    return bitfit(model, groups=groups)
+        return freeze_to(model, 0, groups, eval_frozen=eval_frozen, untie=untie)
+    return bitfit(model, groups=groups, untie=untie)
 
 
 def apply_strategy(model: nn.Module, strategy: Strategy) -> FreezeReport:
