@@ -99,12 +99,12 @@ def measure_cache_speedup(base, strategy, train_data, steps, batch_size, seed=0,
     """Per-step time with and without the frozen-prefix cache, from short runs interleaved (uncached, cached,
     uncached ...), and the speed-up as the median of the per-pair ratios with its interquartile range; noisy when
     that range stays wider than 10% of the median (see :func:`~layerfreeze.timing.interleave`). Each run trains
-    ``steps`` measured steps after two that are dropped (the first step's one-off costs)."""
+    ``steps`` measured steps after a first one that is not (its one-off costs)."""
     tensors = _tensors(train_data)
-    steps = min(steps + 2, len(tensors[0]) // batch_size)
+    steps = min(steps + 1, len(tensors[0]) // batch_size)
     runs = {cache: _timed_fit(base, strategy, tensors, steps, batch_size, seed, cache, fit_options)
             for cache in (False, True)}
-    result = interleave(runs, [(False, True)], max_seconds=max_seconds)
+    result = interleave(runs, [(False, True)], warmup=0, max_seconds=max_seconds)
     speedup = result.ratios[False, True]
     return {"step_seconds_uncached": result.step(False).median, "step_seconds_cached": result.step(True).median,
             "cache_speedup": speedup.median, "cache_speedup_low": speedup.low, "cache_speedup_high": speedup.high,
