@@ -29,6 +29,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -50,6 +51,7 @@ PLANS = {  # steps per timed run; the first `warmup` step times of each run are 
     "full": dict(batch_size=32, examples=4000, seq_len=64, steps=40, warmup=5, min_rounds=5, max_rounds=30,
                  max_seconds=60),
 }
+CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}  # on CUDA, events time the steps whatever this says
 TOLERANCE = 0.10  # a ratio's interquartile range, relative to its median, beyond which it is noisy
 PAIRS = {"fit / hand-written": ("fit", "hand-written"), "Trainer / fit": ("Trainer", "fit"),
          "cache speed-up": ("fit", "fit cached")}
@@ -134,11 +136,11 @@ def fit_cached_loop(*args):
 RUNNERS = {"fit": fit_loop, "hand-written": hand_written_loop, "Trainer": trainer_loop, "fit cached": fit_cached_loop}
 
 
-def timed_run(runner, base, config, data, plan, lr, precision, device):
+def timed_run(runner, base, config, data, plan, lr, precision, device, clock):
     """A run from scratch (a fresh copy of the model) that returns its per-step times."""
     def run():
         model = configure(lf.fresh_copy(base), config)
-        timer = lf.StepTimer(device)
+        timer = lf.StepTimer(device, clock)
         runner(model, data, plan["steps"], plan["batch_size"], lr, precision, device, timer.mark)
         return timer.seconds()
     return run
@@ -182,9 +184,9 @@ def verdicts(row, cuda):
     return goals
 
 
-def measure(base, config, data, plan, lr, precision, device, costs):
+def measure(base, config, data, plan, lr, precision, device, costs, clock):
     names = ["fit", "hand-written", "Trainer"] + (["fit cached"] if config != "full" else [])
-    runs = {name: timed_run(RUNNERS[name], base, config, data, plan, lr, precision, device) for name in names}
+    runs = {name: timed_run(RUNNERS[name], base, config, data, plan, lr, precision, device, clock) for name in names}
     pairs = {label: pair for label, pair in PAIRS.items() if set(pair) <= set(names)}
     result = lf.interleave(runs, list(pairs.values()), warmup=plan["warmup"], min_rounds=plan["min_rounds"],
                            max_rounds=plan["max_rounds"], max_seconds=plan["max_seconds"], tolerance=TOLERANCE)
@@ -212,6 +214,9 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads for torch (default 1: under load, OpenMP threads that spin-wait for a core "
                              "another job holds make a step several times slower and erratic)")
+    parser.add_argument("--clock", choices=list(CLOCKS), default="cpu",
+                        help="on the CPU, time steps by this process's CPU time (default: other jobs barely change "
+                             "it) or by the wall clock")
     parser.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"),
                         help="print whether two runs' ratios agree within their ranges, and run nothing")
     args = parser.parse_args(argv)
@@ -234,13 +239,15 @@ def main(argv=None):
     device_name = lf.describe_device(device)
     print(f"benchmarks on {device_name}, precision {precision}, size {size}: batch {plan['batch_size']}, "
           f"{data.tensors[0].shape[1]} tokens, {plan['steps']} steps per run ({plan['warmup']} dropped), "
-          f"{torch.get_num_threads()} CPU threads, "
+          f"{torch.get_num_threads()} CPU threads, {args.clock if device.type == 'cpu' else 'CUDA events'} time, "
           f"load average {load_before[0]:.2f}", flush=True)
-    costs = lf.profile_groups(base, tuple(t[: plan["batch_size"]] for t in data.tensors), precision=precision)
+    clock = CLOCKS[args.clock]
+    costs = lf.profile_groups(base, tuple(t[: plan["batch_size"]] for t in data.tensors), precision=precision,
+                              clock=clock)
 
     rows = []
     for config in CONFIGURATIONS:
-        row = measure(base, config, data, plan, lr, precision, device, costs)
+        row = measure(base, config, data, plan, lr, precision, device, costs, clock)
         rows.append(row)
         print(f"  {config}: {row['rounds']} rounds, fit/hand {row['fit / hand-written']:.3f}, "
               f"Trainer/fit {row['Trainer / fit']:.2f}"
@@ -251,7 +258,7 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     payload = {"device": device_name, "precision": precision, "size": size, "plan": plan, "tolerance": TOLERANCE,
-               "cpu_threads": torch.get_num_threads(),
+               "cpu_threads": torch.get_num_threads(), "clock": args.clock if device.type == "cpu" else "cuda events",
                "load_average": {"start": load_before, "end": os.getloadavg()},
                "memory_kind": PeakMemory(device).kind if device.type == "cuda" else "not measured on the CPU",
                "group_costs_ms": costs.table().round(3).to_dict(), "optimizer_ms_all_parameters": costs.optimizer * 1e3,
@@ -283,7 +290,8 @@ def markdown_tables(payload):
              "cache speed-up / ideal"] + (["estimate / measured memory"] if cuda else [])
     goals = list(dict.fromkeys(goal for row in rows for goal in row["goals"]))
     load = payload["load_average"]
-    lines = [f"Benchmarks on {payload['device']} ({payload['precision']}, size {payload['size']}); load average "
+    lines = [f"Benchmarks on {payload['device']} ({payload['precision']}, size {payload['size']}, "
+             f"{payload['cpu_threads']} CPU threads, {payload['clock']} time); load average "
              f"{load['start'][0]:.2f} at the start, {load['end'][0]:.2f} at the end. Times are medians over rounds; "
              f"ratios are medians of per-round ratios with their interquartile range [low-high], noisy when that "
              f"range is wider than {payload['tolerance']:.0%} of the median. Memory: "

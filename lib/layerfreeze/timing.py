@@ -39,7 +39,9 @@ from .precision import autocast, resolve_precision
 class StepTimer:
     """Call :meth:`mark` at the end of every step; :meth:`seconds` gives the time of each step after the first
     (the gaps between consecutive marks). On CUDA each mark records an event on the current stream, so the steps
-    run without a synchronisation, and one synchronisation happens when the times are read.
+    run without a synchronisation, and one synchronisation happens when the times are read. Elsewhere ``clock``
+    is read: wall time by default; ``time.process_time`` counts only this process's CPU time, which other jobs
+    on the machine barely change (with one torch thread, so that no thread spins waiting for another).
 
     >>> ticks = iter([0.0, 1.0, 1.5, 2.5])
     >>> timer = StepTimer(clock=lambda: next(ticks))
@@ -222,14 +224,14 @@ def _boundary_hooks(groups: list[LayerGroup], timer: StepTimer) -> list:
     return handles + [block.register_forward_hook(after_block) for block in blocks]
 
 
-def _profile_pass(model: nn.Module, batch: tuple, steps: int, warmup: int, device, precision: str,
+def _profile_pass(model: nn.Module, batch: tuple, steps: int, warmup: int, device, precision: str, clock,
                   optimizer=None) -> list[list[float]]:
     """Per-step gaps between marks: forward (embeddings, blocks, head), then backward (head, blocks from the top,
     embeddings), then the optimizer if one is given."""
     groups = layer_groups(model)
     per_step = []
     for step in range(warmup + steps):
-        timer = StepTimer(device)
+        timer = StepTimer(device, clock)
         handles = _boundary_hooks(groups, timer)
         try:
             timer.mark()
@@ -254,11 +256,12 @@ def _profile_pass(model: nn.Module, batch: tuple, steps: int, warmup: int, devic
 
 
 def profile_groups(model: nn.Module, batch: tuple[torch.Tensor, ...], steps: int = 5, warmup: int = 2,
-                   precision: str = "auto") -> GroupCosts:
+                   precision: str = "auto", clock: Callable[[], float] = time.perf_counter) -> GroupCosts:
     """Measure each group's forward and backward time once, on a copy of ``model`` and one training ``batch``
     (``(input_ids, attention_mask, labels)``): once with everything trainable, once with only the embeddings
     trainable (so every block above passes input gradients only). Medians over ``steps`` after ``warmup``; precision
-    as :func:`~layerfreeze.fit` resolves it (bf16 or fp16 autocast on CUDA, fp32 on the CPU).
+    as :func:`~layerfreeze.fit` resolves it (bf16 or fp16 autocast on CUDA, fp32 on the CPU); ``clock`` as
+    :class:`StepTimer`'s (on the CPU, ``time.process_time`` counts this process's CPU time only).
 
     >>> from layerfreeze import tiny_model
     >>> data = (torch.randint(5, 99, (4, 6)), torch.ones(4, 6, dtype=torch.long), torch.zeros(4, dtype=torch.long))
@@ -278,7 +281,7 @@ def profile_groups(model: nn.Module, batch: tuple[torch.Tensor, ...], steps: int
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-9, fused=True)
     except RuntimeError:
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-9)
-    full = _profile_pass(model, batch, steps, warmup, device, precision, optimizer)
+    full = _profile_pass(model, batch, steps, warmup, device, precision, clock, optimizer)
     # marks: start | after embeddings, after each block | end of forward | backward start | gradient at each block's
     # output (top first) and at the embeddings' output | end of backward | after the optimizer
     n = len(blocks)
@@ -287,7 +290,7 @@ def profile_groups(model: nn.Module, batch: tuple[torch.Tensor, ...], steps: int
     model.requires_grad_(False)
     for param in layer_groups(model)[0].parameters.values():
         param.requires_grad_(True)
-    passing = _profile_pass(model, batch, steps, warmup, device, precision)
+    passing = _profile_pass(model, batch, steps, warmup, device, precision, clock)
     backward_input = dict(zip(names, passing[n + 2: 2 * n + 4][::-1]))
     return GroupCosts(forward, backward, backward_input, full[-1], sum(p.numel() for p in model.parameters()))
 
