@@ -54,6 +54,9 @@ def test_run_strategy_row():
                        time_uncached_steps=2, progress=False)
     assert row["name"] == "top-1" and 0 <= row["test_accuracy"] <= 1
     assert row["cached_groups"] == ["embeddings", "block.0", "block.1"]
-    assert row["cache_speedup"] > 0 and row["epoch_seconds_uncached"] > 0
+    # timing depends on the machine's load: only what cannot is asserted (a ratio of times, inside its range)
+    assert 0 < row["cache_speedup_low"] <= row["cache_speedup"] <= row["cache_speedup_high"]
+    assert row["timing_rounds"] >= 3 and isinstance(row["cache_speedup_noisy"], bool)
+    assert row["epoch_seconds_uncached"] == pytest.approx(row["step_seconds_uncached"] * 4)
     assert row["trainable_params"] < row["total_params"] and row["estimated_memory_mib"] > 0
     assert all(p.requires_grad for p in base.parameters()), "run_strategy must not touch the base model"

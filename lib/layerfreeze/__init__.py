@@ -11,6 +11,7 @@ The public API, by concept:
 * data: :func:`load_task`, :func:`encode`
 * training: :func:`fit`, :func:`evaluate`, :class:`History`
 * strategies: :class:`Strategy`, :func:`apply_preset`, :func:`run_strategy`
+* timing: :class:`StepTimer`, :func:`interleave`, :class:`Spread`, :func:`profile_groups`, :func:`ideal_step_seconds`
 * the course's notebook contract: :func:`resolve_profile`, :func:`save_metrics`, :func:`save_figure`
 """
 
@@ -26,9 +27,12 @@ from .memory import MemoryEstimate, estimate_memory
 from .models import MINILM_SHA256, load_model, resolve_model_source, tiny_model
 from .plots import (label_points, plot_accuracy_vs, plot_epoch_curves, plot_measured_vs_estimated_memory,
                     plot_memory, plot_parameter_groups, plot_schedule)
-from .strategies import PRESETS, Strategy, apply_preset, apply_strategy, fresh_copy, run_strategy
+from .strategies import (PRESETS, Strategy, apply_preset, apply_strategy, fresh_copy, measure_cache_speedup,
+                         run_strategy)
 from .schedules import (Schedule, chain_thaw, constant_schedule, discriminative_lrs, gradual_unfreezing,
                         layerwise_decay, lr_multiplier, spread_lrs)
+from .timing import (GroupCosts, Interleaved, Spread, StepTimer, ideal_cache_speedup, ideal_step_seconds, interleave,
+                     profile_groups, steady_step_seconds)
 from .training import (History, enable_gradient_checkpointing, evaluate, fit, follow_schedule, make_optimizer,
                        parameter_groups)
 
@@ -47,9 +51,11 @@ __all__ = [
     "MINILM_SHA256", "load_model", "resolve_model_source", "tiny_model",
     "label_points", "plot_accuracy_vs", "plot_epoch_curves", "plot_measured_vs_estimated_memory", "plot_memory",
     "plot_parameter_groups", "plot_schedule",
-    "PRESETS", "Strategy", "apply_preset", "apply_strategy", "fresh_copy", "run_strategy",
+    "PRESETS", "Strategy", "apply_preset", "apply_strategy", "fresh_copy", "measure_cache_speedup", "run_strategy",
     "Schedule", "chain_thaw", "constant_schedule", "discriminative_lrs", "gradual_unfreezing", "layerwise_decay",
     "lr_multiplier", "spread_lrs",
+    "GroupCosts", "Interleaved", "Spread", "StepTimer", "ideal_cache_speedup", "ideal_step_seconds", "interleave", "profile_groups",
+    "steady_step_seconds",
     "History", "enable_gradient_checkpointing", "evaluate", "fit", "follow_schedule", "make_optimizer",
     "parameter_groups",
 ]

@@ -21,6 +21,7 @@ from torch import nn
 from .freezing import FreezeReport, bitfit, freeze_to, train_only
 from .layers import layer_groups
 from .memory import estimate_memory
+from .timing import StepTimer, interleave
 from .training import _tensors, evaluate, fit
 
 PRESETS = ("head", "top", "bottom", "all", "bitfit")
@@ -82,19 +83,34 @@ def fresh_copy(base: nn.Module, from_scratch: bool = False, seed: int = 0) -> nn
     return type(base)(base.config).to(next(base.parameters()).device)
 
 
-def _uncached_step_seconds(base, strategy, train_data, steps, batch_size, seed, fit_options) -> float:
-    """Steady-state seconds per step without the cache: (time of ``steps`` + 1 steps - time of 1 step) / steps,
-    so that the first step's one-off costs drop out."""
-    tensors = _tensors(train_data)
-    seconds = []
-    for count in (1, steps + 1):
+def _timed_fit(base, strategy, tensors, steps, batch_size, seed, cache, fit_options):
+    """A run from scratch of ``steps`` training steps that returns its per-step times."""
+    def run():
         model = fresh_copy(base, strategy.from_scratch, seed)
         apply_strategy(model, strategy)
-        subset = tuple(t[: count * batch_size] for t in tensors)
-        seconds.append(fit(model, subset, epochs=1, lr=strategy.learning_rates, batch_size=batch_size, seed=seed,
-                           cache_prefix=False, progress=False, **fit_options).train_seconds)
-        del model
-    return (seconds[1] - seconds[0]) / steps
+        timer = StepTimer(next(model.parameters()).device)
+        subset = tuple(t[: steps * batch_size] for t in tensors)
+        fit(model, subset, epochs=1, lr=strategy.learning_rates, batch_size=batch_size, seed=seed, cache_prefix=cache,
+            progress=False, on_step_end=lambda step, loss: timer.mark(), **fit_options)
+        return timer.seconds()
+    return run
+
+
+def measure_cache_speedup(base, strategy, train_data, steps, batch_size, seed=0, max_seconds=30.0,
+                          **fit_options) -> dict:
+    """Per-step time with and without the frozen-prefix cache, from short runs interleaved (uncached, cached,
+    uncached ...), and the speed-up as the median of the per-pair ratios with its interquartile range; noisy when
+    that range stays wider than 10% of the median (see :func:`~layerfreeze.timing.interleave`). Each run trains
+    ``steps`` measured steps after a first one that is not (its one-off costs)."""
+    tensors = _tensors(train_data)
+    steps = min(steps + 1, len(tensors[0]) // batch_size)
+    runs = {cache: _timed_fit(base, strategy, tensors, steps, batch_size, seed, cache, fit_options)
+            for cache in (False, True)}
+    result = interleave(runs, [(False, True)], warmup=0, max_seconds=max_seconds)
+    speedup = result.ratios[False, True]
+    return {"step_seconds_uncached": result.step(False).median, "step_seconds_cached": result.step(True).median,
+            "cache_speedup": speedup.median, "cache_speedup_low": speedup.low, "cache_speedup_high": speedup.high,
+            "cache_speedup_noisy": result.noisy[False, True], "timing_rounds": result.rounds}
 
 
 def run_strategy(base: nn.Module, strategy: Strategy, train_data, eval_data, test_data, *, epochs: int = 3,
@@ -104,8 +120,9 @@ def run_strategy(base: nn.Module, strategy: Strategy, train_data, eval_data, tes
 
     The row holds the test accuracy, parameter counts, speed (per step and per epoch), measured peak memory and
     the memory estimate. With ``cache_prefix`` the frozen prefix is cached wherever the strategy has one; with
-    ``time_uncached_steps`` > 0, short uncached runs also measure the steady speed without the cache. Epoch times
-    are those of the last epoch, after one-off costs.
+    ``time_uncached_steps`` > 0, short runs with and without the cache, interleaved, measure the steady per-step
+    times and the cache's speed-up (:func:`measure_cache_speedup`); the epoch times are then those step times times
+    the steps per epoch. Otherwise the epoch time is that of the last epoch, after one-off costs.
     """
     model = fresh_copy(base, strategy.from_scratch, seed)
     report = apply_strategy(model, strategy)
@@ -133,10 +150,10 @@ def run_strategy(base: nn.Module, strategy: Strategy, train_data, eval_data, tes
     steady_epoch = history.epochs[-1]["train_seconds"] if epochs > 1 else history.train_seconds
     row["epoch_seconds_cached" if use_cache else "epoch_seconds_uncached"] = steady_epoch
     if use_cache and time_uncached_steps:
-        row["step_seconds_uncached"] = _uncached_step_seconds(base, strategy, train_data, time_uncached_steps,
-                                                              batch_size, seed, fit_options)
+        row.update(measure_cache_speedup(base, strategy, train_data, time_uncached_steps, batch_size, seed,
+                                         **fit_options))
         row["epoch_seconds_uncached"] = row["step_seconds_uncached"] * steps_per_epoch
-        row["cache_speedup"] = row["epoch_seconds_uncached"] / row["epoch_seconds_cached"]
+        row["epoch_seconds_cached"] = row["step_seconds_cached"] * steps_per_epoch
     del model
     if device.type == "cuda":
         torch.cuda.empty_cache()

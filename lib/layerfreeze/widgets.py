@@ -28,6 +28,7 @@ from .inspection import group_table, relative_step_time
 from .layers import layer_groups
 from .memory import MiB, estimate_memory
 from .strategies import PRESETS, apply_preset, fresh_copy
+from .timing import StepTimer, steady_step_seconds
 from .training import evaluate, fit
 
 
@@ -245,6 +246,7 @@ class LayerPicker:
         self.run_button.disabled = True
         self.status.value = f"<i>training {choice} for {epochs} epochs ...</i>"
         self.losses = []
+        self._step_timer = StepTimer(next(model.parameters()).device)
         start = time.perf_counter()
         try:
             history = fit(model, self.train_data, self.eval_data, epochs=epochs, batch_size=self.batch_size,
@@ -255,14 +257,20 @@ class LayerPicker:
         row = {"choice": choice, "trainable_params": history.trainable_params,
                "percent_trainable": 100 * history.trainable_params / history.total_params,
                "accuracy": history.final_accuracy, "seconds": time.perf_counter() - start,
-               "step_ms": history.step_seconds * 1000, "estimated_mib": self.last_summary["memory_total_mib"]}
+               "step_ms": 1000 * self._steady_step_seconds(history), "estimated_mib": self.last_summary["memory_total_mib"]}
         self.results = pd.concat([self.results, pd.DataFrame([row])], ignore_index=True)
         self.status.value = f"done: accuracy <b>{row['accuracy']:.3f}</b> in {row['seconds']:.0f} s"
         self._show_results()
         del model
         return row
 
+    def _steady_step_seconds(self, history) -> float:
+        """The median step time after the first (the timer the benchmarks use); the mean where too few steps ran."""
+        seconds = self._step_timer.seconds()
+        return steady_step_seconds(seconds) if len(seconds) > 1 else history.step_seconds
+
     def _on_step(self, step: int, loss: torch.Tensor) -> None:
+        self._step_timer.mark()
         self.progress.value = step
         self.losses.append(float(loss))
         every = max(1, self.progress.max // 20)

@@ -1,0 +1,334 @@
+"""Step times that survive a busy machine, and the ideal step time they are measured against.
+
+A shared machine slows a run down in bursts. Timing configuration A, then configuration B, lets a burst land on one
+of them and turns noise into a "result". The timer here instead
+
+* records the time of every step (:class:`StepTimer`: the gaps between marks; on CUDA, events read after one
+  synchronisation) and drops the warm-up steps (:func:`steady_step_seconds`, the median of the rest);
+* runs the configurations interleaved, A, B, A, B ... (:func:`interleave`), so that a burst hits both members of a
+  pair, and reports each ratio as the median of the per-pair ratios with its interquartile range (:class:`Spread`);
+* adds pairs until every range is narrow (``tolerance``) or a time cap is reached, and marks a ratio whose range
+  stays wide as *noisy*: it is reported, and kept out of verdicts.
+
+A ratio of two positive times is positive, and one taken within a pair cannot be pushed below 1 by a burst that hit
+only one run, which subtracting two separately timed runs could (a "speed-up" of -0.86 once).
+
+The ideal: :func:`profile_groups` measures once how long each layer group's forward and backward pass take, and
+:func:`ideal_step_seconds` adds up what a step with the current trainable set must run (forward through every group
+the cache does not skip, backward down to the lowest trainable group, the optimizer over the trainable share). A
+measured time divided by that ideal says how close the code comes to what the arithmetic allows.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .layers import LayerGroup, layer_groups
+from .precision import autocast, resolve_precision
+
+# --- per-step times ------------------------------------------------------------------------------------------------
+
+
+class StepTimer:
+    """Call :meth:`mark` at the end of every step; :meth:`seconds` gives the time of each step after the first
+    (the gaps between consecutive marks). On CUDA each mark records an event on the current stream, so the steps
+    run without a synchronisation, and one synchronisation happens when the times are read. Elsewhere ``clock``
+    is read: wall time by default; ``time.process_time`` counts only this process's CPU time, which other jobs
+    on the machine barely change (with one torch thread, so that no thread spins waiting for another).
+
+    >>> ticks = iter([0.0, 1.0, 1.5, 2.5])
+    >>> timer = StepTimer(clock=lambda: next(ticks))
+    >>> for _ in range(4):
+    ...     timer.mark()
+    >>> timer.seconds()
+    [1.0, 0.5, 1.0]
+    """
+
+    def __init__(self, device: torch.device | str | None = None, clock: Callable[[], float] = time.perf_counter):
+        self.cuda = device is not None and torch.device(device).type == "cuda"
+        self.clock = clock
+        self.marks: list = []
+
+    def mark(self) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(self.clock())
+
+    def seconds(self) -> list[float]:
+        if self.cuda:
+            torch.cuda.synchronize()
+            return [a.elapsed_time(b) / 1000 for a, b in zip(self.marks, self.marks[1:])]
+        return [b - a for a, b in zip(self.marks, self.marks[1:])]
+
+
+def steady_step_seconds(step_seconds: list[float], warmup: int = 1) -> float:
+    """The median step time after dropping the first ``warmup`` steps (kernels loading, allocator warming up).
+
+    >>> steady_step_seconds([9.0, 1.0, 1.2, 0.9, 5.0], warmup=1)
+    1.1
+    """
+    if len(step_seconds) <= warmup:
+        raise ValueError(f"need more than warmup={warmup} step times to measure a steady step; "
+                         f"got {len(step_seconds)}: run more steps")
+    return statistics.median(step_seconds[warmup:])
+
+
+# --- ratios with their range ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Spread:
+    """A median with its interquartile range (``low``, ``high``) over ``count`` samples.
+
+    >>> s = Spread.of([1.9, 2.0, 2.1, 2.0, 3.0])
+    >>> s.median, s.low, s.high, round(s.width, 3)
+    (2.0, 2.0, 2.1, 0.05)
+    """
+
+    median: float
+    low: float
+    high: float
+    count: int
+
+    @classmethod
+    def of(cls, values: list[float]) -> "Spread":
+        if not values:
+            raise ValueError("Spread.of needs at least one value")
+        if len(values) == 1:
+            return cls(values[0], values[0], values[0], 1)
+        low, median, high = statistics.quantiles(values, n=4, method="inclusive")
+        return cls(median, low, high, len(values))
+
+    @property
+    def width(self) -> float:
+        """The interquartile range relative to the median."""
+        return (self.high - self.low) / abs(self.median) if self.median else float("inf")
+
+    def overlaps(self, other: "Spread") -> bool:
+        """Whether the two interquartile ranges share a value: the two measurements agree within their ranges."""
+        return self.low <= other.high and other.low <= self.high
+
+    def __format__(self, spec: str) -> str:
+        spec = spec or ".2f"
+        return f"{self.median:{spec}} [{self.low:{spec}}-{self.high:{spec}}]"
+
+
+@dataclass
+class Interleaved:
+    """What :func:`interleave` measured: each configuration's steady step time per round, and the ratios asked for
+    (median of the per-round ratios, with their range), each marked noisy when its range stayed wider than the
+    tolerance."""
+
+    step_seconds: dict[str, list[float]]
+    ratios: dict[tuple[str, str], Spread]
+    noisy: dict[tuple[str, str], bool]
+    rounds: int
+    seconds: float
+    extras: dict[str, list] = field(default_factory=dict)
+
+    def step(self, name: str) -> Spread:
+        return Spread.of(self.step_seconds[name])
+
+
+def interleave(runs: dict[str, Callable[[], list[float]]], ratios: list[tuple[str, str]], *, warmup: int = 1,
+               min_rounds: int = 3, max_rounds: int = 30, max_seconds: float = 60.0, tolerance: float = 0.10,
+               clock: Callable[[], float] = time.perf_counter) -> Interleaved:
+    """Time configurations in rounds, each round running every configuration once in turn (A, B, A, B ...).
+
+    Each of ``runs`` runs one configuration from scratch and returns its per-step times (e.g. a
+    :class:`StepTimer`'s); the steady step time of that run is their median after ``warmup`` steps. For each
+    ``(a, b)`` in ``ratios`` the ratio ``a / b`` is taken within each round. Rounds continue from ``min_rounds``
+    until every ratio's interquartile range is within ``tolerance`` of its median, or ``max_rounds`` or
+    ``max_seconds`` is reached; a ratio still wider than that is marked noisy.
+
+    >>> clock = [0.0]
+    >>> def run(seconds):  # a fake configuration: 4 steps of ``seconds`` each, on a fake clock
+    ...     def steps():
+    ...         clock[0] += 4 * seconds
+    ...         return [seconds] * 4
+    ...     return steps
+    >>> result = interleave({"a": run(0.3), "b": run(0.1)}, [("a", "b")], clock=lambda: clock[0])
+    >>> round(result.ratios["a", "b"].median, 6), result.noisy["a", "b"], result.rounds
+    (3.0, False, 3)
+    """
+    unknown = {name for pair in ratios for name in pair} - set(runs)
+    if unknown:
+        raise ValueError(f"ratios name configurations that are not in runs: {sorted(unknown)}; runs: {list(runs)}")
+    start = clock()
+    step_seconds: dict[str, list[float]] = {name: [] for name in runs}
+    rounds = 0
+    while True:
+        for name, run in runs.items():
+            step_seconds[name].append(steady_step_seconds(run(), warmup))
+        rounds += 1
+        spreads = {(a, b): Spread.of([x / y for x, y in zip(step_seconds[a], step_seconds[b])]) for a, b in ratios}
+        narrow = all(s.width <= tolerance for s in spreads.values())
+        if rounds >= max_rounds or (rounds >= min_rounds and (narrow or clock() - start >= max_seconds)):
+            break
+    return Interleaved(step_seconds, spreads, {pair: s.width > tolerance for pair, s in spreads.items()}, rounds,
+                       clock() - start)
+
+
+# --- the ideal: per-group costs ------------------------------------------------------------------------------------
+
+
+@dataclass
+class GroupCosts:
+    """Seconds per step of each layer group (by name): ``forward``; ``backward`` when the group trains (input and
+    weight gradients); ``backward_input`` when it is frozen but gradients pass through it to a lower trainable group;
+    and ``optimizer`` seconds (clipping, AdamW, zeroing) for all ``total_params`` parameters."""
+
+    forward: dict[str, float]
+    backward: dict[str, float]
+    backward_input: dict[str, float]
+    optimizer: float
+    total_params: int
+
+    def table(self):
+        import pandas as pd
+
+        return pd.DataFrame({"forward": self.forward, "backward": self.backward,
+                             "backward_input": self.backward_input}) * 1000  # ms
+
+
+def _boundary_hooks(groups: list[LayerGroup], timer: StepTimer) -> list:
+    """Marks at the end of the embeddings and of every block (forward), and when the gradient reaches each of those
+    outputs (backward). The hidden state entering ``block.0`` is the embeddings' output, whatever its modules."""
+    blocks = [next(iter(g.modules.values())) for g in groups if g.kind == "block"]
+
+    def on_gradient(grad):
+        timer.mark()
+
+    def watch(tensor):
+        timer.mark()
+        if tensor.requires_grad:
+            tensor.register_hook(on_gradient)
+
+    def before_first(module, args, kwargs):
+        watch(args[0] if args else kwargs["hidden_states"])
+
+    def after_block(module, args, output):
+        watch(output[0] if isinstance(output, tuple) else output)
+
+    handles = [blocks[0].register_forward_pre_hook(before_first, with_kwargs=True)]
+    return handles + [block.register_forward_hook(after_block) for block in blocks]
+
+
+def _profile_pass(model: nn.Module, batch: tuple, steps: int, warmup: int, device, precision: str, clock,
+                  optimizer=None) -> list[list[float]]:
+    """Per-step gaps between marks: forward (embeddings, blocks, head), then backward (head, blocks from the top,
+    embeddings), then the optimizer if one is given."""
+    groups = layer_groups(model)
+    per_step = []
+    for step in range(warmup + steps):
+        timer = StepTimer(device, clock)
+        handles = _boundary_hooks(groups, timer)
+        try:
+            timer.mark()
+            with autocast(precision, device):
+                loss = model(input_ids=batch[0], attention_mask=batch[1], labels=batch[2]).loss
+            timer.mark()
+            loss.backward()
+            timer.mark()
+        finally:
+            for handle in handles:
+                handle.remove()
+        if optimizer is not None:
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            timer.mark()
+        else:
+            model.zero_grad(set_to_none=True)
+        if step >= warmup:
+            per_step.append(timer.seconds())
+    return [statistics.median(column) for column in zip(*per_step)]
+
+
+def profile_groups(model: nn.Module, batch: tuple[torch.Tensor, ...], steps: int = 5, warmup: int = 2,
+                   precision: str = "auto", clock: Callable[[], float] = time.perf_counter) -> GroupCosts:
+    """Measure each group's forward and backward time once, on a copy of ``model`` and one training ``batch``
+    (``(input_ids, attention_mask, labels)``): once with everything trainable, once with only the embeddings
+    trainable (so every block above passes input gradients only). Medians over ``steps`` after ``warmup``; precision
+    as :func:`~layerfreeze.fit` resolves it (bf16 or fp16 autocast on CUDA, fp32 on the CPU); ``clock`` as
+    :class:`StepTimer`'s (on the CPU, ``time.process_time`` counts this process's CPU time only).
+
+    >>> from layerfreeze import tiny_model
+    >>> data = (torch.randint(5, 99, (4, 6)), torch.ones(4, 6, dtype=torch.long), torch.zeros(4, dtype=torch.long))
+    >>> costs = profile_groups(tiny_model("bert", num_layers=2), data, steps=1, warmup=0)
+    >>> list(costs.forward), costs.optimizer > 0
+    (['embeddings', 'block.0', 'block.1', 'head'], True)
+    """
+    model = copy.deepcopy(model)
+    device = next(model.parameters()).device
+    precision = resolve_precision(precision, device)
+    batch = tuple(t.to(device) for t in batch)
+    model.train()
+    names = [g.name for g in layer_groups(model)]
+    blocks = names[1:-1]
+    model.requires_grad_(True)
+    try:  # the fused kernel, as fit's; torch < 2.4 has none on the CPU
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-9, fused=True)
+    except RuntimeError:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-9)
+    full = _profile_pass(model, batch, steps, warmup, device, precision, clock, optimizer)
+    # marks: start | after embeddings, after each block | end of forward | backward start | gradient at each block's
+    # output (top first) and at the embeddings' output | end of backward | after the optimizer
+    n = len(blocks)
+    forward = dict(zip(names, full[: n + 2]))
+    backward = dict(zip(names, full[n + 2: 2 * n + 4][::-1]))
+    model.requires_grad_(False)
+    for param in layer_groups(model)[0].parameters.values():
+        param.requires_grad_(True)
+    passing = _profile_pass(model, batch, steps, warmup, device, precision, clock)
+    backward_input = dict(zip(names, passing[n + 2: 2 * n + 4][::-1]))
+    return GroupCosts(forward, backward, backward_input, full[-1], sum(p.numel() for p in model.parameters()))
+
+
+def ideal_step_seconds(model: nn.Module, costs: GroupCosts, cache_prefix: bool = False) -> float:
+    """The time a step with ``model``'s current trainable set must take, from per-group ``costs``: forward through
+    every group (less the frozen prefix when ``cache_prefix``), backward through every group above the lowest
+    trainable one (full if it trains, input gradients only if frozen), weight gradients only for the lowest, and the
+    optimizer for the trainable share of the parameters. Training the top 2 of 6 equal blocks, a block's backward
+    twice its forward and half of that for the input gradient (which the lowest trainable block skips), costs
+    6 + 3 forward-units uncached and 2 + 3 cached, 1.8x apart:
+
+    >>> from layerfreeze import tiny_model, freeze_to
+    >>> model = tiny_model("bert", num_layers=6)
+    >>> _ = freeze_to(model, -3)
+    >>> names = [g.name for g in layer_groups(model)]
+    >>> unit = {n: 0.0 if n in ("embeddings", "head") else 1.0 for n in names}
+    >>> costs = GroupCosts(unit, {n: 2 * c for n, c in unit.items()}, unit, 0.0, 1)
+    >>> ideal_step_seconds(model, costs), ideal_step_seconds(model, costs, cache_prefix=True)
+    (9.0, 5.0)
+    """
+    groups = layer_groups(model)
+    trains = [any(p.requires_grad for p in g.parameters.values()) for g in groups]
+    if not any(trains):
+        raise ValueError("the model has no trainable parameter: no training step to time")
+    lowest = trains.index(True)
+    skipped = lowest if cache_prefix else 0
+    seconds = sum(costs.forward[g.name] for g in groups[skipped:])
+    for i, group in enumerate(groups[lowest:], start=lowest):
+        if i == lowest and i > 0:  # its input needs no gradient: the weight gradients only
+            seconds += max(costs.backward[group.name] - costs.backward_input[group.name], 0.0)
+        else:
+            seconds += costs.backward[group.name] if trains[i] else costs.backward_input[group.name]
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return seconds + costs.optimizer * trainable / max(costs.total_params, 1)
+
+
+def ideal_cache_speedup(model: nn.Module, costs: GroupCosts) -> float:
+    """How much faster the frozen-prefix cache can make a step of ``model``'s current trainable set, by
+    :func:`ideal_step_seconds` (1.0 where nothing is frozen at the bottom)."""
+    return ideal_step_seconds(model, costs) / ideal_step_seconds(model, costs, cache_prefix=True)

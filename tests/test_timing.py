@@ -1,0 +1,145 @@
+"""The noise-surviving timer's statistics, on synthetic step times and a fake clock (no real time is asserted), and
+the ideal step time's arithmetic."""
+
+import pytest
+import torch
+
+from layerfreeze import (GroupCosts, Spread, StepTimer, freeze_to, ideal_cache_speedup, ideal_step_seconds,
+                         interleave, layer_groups, profile_groups, steady_step_seconds, tiny_model)
+
+
+class FakeMachine:
+    """A fake clock and configurations whose steps take a set time, times a load factor that changes per run."""
+
+    def __init__(self, loads=None):
+        self.now = 0.0
+        self.loads = iter(loads) if loads is not None else None
+        self.calls = []
+
+    def clock(self):
+        return self.now
+
+    def configuration(self, name, step_seconds, steps=5, first_step=10.0):
+        def run():
+            self.calls.append(name)
+            load = next(self.loads) if self.loads is not None else 1.0
+            times = [first_step] + [step_seconds * load] * (steps - 1)
+            self.now += sum(times)
+            return times
+        return run
+
+
+def test_step_timer_gives_the_gaps_between_marks():
+    ticks = iter([5.0, 5.5, 7.0])
+    timer = StepTimer("cpu", clock=lambda: next(ticks))
+    for _ in range(3):
+        timer.mark()
+    assert timer.seconds() == [0.5, 1.5]
+
+
+def test_steady_step_drops_the_warm_up():
+    assert steady_step_seconds([100.0, 100.0, 1.0, 3.0, 2.0], warmup=2) == 2.0
+    with pytest.raises(ValueError, match="warmup=2"):
+        steady_step_seconds([1.0, 2.0], warmup=2)
+
+
+def test_spread_is_the_median_and_interquartile_range():
+    spread = Spread.of([4.0, 1.0, 3.0, 2.0, 5.0])
+    assert (spread.median, spread.low, spread.high, spread.count) == (3.0, 2.0, 4.0, 5)
+    assert spread.width == pytest.approx(2 / 3)
+    assert Spread.of([2.0]).width == 0
+    assert spread.overlaps(Spread(4.5, 4.0, 5.0, 3)) and not spread.overlaps(Spread(6.0, 5.0, 7.0, 3))
+    assert f"{spread:.1f}" == "3.0 [2.0-4.0]"
+
+
+def test_configurations_run_interleaved():
+    machine = FakeMachine()
+    runs = {name: machine.configuration(name, 0.1) for name in ("a", "b", "c")}
+    interleave(runs, [("a", "b")], min_rounds=3, clock=machine.clock)
+    assert machine.calls == ["a", "b", "c"] * 3
+
+
+def test_a_burst_of_load_hitting_a_round_leaves_the_paired_ratio_alone():
+    # a is 2x slower than b; round 2 runs under 5x load. Timed separately (all a, then all b) the burst would land
+    # on one side; within a round it lands on both.
+    machine = FakeMachine(loads=[1, 1, 5, 5, 1, 1])
+    runs = {"a": machine.configuration("a", 0.2), "b": machine.configuration("b", 0.1)}
+    result = interleave(runs, [("a", "b")], clock=machine.clock)
+    assert result.ratios["a", "b"].median == pytest.approx(2.0)
+    assert result.ratios["a", "b"].width == pytest.approx(0.0)
+    assert not result.noisy["a", "b"] and result.rounds == 3
+    assert result.step_seconds["a"] == pytest.approx([0.2, 1.0, 0.2]), "the burst shows in the step times"
+
+
+def test_a_wide_range_adds_rounds_until_the_cap_then_is_marked_noisy():
+    loads_a = [1, 3] * 20  # a's load alternates, b's does not: the per-round ratio swings 1x-3x
+    machine = FakeMachine(loads=[x for pair in zip(loads_a, [1] * 40) for x in pair])
+    runs = {"a": machine.configuration("a", 0.1), "b": machine.configuration("b", 0.1)}
+    result = interleave(runs, [("a", "b")], max_rounds=8, max_seconds=1e9, clock=machine.clock)
+    assert result.rounds == 8 and result.noisy["a", "b"]
+
+
+def test_the_time_cap_stops_the_rounds():
+    machine = FakeMachine(loads=[x for pair in zip([1, 3] * 20, [1] * 40) for x in pair])
+    runs = {"a": machine.configuration("a", 0.1), "b": machine.configuration("b", 0.1)}
+    # each round takes 2 runs x (10 s first step + 4 steps): the cap of 50 s is passed in round 3
+    result = interleave(runs, [("a", "b")], min_rounds=2, max_rounds=30, max_seconds=50, clock=machine.clock)
+    assert result.rounds == 3 and result.noisy["a", "b"]
+
+
+def test_ratios_must_name_known_configurations():
+    with pytest.raises(ValueError, match=r"not in runs: \['z'\]"):
+        interleave({"a": lambda: [1.0, 1.0]}, [("a", "z")])
+
+
+def unit_costs(model, backward=2.0, backward_input=1.0, optimizer=0.0):
+    names = [g.name for g in layer_groups(model)]
+    forward = {n: 0.0 if n in ("embeddings", "head") else 1.0 for n in names}
+    return GroupCosts(forward, {n: backward * f for n, f in forward.items()},
+                      {n: backward_input * f for n, f in forward.items()}, optimizer,
+                      sum(p.numel() for p in model.parameters()))
+
+
+@pytest.mark.parametrize("trainable_from, uncached, cached", [
+    (-1, 6.0, 0.0),  # head only: six forwards; with the cache nothing but the (free) head
+    (-2, 6.0 + 1.0, 1.0 + 1.0),  # the top block: its weight gradients only
+    (-3, 6.0 + 1.0 + 2.0, 2.0 + 1.0 + 2.0),  # top 2: the lower one's weight gradients, the upper one's full backward
+    (0, 6.0 + 12.0, 6.0 + 12.0),  # everything trains: no prefix to cache
+])
+def test_ideal_step_adds_what_the_step_must_run(trainable_from, uncached, cached):
+    model = tiny_model("bert", num_layers=6)
+    freeze_to(model, trainable_from)
+    costs = unit_costs(model)
+    assert ideal_step_seconds(model, costs) == pytest.approx(uncached)
+    assert ideal_step_seconds(model, costs, cache_prefix=True) == pytest.approx(cached)
+
+
+def test_frozen_blocks_above_a_trainable_one_pass_input_gradients():
+    model = tiny_model("bert", num_layers=4)
+    freeze_to(model, -1)
+    for p in layer_groups(model)[1].parameters.values():
+        p.requires_grad_(True)  # bottom block + head: blocks 1-3 pass gradients down without weight gradients
+    costs = unit_costs(model)
+    assert ideal_step_seconds(model, costs) == pytest.approx(4.0 + 1.0 + 3 * 1.0)
+
+
+def test_the_optimizer_costs_its_trainable_share():
+    model = tiny_model("bert", num_layers=2)
+    freeze_to(model, -1)
+    share = sum(p.numel() for p in model.parameters() if p.requires_grad) / sum(p.numel() for p in model.parameters())
+    assert ideal_step_seconds(model, unit_costs(model, optimizer=10.0)) == pytest.approx(2.0 + 10.0 * share)
+    assert ideal_cache_speedup(model, unit_costs(model, optimizer=10.0)) == pytest.approx((2 + 10 * share) /
+                                                                                          (10 * share))
+
+
+def test_profile_groups_measures_every_group_on_a_copy():
+    model = tiny_model("bert", num_layers=3)
+    freeze_to(model, -1)
+    data = (torch.randint(5, 99, (4, 8)), torch.ones(4, 8, dtype=torch.long), torch.zeros(4, dtype=torch.long))
+    costs = profile_groups(model, data, steps=2, warmup=1)
+    names = [g.name for g in layer_groups(model)]
+    for table in (costs.forward, costs.backward, costs.backward_input):
+        assert list(table) == names and all(seconds >= 0 for seconds in table.values())
+    assert costs.total_params == sum(p.numel() for p in model.parameters())
+    assert not layer_groups(model)[0].trainable, "profiling must leave the caller's model as it was"
+    assert list(costs.table().columns) == ["forward", "backward", "backward_input"]
