@@ -262,3 +262,16 @@ def test_load_model_refuses_bad_arguments_before_loading(tmp_path, monkeypatch):
     for arguments, error, message in cases:
         with pytest.raises(error, match=message):
             load_model(**{"name": "minilm", **arguments})
+
+
+# --- freezing ----------------------------------------------------------------------------------------------------
+
+def test_freezing_refuses_what_is_not_a_model_and_a_missing_fingerprint():
+    from layerfreeze import assert_frozen_unchanged, freeze, freeze_to
+
+    with pytest.raises(ValueError, match="model must be a torch.nn.Module .* got str"):
+        freeze("not a model", 1)
+    model = tiny_model("bert", num_layers=2)
+    freeze_to(model, -1)
+    with pytest.raises(ValueError, match="before holds no fingerprint for 37 frozen parameters"):
+        assert_frozen_unchanged(model, {})

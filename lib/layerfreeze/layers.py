@@ -133,6 +133,8 @@ def layer_groups(model: nn.Module, blocks: str | None = None) -> list[LayerGroup
     >>> [g.name for g in layer_groups(tiny_model("bert", num_layers=2))]
     ['embeddings', 'block.0', 'block.1', 'head']
     """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module (e.g. from load_model), got {type(model).__name__}")
     blocks_path = blocks or find_blocks_path(model)
     block_list = _get_submodule(model, blocks_path)
     if not isinstance(block_list, (nn.ModuleList, nn.Sequential)) or len(block_list) == 0:

@@ -143,7 +143,8 @@ class Schedule:
         _check_names(self.groups)
         check_int("total_steps", self.total_steps)
         check_int("warmup_steps", self.warmup_steps, 0)
-        check_rates("lrs", self.lrs)
+        if self.lrs:  # with none, the check below names the groups that lack one
+            check_rates("lrs", self.lrs)
         if not self.phases or self.phases[0][0] != 0:
             raise ValueError("a schedule's first phase must start at step 0")
         if [s for s, _ in self.phases] != sorted(s for s, _ in self.phases):
