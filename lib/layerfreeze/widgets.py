@@ -139,7 +139,7 @@ class LayerPicker:
         self.reset_button.on_click(self._guard(lambda _: self.reset()))
         self.status = w.HTML("<i>ready</i>")
         self.progress = w.IntProgress(value=0, min=0, max=1, description="training")
-        self.live = w.Image(format="png", layout=w.Layout(max_width="420px"))
+        self.live = w.Image(format="png", layout=w.Layout(max_width="420px", display="none"))  # shown once drawn
         self.table = w.HTML()
         self.error = w.HTML()
         layers = w.VBox([w.HTML("<b>Layer groups</b><br><small>top of the model first</small>")]
@@ -299,6 +299,7 @@ class LayerPicker:
 
     def _plot_losses(self) -> None:
         self.live.value = loss_curve_png(self.losses)
+        self.live.layout.display = None
 
     def _show_results(self) -> None:
         self.table.value = self.results.round(3).to_html(index=False, classes="layerfreeze-results")
@@ -308,6 +309,7 @@ class LayerPicker:
         self.results = pd.DataFrame()
         self.table.value = ""
         self.live.value = b""
+        self.live.layout.display = "none"
         self.status.value = "<i>results cleared</i>"
 
     def plot_results(self, ax=None):
