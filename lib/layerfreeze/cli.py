@@ -26,6 +26,8 @@ from .course import PROFILES
 from .data import TASK_NAMES
 from .schedules import CURVES
 
+# strategies.PRESETS, which imports torch; tests/test_cli.py keeps the two in step.
+PRESETS_WITH_K, PRESETS_WITHOUT_K = ("top", "bottom"), ("head", "all", "bitfit")
 PLANS = "head, top:K, bottom:K, all or bitfit"
 
 
@@ -46,7 +48,6 @@ def _number(kind, valid: str, accept):
         if value is None or not accept(value):
             raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected {valid}")
         return value
-    convert.__name__ = valid  # argparse names the type in some messages
     return convert
 
 
@@ -63,8 +64,8 @@ def plan(text: str) -> tuple[str, int | None]:
     (('top', 2), ('head', None))
     """
     preset, colon, k = text.partition(":")
-    takes_k = preset in ("top", "bottom")
-    if preset not in ("head", "top", "bottom", "all", "bitfit") or takes_k != bool(colon) or \
+    takes_k = preset in PRESETS_WITH_K
+    if preset not in PRESETS_WITH_K + PRESETS_WITHOUT_K or takes_k != bool(colon) or \
             (takes_k and not (k.isdigit() and int(k) >= 1)):
         raise argparse.ArgumentTypeError(f"invalid plan {text!r}: expected {PLANS} (K a whole number of at least 1)")
     return preset, int(k) if takes_k else None
@@ -104,7 +105,7 @@ def _course(args) -> None:
 
     if not notebook_paths(args.notebook_dir):
         raise FileNotFoundError(_notebooks_missing(args.notebook_dir))
-    run_course(args.profile, args.build_dir, args.notebook_dir, args.only)
+    run_course(args.profile, str(args.build_dir), str(args.notebook_dir), args.only)
 
 
 def _publish(args) -> None:
