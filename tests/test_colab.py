@@ -51,3 +51,48 @@ def test_on_colab_the_cell_installs_the_kit_from_kit_source(tmp_path):
     assert (target / "layerfreeze" / "colab.py").is_file()
     assert not (target / "torch").exists()
     assert "No GPU" in result.stdout and "Runtime > Change runtime type" in result.stdout
+
+
+def test_the_cell_defaults_to_what_was_uploaded():
+    from layerfreeze.colab import DEFAULT_KIT_SOURCE, UPLOADED_WHEELS
+
+    cell = first_code_cell(NOTEBOOKS[0])
+    assert f'"{DEFAULT_KIT_SOURCE}"' in cell and f'"{UPLOADED_WHEELS}"' in cell
+    assert "github.com/layerfreeze" not in cell  # no repository that does not exist
+
+
+@pytest.mark.skipif(Path("/content/layerfreeze").exists(), reason="this machine has an uploaded kit")
+@pytest.mark.parametrize("source", [None, "missing-folder", "git+https://kit.invalid/layerfreeze.git"])
+def test_an_unreachable_kit_source_gets_one_paragraph_and_no_traceback(source, tmp_path):
+    env = {"LAYERFREEZE_FORCE_COLAB": "1", "PIP_TARGET": str(tmp_path / "site"), "PIP_NO_DEPS": "1",
+           "PIP_RETRIES": "0", "PIP_TIMEOUT": "5", "GIT_TERMINAL_PROMPT": "0"}
+    if source:
+        env["KIT_SOURCE"] = str(tmp_path / source) if source == "missing-folder" else source
+    result = run_cell(env, tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr + result.stdout
+    (paragraph,) = result.stdout.splitlines()
+    shown = env.get("KIT_SOURCE", "/content/layerfreeze")
+    assert paragraph.startswith(f"Could not install the kit from KIT_SOURCE={shown!r} (")
+    assert "/content/layerfreeze" in paragraph and "os.environ['KIT_SOURCE']" in paragraph
+    if source is None or source == "missing-folder":
+        assert "(no such file or folder)" in paragraph
+
+
+@pytest.mark.slow
+def test_an_uploaded_wheel_installs_and_the_course_command_says_where_the_notebooks_are(tmp_path):
+    wheels = tmp_path / "wheels"
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                            str(wheels), str(ROOT)], capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = wheels.glob("layerfreeze-*.whl")
+    target = tmp_path / "site"
+    result = run_cell({"LAYERFREEZE_FORCE_COLAB": "1", "KIT_SOURCE": str(wheel), "PIP_TARGET": str(target),
+                       "PIP_NO_DEPS": "1"}, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    assert (target / "layerfreeze" / "cli.py").is_file() and not (target / "notebooks").exists()
+    env = {**os.environ, "PYTHONPATH": str(target), "HF_HUB_OFFLINE": "1"}
+    course = subprocess.run([sys.executable, "-m", "layerfreeze", "course", "--profile", "smoke"], env=env,
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert course.returncode == 2 and "Traceback" not in course.stderr, course.stderr[-2000:]
+    assert f"no course notebooks (NN_name.ipynb) in {tmp_path / 'notebooks'}" in course.stderr
+    assert "--notebook-dir" in course.stderr and len(course.stderr.splitlines()) == 1

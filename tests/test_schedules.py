@@ -25,7 +25,7 @@ def test_discriminative_rates():
     assert decay["block.3"] == pytest.approx(5e-4) and decay["embeddings"] == pytest.approx(1e-3 * 0.5 ** 5)
     with pytest.raises(ValueError, match="0 < low <= high"):
         spread_lrs(NAMES, 1e-3, 1e-5)
-    with pytest.raises(ValueError, match=r"decay must be in \(0, 1\]"):
+    with pytest.raises(ValueError, match="decay must be a number above 0 and at most 1"):
         layerwise_decay(NAMES, 1e-3, 1.5)
 
 

@@ -1,4 +1,6 @@
-"""The layer picker, driven from code as a person would drive it with clicks."""
+"""The layer picker, driven from code as a person would drive it with clicks, and its notebook under papermill."""
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -68,8 +70,10 @@ def test_run_adds_comparable_rows_and_reset_clears(picker):
     assert head["trainable_params"] < full["trainable_params"]
     assert picker.progress.value == picker.progress.max and len(picker.losses) == picker.progress.max
     assert 0 <= full["accuracy"] <= 1
+    assert bytes(picker.live.value).startswith(b"\x89PNG") and picker.live.layout.display is None  # the live loss curve
+    assert picker.table.value.count("<tr>") == 3 and "part of 4 groups, head" in picker.table.value  # one row per run
     picker.reset()
-    assert picker.results.empty
+    assert picker.results.empty and picker.table.value == "" and picker.live.layout.display == "none"
 
 
 def test_the_run_button_trains_in_a_thread(picker):
@@ -86,3 +90,41 @@ def test_an_error_in_a_callback_is_shown_in_the_panel():
     assert "pass train_data and eval_data" in picker.error.value
     picker.apply_preset("top", 1)
     assert picker.error.value == ""  # the next successful action clears it
+
+
+STALL_TIMEOUT = 120  # seconds per cell: far above any cell of these runs, and a stalled cell ends only when it fires
+
+
+@pytest.mark.notebook
+@pytest.mark.slow
+def test_the_picker_notebook_runs_ten_times_without_a_stall(tmp_path, monkeypatch):
+    """Under papermill, a cell that writes into an ``ipywidgets.Output`` can stall: nbclient's stand-in for the widget
+    sends on the shell socket the client is polling for the cell's reply, and the reply is read only when the cell
+    timeout fires (jupyter/nbclient#312; before the picker stopped using Output widgets, 2 of 10 runs here stalled).
+    So: no Output widget, and no cell that ran into its timeout, in ten runs in a row. The runs share one kernel and
+    use a tiny model, so they cost seconds, not minutes."""
+    import json
+
+    import papermill
+    from jupyter_client.manager import AsyncKernelManager
+    from jupyter_core.utils import run_sync
+
+    notebook = Path(__file__).resolve().parents[1] / "notebooks" / "05_interactive_layer_picker.ipynb"
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the kernel inherits it: one thread suits a tiny model on a busy CPU
+    kernel = AsyncKernelManager(kernel_name="python3")  # papermill starts it on the first run and leaves it running
+    try:
+        for run in range(10):
+            executed = papermill.execute_notebook(
+                str(notebook), str(tmp_path / f"run{run}.ipynb"), kernel_name="python3", km=kernel,
+                execution_timeout=STALL_TIMEOUT, progress_bar=False, cwd=str(notebook.parent),
+                parameters=dict(profile="smoke", model_name="tiny:bert", output_dir=str(tmp_path / "results"),
+                                figure_dir=str(tmp_path / "figures")))
+            durations = [round(c.metadata.papermill.duration, 1) for c in executed.cells if c.cell_type == "code"]
+            assert max(durations) < STALL_TIMEOUT, f"run {run}: a cell stalled until its timeout fired: {durations}"
+            state = executed.metadata.widgets["application/vnd.jupyter.widget-state+json"]["state"]
+            assert "IntProgressModel" in {m["model_name"] for m in state.values()}  # the panel was built ...
+            assert "OutputModel" not in {m["model_name"] for m in state.values()}  # ... without an Output widget
+            metrics = json.loads((tmp_path / "results" / "05_interactive_layer_picker.json").read_text())
+            assert len(metrics["results"]) == 5 and metrics["model_name"] == "tiny:bert"
+    finally:
+        run_sync(kernel.shutdown_kernel)(now=True)

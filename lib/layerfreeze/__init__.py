@@ -15,6 +15,9 @@ The public API, by concept:
 * the course's notebook contract: :func:`resolve_profile`, :func:`save_metrics`, :func:`save_figure`
 """
 
+from .cli import check_before_import as _check_command_line
+
+_check_command_line()  # under `python -m layerfreeze`: --help and a bad flag answer before torch is imported
 from .course import describe_device, pick_device, resolve_profile, save_figure, save_metrics, seed_everything
 from .data import encode, generate_task, load_task, num_labels
 from .freezing import (FreezeReport, assert_frozen_unchanged, bitfit, changed_parameters, count_parameters, freeze,

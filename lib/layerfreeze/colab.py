@@ -2,7 +2,11 @@
 
 The first cell (the same few lines in every notebook, since Colab opens one notebook at a time) installs the kit
 from ``KIT_SOURCE`` with pip, which keeps Colab's own torch (the kit asks only for ``torch>=2.3``), then calls
-:func:`report`. Anywhere else, that cell does nothing.
+:func:`report`. Anywhere else, that cell does nothing. The kit has no public home yet, so ``KIT_SOURCE`` defaults to
+what you uploaded: the kit's folder at :data:`DEFAULT_KIT_SOURCE`, else the newest ``/content/layerfreeze-*.whl``.
+It may also name another folder, a wheel or a git URL. When it cannot be installed, the cell prints one paragraph on
+how to set it and stops (no traceback). The cell runs before the kit is installed, so it cannot import this module:
+``tests/test_colab.py`` keeps the two in step.
 """
 
 from __future__ import annotations
@@ -10,7 +14,8 @@ from __future__ import annotations
 import os
 import sys
 
-DEFAULT_KIT_SOURCE = "git+https://github.com/layerfreeze/layerfreeze.git"
+DEFAULT_KIT_SOURCE = "/content/layerfreeze"
+UPLOADED_WHEELS = "/content/layerfreeze-*.whl"
 FORCE_ENV_VAR = "LAYERFREEZE_FORCE_COLAB"
 
 

@@ -17,8 +17,6 @@ import random
 import time
 from pathlib import Path
 
-import torch
-
 PROFILES = ("auto", "smoke", "cpu", "full")
 # No cell of any profile needs this long on a 2-core CPU; a cell that does has hung (see nbclient issue 312).
 DEFAULT_CELL_TIMEOUT = 1800
@@ -28,6 +26,8 @@ def resolve_profile(profile: str) -> str:
     """``auto`` becomes ``full`` on a GPU and ``cpu`` otherwise; other profiles stay as they are."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}")
+    import torch  # here, not at the top: the command line's --help imports this module and must stay fast
+
     if profile == "auto":
         return "full" if torch.cuda.is_available() else "cpu"
     return profile
@@ -35,11 +35,15 @@ def resolve_profile(profile: str) -> str:
 
 def pick_device() -> torch.device:
     """CUDA when present, else the CPU."""
+    import torch
+
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy (when installed) and torch, on every device."""
+    import torch
+
     random.seed(seed)
     torch.manual_seed(seed)
     try:
@@ -51,6 +55,8 @@ def seed_everything(seed: int) -> None:
 
 def describe_device(device: torch.device | None = None) -> str:
     """A one-line description of where the notebook runs, e.g. ``'cuda: NVIDIA H100 80GB HBM3'``."""
+    import torch
+
     device = device or pick_device()
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
@@ -59,7 +65,9 @@ def describe_device(device: torch.device | None = None) -> str:
 
 def environment() -> dict:
     """Library versions and the device, recorded beside every notebook's metrics."""
+    import torch
     import transformers
+
     return {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
             "device": describe_device(), "date": time.strftime("%Y-%m-%d")}
 

@@ -20,7 +20,7 @@ import os
 import random
 from pathlib import Path
 
-import torch
+from .checks import check_choice, check_int
 
 DATA_DIR_ENV_VAR = "LAYERFREEZE_DATA_DIR"
 DEFAULT_SEED = 1234
@@ -33,6 +33,7 @@ HUB_DATASETS = {
     "ag_news": ("fancyzhx/ag_news", "text", "test"),
     "imdb": ("stanfordnlp/imdb", "text", "test"),
 }
+TASK_NAMES = ("a", "b", *HUB_DATASETS)
 
 # --- task A: compositional sentiment ---------------------------------------------------------------------------
 
@@ -217,6 +218,7 @@ def load_task(name: str = "a", *, limit: dict[str, int] | None = None, seed: int
     """
     import datasets
 
+    _check_task_arguments(name, limit, seed)
     if name in _GENERATORS:
         folder = data_dir()
         if folder is not None:
@@ -228,14 +230,21 @@ def load_task(name: str = "a", *, limit: dict[str, int] | None = None, seed: int
         splits = splits.cast_column("label", datasets.ClassLabel(names=LABEL_NAMES[name]))
     elif name in HUB_DATASETS:
         splits = _load_hub_task(name, seed)
-    else:
-        raise ValueError(f"unknown task {name!r}; valid: {', '.join([*_GENERATORS, *HUB_DATASETS])}")
     for split, size in (limit or {}).items():
-        if split not in splits:
-            raise ValueError(f"limit names split {split!r}; valid splits: {', '.join(splits)}")
         if size < splits[split].num_rows:
             splits[split] = splits[split].shuffle(seed=seed).select(range(size))
     return splits
+
+
+def _check_task_arguments(name, limit, seed) -> None:
+    check_choice("task", name, TASK_NAMES)
+    if limit is not None and not isinstance(limit, dict):
+        raise ValueError(f"limit must be a dict of split name to example count, e.g. {{'train': 500}}; got {limit!r}")
+    for split, size in (limit or {}).items():
+        if split not in SPLIT_SIZES:
+            raise ValueError(f"limit names split {split!r}; valid splits: {', '.join(SPLIT_SIZES)}")
+        check_int(f"limit[{split!r}]", size)
+    check_int("seed", seed, 0, 2 ** 32 - 1)
 
 
 def _load_hub_task(name: str, seed: int):
@@ -279,16 +288,61 @@ def index_batches(n: int, batch_size: int, shuffle: bool = False, seed: int = 0,
     >>> [b.tolist() for b in index_batches(5, 2)]
     [[0, 1], [2, 3], [4]]
     """
+    import torch
+
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if shuffle else torch.arange(n)
     order = order[rank::world_size]
     for start in range(0, len(order), batch_size):
         yield order[start:start + batch_size]
 
 
-def encode(split, tokenizer, max_length: int = 64) -> torch.utils.data.TensorDataset:
+def encode(split, tokenizer, max_length: int = 64):
     """Tokenize one split into a ``TensorDataset`` of ``(input_ids, attention_mask, labels)``, padded to the
-    split's longest text (at most ``max_length`` tokens)."""
-    batch = tokenizer(list(split["text"]), padding="longest", truncation=True, max_length=max_length,
-                      return_tensors="pt")
+    split's longest text (at most ``max_length`` tokens). ``split`` is a split of :func:`load_task` (or any table
+    with ``text`` and ``label`` columns), or a list of ``{"text", "label"}`` rows as :func:`generate_task` returns.
+
+    >>> from transformers import AutoTokenizer
+    >>> from layerfreeze import resolve_model_source
+    >>> tokenizer = AutoTokenizer.from_pretrained(resolve_model_source("minilm"))
+    >>> [t.shape for t in encode(generate_task("a", 3), tokenizer, max_length=8).tensors]
+    [torch.Size([3, 8]), torch.Size([3, 8]), torch.Size([3])]
+    """
+    import torch
+
+    texts, labels = _text_and_labels(split)
+    _check_max_length(max_length, tokenizer)
+    batch = tokenizer(texts, padding="longest", truncation=True, max_length=max_length, return_tensors="pt")
     return torch.utils.data.TensorDataset(batch["input_ids"], batch["attention_mask"],
-                                          torch.tensor(split["label"], dtype=torch.long))
+                                          torch.tensor(labels, dtype=torch.long))
+
+
+def _text_and_labels(split) -> tuple[list[str], list[int]]:
+    """The ``text`` and ``label`` columns of a split, checked: strings, and whole numbers of at least 0."""
+    if isinstance(split, list) and all(isinstance(row, dict) for row in split):
+        columns = {key: [row.get(key) for row in split] for key in ("text", "label")}
+    elif hasattr(split, "__getitem__") and hasattr(split, "column_names") or isinstance(split, dict):
+        names = split.column_names if hasattr(split, "column_names") else list(split)
+        columns = {key: list(split[key]) if key in names else None for key in ("text", "label")}
+    else:
+        columns = {"text": None, "label": None}
+    if columns["text"] is None or columns["label"] is None:
+        raise ValueError(f"split must have 'text' and 'label' columns (a split of load_task, e.g. "
+                         f"load_task('a')['train'], or a list of {{'text', 'label'}} rows); got {type(split).__name__}")
+    if not columns["text"]:
+        raise ValueError("split is empty: there is nothing to encode (check the limit given to load_task)")
+    if len(columns["text"]) != len(columns["label"]):
+        raise ValueError(f"split has {len(columns['text'])} texts but {len(columns['label'])} labels")
+    bad_text = next((t for t in columns["text"] if not isinstance(t, str)), None)
+    if bad_text is not None:
+        raise ValueError(f"split's texts must be strings, got {bad_text!r}")
+    for label in columns["label"]:
+        check_int("a label", label, 0)
+    return columns["text"], [int(label) for label in columns["label"]]
+
+
+def _check_max_length(max_length, tokenizer) -> None:
+    if not callable(tokenizer):
+        raise ValueError(f"tokenizer must be a tokenizer, as load_model returns it; got {type(tokenizer).__name__}")
+    special = tokenizer.num_special_tokens_to_add() if hasattr(tokenizer, "num_special_tokens_to_add") else 0
+    longest = getattr(tokenizer, "model_max_length", None)
+    check_int("max_length", max_length, special + 1, longest if isinstance(longest, int) and longest < 10 ** 6 else None)

@@ -477,6 +477,10 @@ def assert_frozen_unchanged(model: nn.Module, before: dict[str, str]) -> int:
     """
     now = fingerprint(model)
     frozen_names = [n for n, p in model.named_parameters() if not p.requires_grad]
+    missing = [n for n in frozen_names if n not in before]
+    if missing:
+        raise ValueError(f"before holds no fingerprint for {len(missing)} frozen parameters (e.g. {missing[0]}): pass "
+                         "fingerprint(model) of this model, taken before training")
     moved = [n for n in frozen_names if before.get(n) != now[n]]
     if moved:
         raise AssertionError(f"{len(moved)} frozen parameters changed: {', '.join(moved[:5])}"

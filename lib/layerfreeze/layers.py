@@ -489,6 +489,8 @@ def layer_groups(model: nn.Module, blocks: str | list[str] | None = None) -> lis
     >>> [g.name for g in layer_groups(tiny_model("bart", num_layers=1))]
     ['embeddings', 'encoder.0', 'decoder.0', 'head']
     """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module (e.g. from load_model), got {type(model).__name__}")
     layout = _layout(model, blocks)
     groups = []
     for name, kind, names, note, runs in zip(layout.names, layout.kinds, layout.module_names, layout.notes,

@@ -63,6 +63,54 @@ def resolve_model_source(name: str = DEFAULT_MODEL) -> str:
     return str(package_dir)
 
 
+def check_model_arguments(name: str, task: str = "classification", num_labels: int = 2) -> None:
+    """:func:`load_model`'s arguments, checked before anything downloads or loads: a clear ``ValueError`` (or
+    ``FileNotFoundError`` for a local directory that is not there) naming the argument, the value and what is valid.
+
+    >>> check_model_arguments("tiny:gpt5")
+    Traceback (most recent call last):
+    ValueError: unknown tiny family 'gpt5' in name 'tiny:gpt5'; valid: tiny:bert, ...
+    """
+    from .checks import check_choice, check_int
+
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"name must be 'minilm', 'tiny:FAMILY', a Hub id such as 'org/model' or a local directory; "
+                         f"got {name!r}")
+    check_choice("task", task, TASKS)
+    if task == "classification":
+        check_int("num_labels", num_labels, 2)
+    if name.startswith("tiny:") and name.removeprefix("tiny:") not in TINY_FAMILIES:
+        raise ValueError(f"unknown tiny family {name.removeprefix('tiny:')!r} in name {name!r}; valid: "
+                         + ", ".join(f"tiny:{f}" for f in TINY_FAMILIES))
+    path = Path(name).expanduser()
+    if name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1 or path.exists():
+        if not path.is_dir():
+            raise FileNotFoundError(f"model directory {name!r} does not exist (or is not a directory); valid: "
+                                    "'minilm', 'tiny:FAMILY', a Hub id such as 'org/model', or a local directory "
+                                    "holding config.json and the weights")
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"model directory {name!r} holds no config.json: save the model there with "
+                                    "model.save_pretrained(...) and tokenizer.save_pretrained(...)")
+    if task == "causal-lm" and _model_type(name, path) in ENCODER_TYPES:
+        raise ValueError(f"{name!r} is an encoder ({_model_type(name, path)}): task='causal-lm' needs a decoder, e.g. "
+                         "tiny:gpt2, tiny:llama or a GPT-2 / Llama checkpoint")
+
+
+def _model_type(name: str, path: Path) -> str | None:
+    """The model type, where it is known without a download (the default model, tiny families, local dirs)."""
+    import json
+
+    if name == DEFAULT_MODEL:
+        return "bert"
+    if name.startswith("tiny:"):
+        return name.removeprefix("tiny:")
+    config = path / "config.json"
+    if config.is_file():
+        settings = json.loads(config.read_text())
+        return None if settings.get("is_decoder") else settings.get("model_type")
+    return None
+
+
 def load_model(name: str = DEFAULT_MODEL, task: str = "classification", num_labels: int = 2, *,
                dtype: torch.dtype | None = torch.float32, trust_remote_code: bool = False, device=None):
     """Load a pretrained model and its tokenizer for ``task``; returns ``(model, tokenizer)``.
@@ -78,11 +126,10 @@ def load_model(name: str = DEFAULT_MODEL, task: str = "classification", num_labe
 
     With the Hub allowed, ``load_model("gpt2", task="causal-lm")`` loads a decoder the same way.
     """
+    check_model_arguments(name, task, num_labels)
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
     if name.startswith("tiny:"):  # a tiny random model and a tokenizer built in code: nothing to download
         tokenizer = tiny_tokenizer()
         model = tiny_model(name.removeprefix("tiny:"), task=task, num_labels=num_labels, vocab_size=len(tokenizer))
@@ -123,6 +170,7 @@ DECODER_FAMILIES = ("gpt2", "gpt-neox", "opt", "bloom", "falcon", "llama", "mist
                     "gemma2", "gemma3")
 ENCODER_DECODER_FAMILIES = ("t5", "bart")
 TINY_FAMILIES = ENCODER_FAMILIES + DECODER_FAMILIES + ENCODER_DECODER_FAMILIES
+ENCODER_TYPES = ENCODER_FAMILIES + ("deberta", "camembert")  # model types that have no causal-LM head
 # The tiny tokenizer's special tokens, at fixed ids that every tiny config points at.
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = range(len(SPECIAL_TOKENS))

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import pandas as pd
+from .checks import check_choice, check_int, check_number, check_rates
 
 CURVES = ("linear", "cosine", "constant", "stlr", "one-cycle")
 
@@ -40,9 +40,13 @@ def lr_multiplier(step: int, total_steps: int, warmup_steps: int = 0, curve: str
     >>> round(lr_multiplier(10, 100, curve="stlr"), 3), round(lr_multiplier(0, 100, curve="stlr"), 3)
     (1.0, 0.031)
     """
-    if curve not in CURVES:
-        raise ValueError(f"unknown schedule {curve!r}; valid: {', '.join(CURVES)}")
-    if curve == "stlr":  # Howard & Ruder 2018, eq. 3
+    check_choice("schedule", curve, CURVES)
+    check_int("step", step, 0)
+    check_int("total_steps", total_steps)
+    check_int("warmup_steps", warmup_steps, 0)
+    if curve == "stlr":
+        check_number("cut_frac", cut_frac, 0, 1, high_inclusive=False)
+        check_number("ratio", ratio, 1, low_inclusive=True)  # Howard & Ruder 2018, eq. 3
         cut = max(1, math.floor(total_steps * cut_frac))
         p = step / cut if step < cut else 1 - (step - cut) / max(1, cut * (1 / cut_frac - 1))
         return (1 + max(p, 0.0) * (ratio - 1)) / ratio
@@ -71,10 +75,17 @@ def discriminative_lrs(groups: list[str], top_lr: float, factor: float = 2.6) ->
     {'embeddings': 0.000148, 'block.0': 0.000385, 'head': 0.001}
     """
     _check_names(groups)
-    if factor <= 0:
-        raise ValueError(f"factor must be positive, got {factor}")
+    check_number("top_lr", top_lr)
+    check_number("factor", factor)
     n = len(groups)
-    return {name: top_lr / factor ** (n - 1 - i) for i, name in enumerate(groups)}
+    try:
+        rates = {name: top_lr / factor ** (n - 1 - i) for i, name in enumerate(groups)}
+    except (OverflowError, ZeroDivisionError):
+        rates = {}
+    if not rates or not all(0 < rate < math.inf for rate in rates.values()):
+        raise ValueError(f"top_lr={top_lr} and factor={factor} give rates beyond floating point over {n} groups: "
+                         "use a factor nearer 1 (ULMFiT: 2.6)")
+    return rates
 
 
 def spread_lrs(groups: list[str], low: float, high: float) -> dict[str, float]:
@@ -84,6 +95,8 @@ def spread_lrs(groups: list[str], low: float, high: float) -> dict[str, float]:
     0.0001
     """
     _check_names(groups)
+    check_number("low", low)
+    check_number("high", high)
     if not 0 < low <= high:
         raise ValueError(f"need 0 < low <= high, got low={low}, high={high}")
     n = len(groups)
@@ -95,14 +108,16 @@ def spread_lrs(groups: list[str], low: float, high: float) -> dict[str, float]:
 def layerwise_decay(groups: list[str], top_lr: float, decay: float = 0.75) -> dict[str, float]:
     """timm's layer-wise LR decay: the group ``d`` places below the top gets ``top_lr * decay ** d``."""
     _check_names(groups)
-    if not 0 < decay <= 1:
-        raise ValueError(f"decay must be in (0, 1], got {decay}")
+    check_number("top_lr", top_lr)
+    check_number("decay", decay, 0, 1)
     return discriminative_lrs(groups, top_lr, 1 / decay)
 
 
 def _check_names(groups: list[str]) -> None:
-    if not groups or not all(isinstance(g, str) for g in groups):
-        raise ValueError("pass the layer group names, bottom to top, e.g. [g.name for g in layer_groups(model)]")
+    if isinstance(groups, str) or not groups or not all(isinstance(g, str) for g in groups) or \
+            len(set(groups)) != len(groups):
+        raise ValueError(f"groups must be distinct layer group names, bottom to top, e.g. [g.name for g in "
+                         f"layer_groups(model)]; got {groups!r}")
 
 
 # --- schedules -------------------------------------------------------------------------------------------------
@@ -125,6 +140,11 @@ class Schedule:
     curve_options: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        _check_names(self.groups)
+        check_int("total_steps", self.total_steps)
+        check_int("warmup_steps", self.warmup_steps, 0)
+        if self.lrs:  # with none, the check below names the groups that lack one
+            check_rates("lrs", self.lrs)
         if not self.phases or self.phases[0][0] != 0:
             raise ValueError("a schedule's first phase must start at step 0")
         if [s for s, _ in self.phases] != sorted(s for s, _ in self.phases):
@@ -162,6 +182,8 @@ class Schedule:
 
     def table(self, every: int = 1) -> pd.DataFrame:
         """Steps x groups: each group's learning rate (0 while frozen)."""
+        import pandas as pd
+
         steps = range(0, self.total_steps, every)
         return pd.DataFrame([{g: self.lr_at(s, g) for g in self.groups} for s in steps], index=pd.Index(steps,
                                                                                                         name="step"))
@@ -181,6 +203,7 @@ def resolve_rates(groups: list[str], lrs: float | dict[str, float]) -> dict[str,
     >>> resolve_rates(["block.0", "head"], {"head": 1e-3, "default": 1e-4})
     {'block.0': 0.0001, 'head': 0.001}
     """
+    check_rates("lrs", lrs)
     if not isinstance(lrs, dict):
         return {g: lrs for g in groups}
     unknown = set(lrs) - set(groups) - {"default"}
@@ -200,8 +223,8 @@ def gradual_unfreezing(groups: list[str], every: int, total_steps: int, lrs: flo
                        curve: str = "linear", warmup_steps: int = 0, start: int = 1) -> Schedule:
     """ULMFiT's gradual unfreezing: the top ``start`` groups train first, one more from the top every ``every``
     steps, until all do."""
-    if every < 1:
-        raise ValueError(f"every must be at least 1 step, got {every}")
+    _check_steps(groups, every, total_steps)
+    check_int("start", start, 1, len(groups))
     rates = resolve_rates(groups, lrs)
     phases = [(i * every, tuple(groups[len(groups) - start - i:])) for i in range(len(groups) - start + 1)]
     phases = [(s, g) for s, g in phases if s < total_steps] or phases[:1]
@@ -211,7 +234,14 @@ def gradual_unfreezing(groups: list[str], every: int, total_steps: int, lrs: flo
 def chain_thaw(groups: list[str], every: int, total_steps: int, lrs: float | dict[str, float],
                curve: str = "constant") -> Schedule:
     """Chain-thaw (Felbo et al. 2017): the head alone, then each other group alone from the bottom up, then all."""
+    _check_steps(groups, every, total_steps)
     rates = resolve_rates(groups, lrs)
     order = [(groups[-1],)] + [(g,) for g in groups[:-1]] + [tuple(groups)]
     phases = [(i * every, g) for i, g in enumerate(order) if i * every < total_steps]
     return Schedule(list(groups), phases, rates, total_steps, curve, 0, "chain-thaw")
+
+
+def _check_steps(groups: list[str], every: int, total_steps: int) -> None:
+    _check_names(groups)
+    check_int("every", every)
+    check_int("total_steps", total_steps)

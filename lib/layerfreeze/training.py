@@ -25,12 +25,13 @@ import torch
 from torch import nn
 
 from . import cache as feature_cache
+from .checks import check_choice, check_int, check_number, check_rates
 from .course import seed_everything
 from .data import index_batches
 from .freezing import count_parameters, train_only
 from .layers import LayerGroup, layer_groups
 from .precision import autocast, grad_scaler, resolve_precision
-from .schedules import Schedule, constant_schedule, resolve_rates
+from .schedules import CURVES, Schedule, constant_schedule, resolve_rates
 
 # --- data --------------------------------------------------------------------------------------------------------
 
@@ -321,6 +322,75 @@ def follow_schedule(model: nn.Module, schedule: Schedule, step: int, optimizer=N
     return trainable
 
 
+def _steps_per_epoch(examples: int, batch_size: int, world_size: int) -> int:
+    return math.ceil(math.ceil(examples / world_size) / batch_size)
+
+
+def _check_fit_arguments(model, train_data, eval_data, epochs, lr, batch_size, weight_decay, warmup, schedule,
+                         max_grad_norm, seed, cache_prefix, eval_batch_size) -> None:
+    """:func:`fit`'s arguments, checked before anything moves or trains (each error names the argument)."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module (e.g. from load_model), got {type(model).__name__}")
+    epochs, batch_size = check_int("epochs", epochs), check_int("batch_size", batch_size)
+    check_int("eval_batch_size", eval_batch_size)
+    check_int("seed", seed, 0, 2 ** 32 - 1)
+    check_number("weight_decay", weight_decay, low_inclusive=True)
+    if max_grad_norm is not None:
+        check_number("max_grad_norm", max_grad_norm)  # None turns clipping off
+    if not isinstance(cache_prefix, bool):
+        check_int("cache_prefix", cache_prefix, 0)
+    if isinstance(warmup, float):
+        check_number("warmup", warmup, 0, 1, low_inclusive=True, high_inclusive=False)
+    else:
+        check_int("warmup", warmup, 0)
+    train_steps = epochs * _steps_per_epoch(_check_data("train_data", model, train_data), batch_size,
+                                            distributed_context()[1])
+    if eval_data is not None:
+        _check_data("eval_data", model, eval_data)
+    if isinstance(schedule, Schedule):
+        if schedule.total_steps < train_steps:
+            raise ValueError(f"the schedule has total_steps={schedule.total_steps}, but this run takes {train_steps} "
+                             f"steps ({epochs} epochs of batches of {batch_size}): build it with total_steps="
+                             f"{train_steps}, or it would train at rate 0 after its end")
+    else:
+        check_choice("schedule", schedule, CURVES)
+        check_rates("lr", lr)
+
+
+def _check_data(name: str, model: nn.Module, data) -> int:
+    """The data fit takes: not empty, token ids in the model's vocabulary, sequences within its positions, labels
+    within its classes. Returns the number of examples."""
+    try:
+        input_ids, attention_mask, labels = _tensors(data)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be (input_ids, attention_mask, labels) of one length, e.g. from "
+                         f"layerfreeze.encode(split, tokenizer); got {type(data).__name__}") from None
+    if len(labels) == 0:
+        raise ValueError(f"{name} is empty: there is nothing to train or evaluate on")
+    vocabulary = model.get_input_embeddings().num_embeddings if hasattr(model, "get_input_embeddings") else None
+    if vocabulary is not None and (input_ids.min() < 0 or input_ids.max() >= vocabulary):
+        raise ValueError(f"{name} has token ids from {int(input_ids.min())} to {int(input_ids.max())}, but the model's "
+                         f"vocabulary has ids 0 to {vocabulary - 1}: encode with the model's own tokenizer")
+    positions = _max_positions(model)
+    if positions is not None and input_ids.shape[-1] > positions:
+        raise ValueError(f"{name} has sequences of {input_ids.shape[-1]} tokens, but the model takes at most "
+                         f"{positions}: encode with max_length={positions} or less")
+    classes = getattr(getattr(model, "config", None), "num_labels", None)
+    if labels.ndim == 1 and classes and (labels.min() < 0 or labels.max() >= classes):
+        raise ValueError(f"{name} has labels from {int(labels.min())} to {int(labels.max())}, but the model has "
+                         f"{classes} classes (labels 0 to {classes - 1}): load it with num_labels=num_labels(task)")
+    return len(labels)
+
+
+def _max_positions(model: nn.Module) -> int | None:
+    """The longest sequence a model with learned absolute positions takes (RoBERTa's first positions are reserved
+    for padding); ``None`` for rotary or relative positions."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Embedding) and name.rsplit(".", 1)[-1] in ("position_embeddings", "wpe"):
+            return module.num_embeddings - (module.padding_idx + 1 if module.padding_idx is not None else 0)
+    return None
+
+
 def fit(model: nn.Module, train_data, eval_data=None, *, epochs: int = 3, lr: float | dict[str, float] = 5e-5,
         batch_size: int = 32, weight_decay: float = 0.01, warmup: float | int = 0.1,
         schedule: str | Schedule = "linear", max_grad_norm: float | None = 1.0, precision: str = "auto",
@@ -350,6 +420,8 @@ def fit(model: nn.Module, train_data, eval_data=None, *, epochs: int = 3, lr: fl
     """
     from tqdm.auto import tqdm
 
+    _check_fit_arguments(model, train_data, eval_data, epochs, lr, batch_size, weight_decay, warmup, schedule,
+                         max_grad_norm, seed, cache_prefix, eval_batch_size)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     rank, world_size = distributed_context()
     model.to(device)
@@ -357,7 +429,7 @@ def fit(model: nn.Module, train_data, eval_data=None, *, epochs: int = 3, lr: fl
     seed_everything(seed)
     input_ids, attention_mask, labels = (t.to(device) for t in _tensors(train_data))
     evaluation = tuple(t.to(device) for t in _tensors(eval_data)) if eval_data is not None else None
-    steps_per_epoch = math.ceil(math.ceil(len(labels) / world_size) / batch_size)
+    steps_per_epoch = _steps_per_epoch(len(labels), batch_size, world_size)
     total_steps = epochs * steps_per_epoch
 
     groups = layer_groups(model)

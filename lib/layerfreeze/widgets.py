@@ -10,10 +10,16 @@ Usage::
 Everything the panel shows comes from plain functions (:func:`choice_summary`) and the picker's own methods, so
 tests drive it without a browser. Only standard ipywidgets controls are used (no JupyterLab extension), so the panel
 works the same on Colab, where third-party widgets are enabled by default.
+
+The panel never writes into an ``ipywidgets.Output``: its live loss curve is an ``Image`` widget and its results an
+``HTML`` widget, whose values change like any other control's. Under a headless client (papermill, nbclient) an
+``Output`` widget is emulated by the client itself, which then sends on the shell socket it polls for the cell's
+reply and can stall the cell until a timeout fires (jupyter/nbclient#312).
 """
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 import traceback
@@ -66,6 +72,28 @@ def choice_summary(model: nn.Module, batch_size: int = 32, seq_len: int = 64) ->
             "trainable_groups": [g.name for g in layer_groups(model) if g.trainable]}
 
 
+def loss_curve_png(losses: list[float]) -> bytes:
+    """A small PNG of the training loss per step. Drawn without pyplot, so it is safe from the training thread and
+    opens no figure in the notebook.
+
+    >>> loss_curve_png([0.7, 0.6, 0.65]).startswith(b"\\x89PNG")
+    True
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4, 2.2))
+    ax = fig.add_subplot()
+    ax.plot(range(1, len(losses) + 1), losses, color="#e76f51")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title("live loss", fontsize="small")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    FigureCanvasAgg(fig).print_png(buffer)
+    return buffer.getvalue()
+
+
 class LayerPicker:
     """A panel with one toggle per layer group, presets, a live cost summary, a run button and a results table.
 
@@ -112,8 +140,8 @@ class LayerPicker:
         self.reset_button.on_click(self._guard(lambda _: self.reset()))
         self.status = w.HTML("<i>ready</i>")
         self.progress = w.IntProgress(value=0, min=0, max=1, description="training")
-        self.live = w.Output(layout=w.Layout(min_height="40px"))
-        self.table = w.Output()
+        self.live = w.Image(format="png", layout=w.Layout(max_width="420px", display="none"))  # shown once drawn
+        self.table = w.HTML()
         self.error = w.HTML()
         layers = w.VBox([w.HTML("<b>Layer groups</b><br><small>top of the model first</small>")]
                         + [self.toggles[g.name] for g in reversed(self.groups)],
@@ -278,30 +306,18 @@ class LayerPicker:
             self._plot_losses()
 
     def _plot_losses(self) -> None:
-        import matplotlib.pyplot as plt
-
-        with self.live:
-            self.live.clear_output(wait=True)
-            fig, ax = plt.subplots(figsize=(4, 2.2))
-            ax.plot(range(1, len(self.losses) + 1), self.losses, color="#e76f51")
-            ax.set_xlabel("step"); ax.set_ylabel("training loss")
-            ax.set_title("live loss", fontsize="small")
-            fig.tight_layout()
-            plt.show()
-            plt.close(fig)
+        self.live.value = loss_curve_png(self.losses)
+        self.live.layout.display = None
 
     def _show_results(self) -> None:
-        from IPython.display import display
-
-        with self.table:
-            self.table.clear_output(wait=True)
-            display(self.results.round(3))
+        self.table.value = self.results.round(3).to_html(index=False, classes="layerfreeze-results")
 
     def reset(self) -> None:
         """Forget all results."""
         self.results = pd.DataFrame()
-        self.table.clear_output()
-        self.live.clear_output()
+        self.table.value = ""
+        self.live.value = b""
+        self.live.layout.display = "none"
         self.status.value = "<i>results cleared</i>"
 
     def plot_results(self, ax=None):
