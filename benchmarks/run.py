@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 import layerfreeze as lf
-from layerfreeze.precision import resolve_precision
+from layerfreeze.precision import grad_scaler, resolve_precision
 from layerfreeze.schedules import lr_multiplier
 from layerfreeze.timing import Spread
 from layerfreeze.trainer import TrainerDataset
@@ -78,7 +78,7 @@ def hand_written_loop(model, data, steps, batch_size, lr, precision, device, on_
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(s, steps, 0, "linear"))
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
                 if precision in ("bf16", "fp16") else torch.autocast("cpu", enabled=False))
-    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+    scaler = grad_scaler(precision, device)
     model.train()
     done = 0
     while done < steps:
