@@ -336,12 +336,14 @@ def _place_modules(model: nn.Module, block_ids: set[int], num_blocks: int, timel
                    tied_first_group: dict[int, int]) -> dict[str, int]:
     """Map the largest module subtrees that run in one place (outside the blocks) to a group index."""
     placed: dict[str, int] = {}
+    seen: set[int] = set()  # a module registered under two names (T5's shared embedding) is placed once
 
     def visit(prefix: str, module: nn.Module) -> None:
         for name, child in module.named_children():
             qualified = f"{prefix}{name}"
-            if id(child) in block_ids:
+            if id(child) in block_ids or id(child) in seen:
                 continue
+            seen.add(id(child))
             contains_block = any(id(m) in block_ids for m in child.modules())
             slots = _subtree_slots(child, timeline)
             if contains_block or len({_group_index(s, num_blocks) for s in slots}) > 1:
@@ -360,11 +362,15 @@ def _place_modules(model: nn.Module, block_ids: set[int], num_blocks: int, timel
 def _place_by_registration(model: nn.Module, block_ids: set[int], num_blocks: int) -> dict[str, int]:
     """The fallback without a trace: registered before the first block is embeddings, after it head."""
     placed: dict[str, int] = {}
+    placed_ids: set[int] = set()
     seen_block = False
 
     def visit(prefix: str, module: nn.Module) -> None:
         nonlocal seen_block
         for name, child in module.named_children():
+            if id(child) in placed_ids:
+                continue
+            placed_ids.add(id(child))
             if id(child) in block_ids:
                 seen_block = True
             elif any(id(m) in block_ids for m in child.modules()):

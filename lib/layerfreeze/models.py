@@ -207,7 +207,8 @@ def tiny_tokenizer(max_length: int = 128):
     backend.decoder = decoders.WordPiece()
     return PreTrainedTokenizerFast(tokenizer_object=backend, model_max_length=max_length, unk_token="[UNK]",
                                    pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
-                                   bos_token="[CLS]", eos_token="[SEP]")
+                                   bos_token="[CLS]", eos_token="[SEP]",
+                                   model_input_names=["input_ids", "attention_mask"])
 
 
 def _tiny_config(family: str, hidden: int, layers: int, vocab_size: int, num_labels: int, tie: bool):
