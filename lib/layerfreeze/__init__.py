@@ -11,9 +11,12 @@ The public API, by concept:
 * training: :func:`fit`, :func:`evaluate`, :class:`History`
 * strategies: :class:`Strategy`, :func:`apply_preset`, :func:`run_strategy`
 * the course's notebook contract: :func:`resolve_profile`, :func:`save_metrics`, :func:`save_figure`
+* evidence: :func:`difference_interval`, :func:`verdict`, :func:`still_improving`, :func:`choose_learning_rate`
 """
 
 from .course import describe_device, pick_device, resolve_profile, save_figure, save_metrics, seed_everything
+from .evidence import (Interval, choose_learning_rate, correct_per_example, curve_shape, describe_curves,
+                       difference_interval, still_improving, verdict)
 from .data import encode, generate_task, load_task, num_labels
 from .freezing import (FreezeReport, assert_frozen_unchanged, bitfit, changed_parameters, count_parameters, freeze,
                        freeze_to, frozen, frozen_in_eval, fingerprint, release_eval_mode, restore_trainable,
@@ -24,6 +27,7 @@ from .memory import MemoryEstimate, estimate_memory
 from .models import MINILM_SHA256, load_model, resolve_model_source, tiny_model
 from .plots import (label_points, plot_accuracy_vs, plot_epoch_curves, plot_measured_vs_estimated_memory,
                     plot_memory, plot_parameter_groups, plot_schedule)
+from .plots import chance_line, integer_ticks, legend_outside, memory_is_measured, plot_cka
 from .strategies import PRESETS, Strategy, apply_preset, apply_strategy, fresh_copy, run_strategy
 from .schedules import (Schedule, chain_thaw, constant_schedule, discriminative_lrs, gradual_unfreezing,
                         layerwise_decay, lr_multiplier, spread_lrs)
@@ -35,6 +39,8 @@ __version__ = "0.1.0"
 __all__ = [
     "describe_device", "pick_device", "resolve_profile", "save_figure", "save_metrics", "seed_everything",
     "encode", "generate_task", "load_task", "num_labels",
+    "Interval", "choose_learning_rate", "correct_per_example", "curve_shape", "describe_curves",
+    "difference_interval", "still_improving", "verdict",
     "FreezeReport", "assert_frozen_unchanged", "bitfit", "changed_parameters", "count_parameters", "freeze",
     "freeze_to", "frozen", "frozen_in_eval", "fingerprint", "release_eval_mode", "restore_trainable",
     "select_parameters", "train_only", "trainable_state", "unfreeze",
@@ -43,7 +49,8 @@ __all__ = [
     "MemoryEstimate", "estimate_memory",
     "MINILM_SHA256", "load_model", "resolve_model_source", "tiny_model",
     "label_points", "plot_accuracy_vs", "plot_epoch_curves", "plot_measured_vs_estimated_memory", "plot_memory",
-    "plot_parameter_groups", "plot_schedule",
+    "plot_parameter_groups", "plot_schedule", "chance_line", "integer_ticks", "legend_outside", "memory_is_measured",
+    "plot_cka",
     "PRESETS", "Strategy", "apply_preset", "apply_strategy", "fresh_copy", "run_strategy",
     "Schedule", "chain_thaw", "constant_schedule", "discriminative_lrs", "gradual_unfreezing", "layerwise_decay",
     "lr_multiplier", "spread_lrs",

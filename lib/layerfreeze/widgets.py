@@ -36,8 +36,8 @@ def _human(count: int) -> str:
 
 
 def describe_choice(groups) -> str:
-    """What trains, in a few words: ``'all'``, ``'block.5, head'``, or with partly trainable groups (BitFit's
-    biases) ``'part of 7 groups, head'``.
+    """What trains, in a few words: ``'all'``, ``'block.5, head'``, with BitFit's biases ``'biases of 7 groups,
+    head'``, or with other partly trainable groups ``'part of 2 groups, head'``.
 
     >>> from layerfreeze import layer_groups, tiny_model, bitfit
     >>> model = tiny_model("bert", num_layers=2)
@@ -45,13 +45,16 @@ def describe_choice(groups) -> str:
     'all'
     >>> _ = bitfit(model)
     >>> describe_choice(layer_groups(model))
-    'part of 3 groups, head'
+    'biases of 3 groups, head'
     """
     whole = [g.name for g in groups if g.trainable is True]
-    part = [g.name for g in groups if g.trainable is None]
+    partly = [g for g in groups if g.trainable is None]
+    part = [g.name for g in partly]
     if len(whole) == len(groups):
         return "all"
-    described = ["part of " + (", ".join(part) if len(part) <= 2 else f"{len(part)} groups")] if part else []
+    biases = all(name.endswith("bias") for g in partly for name, p in g.parameters.items() if p.requires_grad)
+    described = [("biases of " if biases else "part of ") + (", ".join(part) if len(part) <= 2 else
+                                                              f"{len(part)} groups")] if part else []
     return ", ".join(described + whole)
 
 
