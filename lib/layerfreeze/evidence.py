@@ -106,8 +106,8 @@ def verdict(interval: Interval, threshold: float = 0.0) -> str:
     """A claim that the difference exceeds ``threshold``: *holds* when the whole interval lies above it, *does not
     hold* when the whole interval lies below it, *within noise* when the interval straddles it.
 
-    >>> verdict(Interval(0.05, 0.02, 0.08)), verdict(Interval(-0.05, -0.08, -0.02)), verdict(Interval(0.01, -0.02, 0.04))
-    ('holds', 'does not hold', 'within noise')
+    >>> [verdict(Interval(0.05, low, high)) for low, high in ((0.02, 0.08), (-0.08, -0.02), (-0.02, 0.04))]
+    ['holds', 'does not hold', 'within noise']
     """
     if interval.low > threshold:
         return "holds"
