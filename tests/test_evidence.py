@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from layerfreeze import tiny_model
-from layerfreeze.evidence import (Interval, choose_learning_rate, combine, correct_per_example, curve_shape,
+from layerfreeze.evidence import (Interval, choose_learning_rate, combine_verdicts, correct_per_example, curve_shape,
                                   difference_interval, likely_reason, still_improving, verdict)
 from layerfreeze.training import evaluate
 
@@ -53,7 +53,8 @@ def test_bad_input_names_what_is_wrong(bad, message):
 
 
 def test_verdicts_combine_and_explain():
-    assert combine(["holds", "holds"]) == "holds" and combine(["holds", "does not hold"]) == "does not hold"
+    assert combine_verdicts(["holds", "holds"]) == "holds"
+    assert combine_verdicts(["holds", "does not hold"]) == "does not hold"
     assert likely_reason("does not hold", {"a": [0.5, 0.5]}, "the data") == "likely reason: the data"
     with pytest.raises(ValueError, match="must be one of"):
         likely_reason("maybe", {}, "")

@@ -23,7 +23,7 @@ RESULTS = {
                        for name, acc, pct, mem in [("head only", 0.70, 0.1, 300), ("top 1", 0.85, 7.0, 350),
                                                    ("top 3", 0.92, 22.0, 500), ("all", 0.94, 100.0, 900),
                                                    ("from scratch", 0.50, 100.0, 900)]],
-        "verdicts": {"full beats head only": "holds"},
+        "verdicts": [{"finding": "full beats head only", "verdict": "holds", "likely reason": ""}],
         "anchors": [{"source": "Lee et al. 2019", "claim": "the last quarter keeps >= 90% of full",
                      "verdict": "within noise"},
                     {"source": "Raschka ch. 6", "claim": "all layers: 96.7%", "verdict": "a different task"}]},

@@ -11,12 +11,13 @@ The public API, by concept:
 * training: :func:`fit`, :func:`evaluate`, :class:`History`
 * strategies: :class:`Strategy`, :func:`apply_preset`, :func:`run_strategy`
 * the course's notebook contract: :func:`resolve_profile`, :func:`save_metrics`, :func:`save_figure`
-* evidence: :func:`difference_interval`, :func:`verdict`, :func:`still_improving`, :func:`choose_learning_rate`
+* evidence: :func:`difference_interval`, :func:`verdict`, :func:`likely_reason`, :func:`still_improving`,
+  :func:`choose_learning_rate`
 """
 
 from .course import describe_device, pick_device, resolve_profile, save_figure, save_metrics, seed_everything
-from .evidence import (Interval, choose_learning_rate, correct_per_example, curve_shape, describe_curves,
-                       difference_interval, still_improving, verdict)
+from .evidence import (Interval, choose_learning_rate, combine_verdicts, correct_per_example, curve_shape,
+                       describe_curves, difference_interval, likely_reason, still_improving, verdict)
 from .data import encode, generate_task, load_task, num_labels
 from .freezing import (FreezeReport, assert_frozen_unchanged, bitfit, changed_parameters, count_parameters, freeze,
                        freeze_to, frozen, frozen_in_eval, fingerprint, release_eval_mode, restore_trainable,
@@ -39,8 +40,8 @@ __version__ = "0.1.0"
 __all__ = [
     "describe_device", "pick_device", "resolve_profile", "save_figure", "save_metrics", "seed_everything",
     "encode", "generate_task", "load_task", "num_labels",
-    "Interval", "choose_learning_rate", "correct_per_example", "curve_shape", "describe_curves",
-    "difference_interval", "still_improving", "verdict",
+    "Interval", "choose_learning_rate", "combine_verdicts", "correct_per_example", "curve_shape", "describe_curves",
+    "difference_interval", "likely_reason", "still_improving", "verdict",
     "FreezeReport", "assert_frozen_unchanged", "bitfit", "changed_parameters", "count_parameters", "freeze",
     "freeze_to", "frozen", "frozen_in_eval", "fingerprint", "release_eval_mode", "restore_trainable",
     "select_parameters", "train_only", "trainable_state", "unfreeze",

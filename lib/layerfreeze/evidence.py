@@ -158,12 +158,12 @@ def describe_curves(curves: dict[str, Sequence[float]], tolerance: float = 0.005
     return " ".join(parts)
 
 
-def combine(words: Sequence[str]) -> str:
+def combine_verdicts(words: Sequence[str]) -> str:
     """One verdict for a claim made of several comparisons (each must hold): *does not hold* if any does not,
     *holds* if all do, *within noise* otherwise.
 
-    >>> combine(["holds", "within noise"]), combine(["holds", "holds"]), combine(["within noise", "does not hold"])
-    ('within noise', 'holds', 'does not hold')
+    >>> [combine_verdicts(words) for words in (["holds", "within noise"], ["holds", "holds"], ["does not hold"])]
+    ['within noise', 'holds', 'does not hold']
     """
     if "does not hold" in words:
         return "does not hold"

@@ -54,7 +54,7 @@ def plot_parameter_groups(model_or_table: nn.Module | pd.DataFrame, ax=None, log
     if log:
         ax.set_yscale("log")
     ax.set_title("Parameters per layer group")
-    ax.legend(frameon=False)
+    legend_outside(ax)
     ax.tick_params(axis="x", rotation=45)
     return ax
 

@@ -67,10 +67,7 @@ def verdict_table(results: dict) -> pd.DataFrame:
     """
     rows = []
     for stem, metrics in results.items():
-        verdicts = metrics.get("verdicts", [])
-        if isinstance(verdicts, dict):  # notebook 02: finding -> verdict
-            verdicts = [{"finding": finding, "verdict": word} for finding, word in verdicts.items()]
-        verdicts = verdicts + [{"finding": f"{a['source']}: {a['claim']}", "verdict": a["verdict"],
+        verdicts = metrics.get("verdicts", []) + [{"finding": f"{a['source']}: {a['claim']}", "verdict": a["verdict"],
                                 "likely reason": a.get("likely reason", "")}
                                for a in metrics.get("anchors", []) if a.get("verdict") in ("holds", "does not hold",
                                                                                            "within noise")]
