@@ -85,6 +85,7 @@ class LayerPicker:
             else 64
         self.groups = layer_groups(model)
         self.results = pd.DataFrame()
+        self.curves: dict[str, list[float]] = {}  # validation accuracy per epoch, by choice
         self.losses: list[float] = []
         self._thread: threading.Thread | None = None
         self._syncing = False
@@ -260,6 +261,7 @@ class LayerPicker:
                "accuracy": history.final_accuracy, "seconds": time.perf_counter() - start,
                "step_ms": history.step_seconds * 1000, "estimated_mib": self.last_summary["memory_total_mib"]}
         self.results = pd.concat([self.results, pd.DataFrame([row])], ignore_index=True)
+        self.curves[choice] = [epoch["eval_accuracy"] for epoch in history.epochs]
         self.status.value = f"done: accuracy <b>{row['accuracy']:.3f}</b> in {row['seconds']:.0f} s"
         self._show_results()
         del model
@@ -294,7 +296,7 @@ class LayerPicker:
 
     def reset(self) -> None:
         """Forget all results."""
-        self.results = pd.DataFrame()
+        self.results, self.curves = pd.DataFrame(), {}
         self.table.clear_output()
         self.live.clear_output()
         self.status.value = "<i>results cleared</i>"
