@@ -39,6 +39,8 @@ def test_seeded_before_the_model_is_loaded(path):
     """A new classification head is initialised at random when the model loads: unseeded, two runs of the same
     notebook and seed give different numbers."""
     code = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+    if "load_model(" not in code:  # the takeaways page loads no model
+        pytest.skip(f"{path.name} loads no model")
     assert 0 <= code.find("seed_everything(seed)") < code.find("load_model("), f"{path.name}: seed before load_model"
 
 

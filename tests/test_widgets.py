@@ -66,7 +66,8 @@ def test_run_adds_comparable_rows_and_reset_clears(picker):
     full = picker.run()
     picker.apply_preset("bitfit")
     picker.run()
-    assert list(picker.results["choice"]) == ["head", "all", "part of 4 groups, head"]
+    assert list(picker.results["choice"]) == ["head", "all", "biases of 4 groups, head"]
+    assert list(picker.curves) == list(picker.results["choice"]) and all(len(c) >= 1 for c in picker.curves.values())
     assert head["trainable_params"] < full["trainable_params"]
     assert picker.progress.value == picker.progress.max and len(picker.losses) == picker.progress.max
     assert 0 <= full["accuracy"] <= 1

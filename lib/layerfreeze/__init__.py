@@ -13,12 +13,16 @@ The public API, by concept:
 * strategies: :class:`Strategy`, :func:`apply_preset`, :func:`run_strategy`
 * timing: :class:`StepTimer`, :func:`interleave`, :class:`Spread`, :func:`profile_groups`, :func:`ideal_step_seconds`
 * the course's notebook contract: :func:`resolve_profile`, :func:`save_metrics`, :func:`save_figure`
+* evidence: :func:`difference_interval`, :func:`verdict`, :func:`likely_reason`, :func:`still_improving`,
+  :func:`choose_learning_rate`
 """
 
 from .cli import check_before_import as _check_command_line
 
 _check_command_line()  # under `python -m layerfreeze`: --help and a bad flag answer before torch is imported
 from .course import describe_device, pick_device, resolve_profile, save_figure, save_metrics, seed_everything
+from .evidence import (Interval, choose_learning_rate, combine_verdicts, correct_per_example, curve_shape,
+                       describe_curves, difference_interval, likely_reason, still_improving, verdict)
 from .data import encode, generate_task, load_task, num_labels
 from .freezing import (FreezeReport, assert_frozen_unchanged, bitfit, changed_parameters, count_parameters, freeze,
                        freeze_to, frozen, frozen_in_eval, fingerprint, release_eval_mode, restore_trainable,
@@ -32,6 +36,7 @@ from .plots import (label_points, plot_accuracy_vs, plot_epoch_curves, plot_meas
                     plot_memory, plot_parameter_groups, plot_schedule)
 from .strategies import (PRESETS, Strategy, apply_preset, apply_strategy, fresh_copy, measure_cache_speedup,
                          run_strategy)
+from .plots import chance_line, integer_ticks, legend_outside, memory_is_measured, plot_cka
 from .schedules import (Schedule, chain_thaw, constant_schedule, discriminative_lrs, gradual_unfreezing,
                         layerwise_decay, lr_multiplier, spread_lrs)
 from .timing import (GroupCosts, Interleaved, Spread, StepTimer, ideal_cache_speedup, ideal_step_seconds, interleave,
@@ -44,6 +49,8 @@ __version__ = "0.1.0"
 __all__ = [
     "describe_device", "pick_device", "resolve_profile", "save_figure", "save_metrics", "seed_everything",
     "encode", "generate_task", "load_task", "num_labels",
+    "Interval", "choose_learning_rate", "combine_verdicts", "correct_per_example", "curve_shape", "describe_curves",
+    "difference_interval", "likely_reason", "still_improving", "verdict",
     "FreezeReport", "assert_frozen_unchanged", "bitfit", "changed_parameters", "count_parameters", "freeze",
     "freeze_to", "frozen", "frozen_in_eval", "fingerprint", "release_eval_mode", "restore_trainable",
     "select_parameters", "train_only", "trainable_state", "unfreeze",
@@ -55,6 +62,8 @@ __all__ = [
     "label_points", "plot_accuracy_vs", "plot_epoch_curves", "plot_measured_vs_estimated_memory", "plot_memory",
     "plot_parameter_groups", "plot_schedule",
     "PRESETS", "Strategy", "apply_preset", "apply_strategy", "fresh_copy", "measure_cache_speedup", "run_strategy",
+    "chance_line", "integer_ticks", "legend_outside", "memory_is_measured",
+    "plot_cka",
     "Schedule", "chain_thaw", "constant_schedule", "discriminative_lrs", "gradual_unfreezing", "layerwise_decay",
     "lr_multiplier", "spread_lrs",
     "GroupCosts", "Interleaved", "Spread", "StepTimer", "ideal_cache_speedup", "ideal_step_seconds", "interleave", "profile_groups",

@@ -10,8 +10,8 @@ Metrics, for an accuracy matrix ``R`` where ``R[i][j]`` is the accuracy on task 
 * **backward transfer, BWT** (Lopez-Paz & Ranzato 2017): ``1/(T-1) * sum_i (R[T-1][i] - R[i][i])`` over the
   earlier tasks (negative when the model forgets);
 * **learning**: the accuracy gained on the new task;
-* **drift without labels**: linear CKA (Kornblith et al. 2019) between the original and the tuned model's
-  representations, layer by layer, and the cosine agreement of their sentence embeddings.
+* **drift without labels**: linear CKA (Kornblith et al. 2019) between the model after task A and the same model
+  after task B, layer by layer, and the cosine agreement of their sentence embeddings: what training B moved.
 """
 
 from __future__ import annotations
@@ -20,9 +20,12 @@ import copy
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
+from .evidence import Interval, correct_per_example, difference_interval
 from .freezing import freeze
 from .layers import layer_groups, replace_module
 from .strategies import apply_preset
@@ -165,14 +168,12 @@ def with_new_head(model_a: nn.Module, num_labels: int, seed: int = 0) -> nn.Modu
 # --- strategies for task B -----------------------------------------------------------------------------------------
 
 FORGETTING_KINDS = ("full", "freeze-bottom", "head", "bitfit", "gradual", "lora")
-# The attention projections LoRA adapts, by family: BERT/RoBERTa, DistilBERT, Llama, GPT-2.
-ATTENTION_PROJECTIONS = ("query", "key", "value", "q_lin", "k_lin", "v_lin", "q_proj", "k_proj", "v_proj", "c_attn")
 
 
 @dataclass
 class ForgettingStrategy:
     """How task B trains: ``kind`` in :data:`FORGETTING_KINDS`; ``k`` bottom blocks for ``freeze-bottom``;
-    ``rank`` for LoRA."""
+    ``rank`` for LoRA (conventionally 8 to 16, with alpha = 2 x rank)."""
 
     name: str
     kind: str
@@ -213,12 +214,40 @@ def prepare_for_b(model_b: nn.Module, strategy: ForgettingStrategy, steps: int):
     return model_b, rates
 
 
+def lora_targets(model: nn.Module) -> list[str]:
+    """The projections LoRA adapts, by their full names: every linear layer inside the blocks, attention's and the
+    MLP's (the conventional choice; QLoRA and Biderman et al. 2024 adapt all of them).
+
+    >>> from layerfreeze import tiny_model
+    >>> names = [name.split(".", 4)[-1] for name in lora_targets(tiny_model("bert", num_layers=1))]
+    >>> names  # doctest: +NORMALIZE_WHITESPACE
+    ['attention.self.query', 'attention.self.key', 'attention.self.value', 'attention.output.dense',
+     'intermediate.dense', 'output.dense']
+    """
+    targets = []
+    for group in layer_groups(model)[1:-1]:
+        for prefix, block in group.modules.items():
+            targets += [f"{prefix}.{name}" for name, module in block.named_modules()
+                        if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"]
+    return targets
+
+
+def lora_parameter_count(model: nn.Module, rank: int) -> int:
+    """Parameters that rank-``rank`` adapters on :func:`lora_targets` add: ``rank x (inputs + outputs)`` each.
+
+    >>> from layerfreeze import tiny_model
+    >>> lora_parameter_count(tiny_model("bert", num_layers=1, hidden_size=32), 8)  # 4 of 32x32, 2 of 32x128
+    4608
+    """
+    modules = dict(model.named_modules())
+    return sum(rank * sum(modules[name].weight.shape) for name in lora_targets(model))
+
+
 def _lora(model_b: nn.Module, strategy: ForgettingStrategy) -> nn.Module:
-    """LoRA adapters on the attention projections of the shared blocks, via ``peft``; the head trains fully."""
+    """LoRA adapters (alpha = 2 x rank) on every projection of the shared blocks, via ``peft``; head B trains fully."""
     from peft import LoraConfig, get_peft_model
 
-    targets = sorted({name.rsplit(".", 1)[-1] for name, m in model_b.named_modules()
-                      if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] in ATTENTION_PROJECTIONS})
+    targets = lora_targets(model_b)
     head = [name for name, module in layer_groups(model_b)[-1].modules.items()
             if next(module.parameters(), None) is not None]  # pooler, classifier; not dropout
     config = LoraConfig(r=strategy.rank, lora_alpha=2 * strategy.rank, lora_dropout=0.0, target_modules=targets,
@@ -236,24 +265,33 @@ class SequentialResult:
     a_after_a: float
     b_before_b: float
     a_during_b: list[float] = field(default_factory=list)  # A's accuracy (head A) after each epoch of B
-    b_during_b: list[float] = field(default_factory=list)
+    b_during_b: list[float] = field(default_factory=list)  # B's accuracy on its evaluation data after each epoch
     trainable_params: int = 0
     seconds: float = 0.0
-    cka: list[float] = field(default_factory=list)  # per layer, pretrained vs after B
+    cka: list[float] = field(default_factory=list)  # per layer, the model after A vs after B
     agreement: float = float("nan")
+    lr: float = float("nan")
+    b_after_b: float | None = None  # on B's test data where one was given, else the last of b_during_b
+    # per test example, 1 where right: "a_before", "a_after" (task A), "b_before", "b_after" (task B)
+    correct: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def matrix(self) -> list[list[float]]:
         """``R`` for tasks (A, B): rows after training A, after training B."""
-        return [[self.a_after_a, self.b_before_b], [self.a_during_b[-1], self.b_during_b[-1]]]
+        return [[self.a_after_a, self.b_before_b], [self.a_during_b[-1], self._b_final]]
+
+    @property
+    def _b_final(self) -> float:
+        return self.b_during_b[-1] if self.b_after_b is None else self.b_after_b
 
     def summary(self) -> dict:
-        return {"strategy": self.strategy, "a_after_a": self.a_after_a, "a_after_b": self.a_during_b[-1],
-                "b_after_b": self.b_during_b[-1], "b_before_b": self.b_before_b,
+        return {"strategy": self.strategy, "lr": self.lr, "a_after_a": self.a_after_a,
+                "a_after_b": self.a_during_b[-1], "b_after_b": self._b_final, "b_before_b": self.b_before_b,
                 "forgetting": forgetting(self.matrix)["mean"], "backward_transfer": backward_transfer(self.matrix),
-                "learning": learning(self.b_before_b, self.b_during_b[-1]), "a_during_b": self.a_during_b,
-                "b_during_b": self.b_during_b, "trainable_params": self.trainable_params, "seconds": self.seconds,
-                "cka": self.cka, "agreement": self.agreement}
+                "learning": learning(self.b_before_b, self._b_final), "a_during_b": self.a_during_b,
+                "b_during_b": self.b_during_b, "b_validation_final": self.b_during_b[-1],
+                "trainable_params": self.trainable_params, "seconds": self.seconds, "cka": self.cka,
+                "agreement": self.agreement, "correct": self.correct}
 
 
 def train_task_a(pretrained: nn.Module, data_a, eval_a, *, epochs: int, batch_size: int, seed: int = 0,
@@ -266,19 +304,23 @@ def train_task_a(pretrained: nn.Module, data_a, eval_a, *, epochs: int, batch_si
     return model_a
 
 
-def sequential_run(pretrained: nn.Module, model_a: nn.Module, strategy: ForgettingStrategy, data_b, eval_a, eval_b,
-                   num_labels_b: int, *, epochs: int, batch_size: int, seed: int = 0, probe=None,
+def sequential_run(model_a: nn.Module, strategy: ForgettingStrategy, data_b, eval_a, eval_b, num_labels_b: int, *,
+                   epochs: int, batch_size: int, seed: int = 0, probe=None, test_b=None,
                    progress: bool = True) -> SequentialResult:
     """Train task B on a copy of ``model_a`` under ``strategy``; evaluate A (head A) and B after every epoch of B.
 
-    ``probe`` is ``(input_ids, attention_mask)`` of held-out text for CKA and embedding agreement against
-    ``pretrained``.
+    ``eval_b`` is B's validation data (the learning-rate grid chooses on it); ``test_b``, where given, B's test data
+    for the final accuracy. ``probe`` is ``(input_ids, attention_mask)`` of held-out text for CKA and embedding
+    agreement between ``model_a`` and the model after B: what training B moved. The result keeps which test examples
+    each model gets right (``correct``), for intervals (:mod:`layerfreeze.evidence`).
     """
-    model_a = copy.deepcopy(model_a)
+    original_a, model_a = model_a, copy.deepcopy(model_a)
     freeze(model_a, allow_nothing_trainable=True)  # head A never trains during B; the shared body is set below
     model_b = with_new_head(model_a, num_labels_b, seed)
-    result = SequentialResult(strategy.name, evaluate(model_a, eval_a)["accuracy"],
-                              evaluate(model_b, eval_b)["accuracy"])
+    final_b = eval_b if test_b is None else test_b
+    correct = {"a_before": correct_per_example(model_a, eval_a), "b_before": correct_per_example(model_b, final_b)}
+    result = SequentialResult(strategy.name, float(correct["a_before"].mean()), float(correct["b_before"].mean()),
+                              lr=strategy.lr)
     steps = epochs * -(-len(_tensors(data_b)[0]) // batch_size)
     trained, plan = prepare_for_b(model_b, strategy, steps)
 
@@ -287,15 +329,60 @@ def sequential_run(pretrained: nn.Module, model_a: nn.Module, strategy: Forgetti
         return {"a_accuracy": result.a_during_b[-1]}
 
     start = time.perf_counter()
+    # a frozen prefix (embeddings and bottom blocks, in eval mode) is computed once: the same result, faster
     history = fit(trained, data_b, eval_b, epochs=epochs, batch_size=batch_size, seed=seed, progress=progress,
-                  on_epoch_end=measure_a, **({"lr": plan} if isinstance(plan, dict) else {"schedule": plan}))
+                  on_epoch_end=measure_a, cache_prefix=strategy.kind in ("head", "freeze-bottom"),
+                  **({"lr": plan} if isinstance(plan, dict) else {"schedule": plan}))
     result.seconds = time.perf_counter() - start
     # counted at the end, when a gradual schedule has unfrozen everything it will
     result.trainable_params = sum(p.numel() for p in trained.parameters() if p.requires_grad)
     result.b_during_b = [e["eval_accuracy"] for e in history.epochs]
+    correct.update(a_after=correct_per_example(model_a, eval_a), b_after=correct_per_example(trained, final_b))
+    result.correct = {name: hits.tolist() for name, hits in correct.items()}
+    result.b_after_b = float(correct["b_after"].mean())
     if probe is not None:
-        result.cka, result.agreement = drift(pretrained, model_a, *probe)
+        result.cka, result.agreement = drift(original_a, model_a, *probe)
     return result
+
+
+# --- many runs: per-example measures, seeds, intervals --------------------------------------------------------
+
+MEASURES = {"forgetting": ("a_before", "a_after"), "learning": ("b_after", "b_before")}
+
+
+def per_example(runs: list[dict], strategy: str, measure: str) -> np.ndarray:
+    """``[seeds, examples]``: per test example, A's loss of correctness (``forgetting``: right after A, wrong after
+    B is 1) or B's gain (``learning``), from the ``summary()`` rows of :func:`sequential_run` for ``strategy``."""
+    if measure not in MEASURES:
+        raise ValueError(f"measure must be one of {sorted(MEASURES)}; got {measure!r}")
+    first, second = MEASURES[measure]
+    rows = [run["correct"] for run in runs if run["strategy"] == strategy]
+    if not rows:
+        raise ValueError(f"no runs of strategy {strategy!r}; have {sorted({run['strategy'] for run in runs})}")
+    return np.array([np.subtract(row[first], row[second]) for row in rows], dtype=float)
+
+
+def compare_strategies(runs: list[dict], first: str, second: str, measure: str, seed: int = 0) -> Interval:
+    """``measure`` of ``first`` minus ``second``, paired over test examples and seeds, with a bootstrap interval."""
+    return difference_interval(per_example(runs, first, measure), per_example(runs, second, measure), seed=seed)
+
+
+def summarize_runs(runs: list[dict]) -> pd.DataFrame:
+    """One row per strategy, in the order first run: means over seeds of forgetting, learning, final accuracies,
+    backward transfer and agreement, with 95% bootstrap intervals (over examples and seeds) for forgetting and
+    learning, and the learning rate each seed chose."""
+    rows = []
+    for name in dict.fromkeys(run["strategy"] for run in runs):
+        mine = pd.DataFrame([run for run in runs if run["strategy"] == name])
+        row = {"strategy": name, "lr": sorted(set(map(str, mine["lr"])))}
+        for measure in MEASURES:
+            interval = difference_interval(per_example(runs, name, measure))
+            row.update({measure: interval.estimate, f"{measure}_low": interval.low, f"{measure}_high": interval.high})
+        row.update({column: float(mine[column].mean()) for column in
+                    ("b_after_b", "a_after_b", "backward_transfer", "agreement", "seconds")})
+        row["trainable_params"] = int(mine["trainable_params"].iloc[0])
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("strategy")
 
 
 # --- decoders: forgetting as a rise in perplexity ------------------------------------------------------------------

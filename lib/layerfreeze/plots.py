@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 import numpy as np
 import pandas as pd
 from torch import nn
@@ -21,6 +22,25 @@ def _axes(ax):
     return ax
 
 
+def legend_outside(ax, **options) -> None:
+    """The legend to the right of the axes, where it covers no data."""
+    ax.legend(frameon=False, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0,
+              **options)
+
+
+def integer_ticks(ax, axis: str = "x") -> None:
+    """Whole numbers only on ``axis`` (epochs, steps): no tick at epoch 2.5."""
+    getattr(ax, f"{axis}axis").set_major_locator(MaxNLocator(integer=True))
+
+
+def chance_line(ax, chance: float | None, axis: str = "y") -> None:
+    """A dashed line at the accuracy of guessing (1 / number of classes), labelled, so a result at chance shows."""
+    if chance is None:
+        return
+    line = ax.axhline if axis == "y" else ax.axvline
+    line(chance, color="#999", linestyle="--", linewidth=1, label=f"chance ({chance:.0%})", zorder=1)
+
+
 def plot_parameter_groups(model_or_table: nn.Module | pd.DataFrame, ax=None, log: bool = False):
     """Parameters per layer group, stacked trainable (teal) over frozen (grey)."""
     table = group_table(model_or_table) if isinstance(model_or_table, nn.Module) else model_or_table
@@ -34,7 +54,7 @@ def plot_parameter_groups(model_or_table: nn.Module | pd.DataFrame, ax=None, log
     if log:
         ax.set_yscale("log")
     ax.set_title("Parameters per layer group")
-    ax.legend(frameon=False)
+    legend_outside(ax)
     ax.tick_params(axis="x", rotation=45)
     return ax
 
@@ -53,7 +73,7 @@ def plot_memory(estimates: dict[str, MemoryEstimate], ax=None, measured_mib: dic
         ax.scatter(xs, list(measured_mib.values()), marker="D", color="black", zorder=3, label="measured peak")
     ax.set_ylabel("MiB")
     ax.set_title("Memory of one training step")
-    ax.legend(frameon=False, fontsize="small")
+    legend_outside(ax)
     ax.tick_params(axis="x", rotation=20)
     return ax
 
@@ -81,10 +101,16 @@ def label_points(ax, xs, ys, labels, log_x: bool = False, close: float = 0.06) -
 
 
 def plot_accuracy_vs(results: pd.DataFrame, x: str = "trainable_params", ax=None, log: bool = True,
-                     label: str = "name", y: str = "test_accuracy"):
-    """Accuracy of each strategy (column ``y``) against a cost column (trainable parameters, wall time ...)."""
+                     label: str = "name", y: str = "test_accuracy", chance: float | None = None,
+                     errors: tuple[str, str] | None = None):
+    """Accuracy of each strategy (column ``y``) against a cost column (trainable parameters, wall time ...);
+    ``chance`` draws the accuracy of guessing, ``errors`` names the columns of an interval's low and high ends."""
     ax = _axes(ax)
+    if errors:
+        spread = [results[y] - results[errors[0]], results[errors[1]] - results[y]]
+        ax.errorbar(results[x], results[y], yerr=spread, fmt="none", ecolor="#999", capsize=3, zorder=2)
     ax.scatter(results[x], results[y], color=TRAINABLE_COLOR, zorder=3)
+    chance_line(ax, chance)
     label_points(ax, results[x], results[y], results[label], log_x=log)
     if log:
         ax.set_xscale("log")
@@ -94,30 +120,53 @@ def plot_accuracy_vs(results: pd.DataFrame, x: str = "trainable_params", ax=None
     return ax
 
 
+def memory_is_measured(results: pd.DataFrame) -> bool:
+    """Whether the runs' peak memory measures something: CUDA's allocator counts every tensor; a CPU process's
+    resident-set growth does not (the allocator keeps freed memory, so it swings from 0 to hundreds of MiB).
+
+    >>> memory_is_measured(pd.DataFrame({"memory_kind": ["cpu rss above start"]}))
+    False
+    """
+    return bool(results["memory_kind"].astype(str).str.startswith("cuda").all())
+
+
 def plot_measured_vs_estimated_memory(results: pd.DataFrame, ax=None, label: str = "name"):
-    """Grouped bars per strategy: what training adds on top of the weights, estimated beside measured (MiB)."""
+    """Bars per strategy: what training adds on top of the weights (MiB), estimated; beside it the measured peak
+    where it is measured (CUDA), never a CPU process's resident-set growth."""
     ax = _axes(ax)
     xs = range(len(results))
-    width = 0.4
-    ax.bar([x - width / 2 for x in xs], results["estimated_overhead_mib"], width, color=MEMORY_COLORS["weights"],
-           label="estimate (gradients + AdamW state + activations)")
-    ax.bar([x + width / 2 for x in xs], results["peak_memory_mib"], width, color=MEMORY_COLORS["activations"],
-           label=f"measured ({results['memory_kind'].iloc[0]})")
-    ax.set_xticks(list(xs), results[label], rotation=20)
+    measured = memory_is_measured(results)
+    width = 0.4 if measured else 0.6
+    ax.bar([x - width / 2 * measured for x in xs], results["estimated_overhead_mib"], width,
+           color=MEMORY_COLORS["weights"], label="estimate (gradients + AdamW state + activations)")
+    if measured:
+        ax.bar([x + width / 2 for x in xs], results["peak_memory_mib"], width, color=MEMORY_COLORS["activations"],
+               label=f"measured ({results['memory_kind'].iloc[0]})")
+    ax.set_xticks(list(xs), results[label], rotation=20, ha="right")
     ax.set_ylabel("MiB")
-    ax.legend(frameon=False, fontsize="small")
+    legend_outside(ax)
     return ax
 
 
-def plot_epoch_curves(curves: dict[str, list[float]], ax=None, ylabel: str = "validation accuracy"):
-    """One line per run: a metric after each epoch."""
+def plot_epoch_curves(curves: dict[str, list[float]], ax=None, ylabel: str = "validation accuracy",
+                      chance: float | None = None, start: int = 1):
+    """One line per run: a metric after each epoch (the first at ``start``), whole-number epoch ticks, markers of
+    different shapes so that overlapping lines stay apart, the legend beside the axes, and a chance line.
+
+    >>> ax = plot_epoch_curves({"a": [0.5, 0.8], "b": [0.5, 0.9]}, chance=0.5)
+    >>> [t for t in ax.get_xticks() if t != int(t)]
+    []
+    """
     ax = _axes(ax)
-    for name, values in curves.items():
-        ax.plot(range(1, len(values) + 1), values, marker="o", label=name)
+    markers = "osD^vP*X"
+    for i, (name, values) in enumerate(curves.items()):
+        ax.plot(range(start, len(values) + start), values, marker=markers[i % len(markers)], label=name, alpha=0.85)
+    chance_line(ax, chance)
+    integer_ticks(ax)
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    ax.legend(frameon=False, fontsize="small")
+    legend_outside(ax)
     return ax
 
 
@@ -138,4 +187,26 @@ def plot_schedule(schedule, ax=None):
     ax.set_xlabel("step")
     ax.set_title(schedule.name)
     ax.figure.colorbar(image, ax=ax, label="learning rate")
+    return ax
+
+
+def plot_cka(cka: pd.DataFrame, ax=None, title: str = "Linear CKA per layer"):
+    """A heatmap of linear CKA, layers (rows, bottom first) by runs (columns), each cell written in: 1 means the
+    layer's representation did not move. The colour scale starts at the lowest value or 0.5, whichever is lower.
+
+    >>> ax = plot_cka(pd.DataFrame({"full": [1.0, 0.8], "head only": [1.0, 1.0]}, index=["layer 0", "layer 1"]))
+    >>> [t.get_text() for t in ax.texts]
+    ['1.00', '1.00', '0.80', '1.00']
+    """
+    ax = _axes(ax)
+    values = cka.to_numpy(dtype=float)
+    low = min(0.5, float(np.nanmin(values)))
+    image = ax.imshow(values, aspect="auto", cmap="magma", vmin=low, vmax=1.0, origin="lower")
+    for (row, column), value in np.ndenumerate(values):
+        ax.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize="x-small",
+                color="black" if value > (1 + low) / 2 else "white")
+    ax.set_xticks(range(len(cka.columns)), cka.columns, rotation=20, ha="right")
+    ax.set_yticks(range(len(cka.index)), cka.index)
+    ax.set_title(title)
+    ax.figure.colorbar(image, ax=ax, label="linear CKA")
     return ax

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from .evidence import correct_per_example
 from .freezing import FreezeReport, bitfit, freeze_to, train_only
 from .layers import layer_groups
 from .memory import estimate_memory
@@ -118,7 +119,8 @@ def run_strategy(base: nn.Module, strategy: Strategy, train_data, eval_data, tes
                  progress: bool = True, **fit_options) -> dict:
     """Train a fresh copy of ``base`` with ``strategy`` and return one row of results.
 
-    The row holds the test accuracy, parameter counts, speed (per step and per epoch), measured peak memory and
+    The row holds the test accuracy and which test examples the model got right (``test_correct``, for intervals),
+    parameter counts, speed (per step and per epoch), measured peak memory and
     the memory estimate. With ``cache_prefix`` the frozen prefix is cached wherever the strategy has one; with
     ``time_uncached_steps`` > 0, short runs with and without the cache, interleaved, measure the steady per-step
     times and the cache's speed-up (:func:`measure_cache_speedup`); the epoch times are then those step times times
@@ -132,12 +134,12 @@ def run_strategy(base: nn.Module, strategy: Strategy, train_data, eval_data, tes
     history = fit(model, train_data, eval_data, epochs=epochs, lr=strategy.learning_rates, batch_size=batch_size,
                   seed=seed, cache_prefix=use_cache, progress=progress, **fit_options)
     start = time.perf_counter()
-    test = evaluate(model, test_data, device=device)
+    test_correct = correct_per_example(model, test_data)
     test_seconds = time.perf_counter() - start
     seq_len = _tensors(train_data)[0].shape[1]
     activation_bytes = 2 if history.precision in ("bf16", "fp16") else None
     estimate = estimate_memory(model, batch_size, seq_len, activation_bytes=activation_bytes)
-    row = {**asdict(strategy), "test_accuracy": test["accuracy"], "test_loss": test["loss"],
+    row = {**asdict(strategy), "test_accuracy": float(test_correct.mean()), "test_correct": test_correct.tolist(),
            "trainable_params": report.trainable_params, "total_params": report.total_params,
            "percent_trainable": report.percent_trainable, "test_seconds": test_seconds,
            "estimated_memory_mib": estimate.total / 2 ** 20,

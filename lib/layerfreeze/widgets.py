@@ -43,8 +43,8 @@ def _human(count: int) -> str:
 
 
 def describe_choice(groups) -> str:
-    """What trains, in a few words: ``'all'``, ``'block.5, head'``, or with partly trainable groups (BitFit's
-    biases) ``'part of 7 groups, head'``.
+    """What trains, in a few words: ``'all'``, ``'block.5, head'``, with BitFit's biases ``'biases of 7 groups,
+    head'``, or with other partly trainable groups ``'part of 2 groups, head'``.
 
     >>> from layerfreeze import layer_groups, tiny_model, bitfit
     >>> model = tiny_model("bert", num_layers=2)
@@ -52,13 +52,16 @@ def describe_choice(groups) -> str:
     'all'
     >>> _ = bitfit(model)
     >>> describe_choice(layer_groups(model))
-    'part of 3 groups, head'
+    'biases of 3 groups, head'
     """
     whole = [g.name for g in groups if g.trainable is True]
-    part = [g.name for g in groups if g.trainable is None]
+    partly = [g for g in groups if g.trainable is None]
+    part = [g.name for g in partly]
     if len(whole) == len(groups):
         return "all"
-    described = ["part of " + (", ".join(part) if len(part) <= 2 else f"{len(part)} groups")] if part else []
+    biases = all(name.endswith("bias") for g in partly for name, p in g.parameters.items() if p.requires_grad)
+    described = [("biases of " if biases else "part of ") + (", ".join(part) if len(part) <= 2 else
+                                                              f"{len(part)} groups")] if part else []
     return ", ".join(described + whole)
 
 
@@ -111,6 +114,7 @@ class LayerPicker:
             else 64
         self.groups = layer_groups(model)
         self.results = pd.DataFrame()
+        self.curves: dict[str, list[float]] = {}  # validation accuracy per epoch, by choice
         self.losses: list[float] = []
         self._thread: threading.Thread | None = None
         self._syncing = False
@@ -287,6 +291,7 @@ class LayerPicker:
                "accuracy": history.final_accuracy, "seconds": time.perf_counter() - start,
                "step_ms": 1000 * self._steady_step_seconds(history), "estimated_mib": self.last_summary["memory_total_mib"]}
         self.results = pd.concat([self.results, pd.DataFrame([row])], ignore_index=True)
+        self.curves[choice] = [epoch["eval_accuracy"] for epoch in history.epochs]
         self.status.value = f"done: accuracy <b>{row['accuracy']:.3f}</b> in {row['seconds']:.0f} s"
         self._show_results()
         del model
@@ -314,7 +319,7 @@ class LayerPicker:
 
     def reset(self) -> None:
         """Forget all results."""
-        self.results = pd.DataFrame()
+        self.results, self.curves = pd.DataFrame(), {}
         self.table.value = ""
         self.live.value = b""
         self.live.layout.display = "none"

@@ -1,0 +1,211 @@
+"""How the course states a finding: an interval, a verdict, whether training had finished, and a fair learning rate.
+
+* :func:`correct_per_example`: which test examples a model gets right, the raw material of every interval;
+* :func:`difference_interval`: a bootstrap interval for a difference of accuracies, over test examples and, where
+  there are several, over seeds;
+* :func:`verdict`: *holds*, *does not hold* or *within noise*, from an interval and the claim's threshold;
+* :func:`still_improving` and :func:`curve_shape`: whether a validation curve was still rising when training stopped;
+* :func:`choose_learning_rate`: each method's rate from the same small grid, chosen on its own validation data.
+
+>>> import numpy as np
+>>> a, b = np.r_[np.ones(90), np.zeros(10)], np.r_[np.ones(60), np.zeros(40)]
+>>> interval = difference_interval(a, b)
+>>> verdict(interval), interval.low > 0.15
+('holds', True)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+VERDICTS = ("holds", "does not hold", "within noise")
+
+
+# --- which examples a model gets right -----------------------------------------------------------------------------
+
+@torch.no_grad()
+def correct_per_example(model: nn.Module, data, batch_size: int = 256) -> np.ndarray:
+    """A 0/1 array, one entry per example of ``data`` (``(input_ids, attention_mask, labels)``): 1 where the model's
+    prediction is right. Its mean is :func:`~layerfreeze.evaluate`'s accuracy."""
+    input_ids, attention_mask, labels = (getattr(data, "tensors", data))[:3]
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    hits = []
+    for start in range(0, len(labels), batch_size):
+        rows = slice(start, start + batch_size)
+        logits = model(input_ids=input_ids[rows].to(device), attention_mask=attention_mask[rows].to(device)).logits
+        hits.append((logits.argmax(-1).cpu() == labels[rows]).numpy())
+    model.train(was_training)
+    return np.concatenate(hits).astype(float) if hits else np.zeros(0)
+
+
+# --- intervals -----------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Interval:
+    """An estimate with a bootstrap interval (``level``, two-sided), in the units of the data (accuracy fractions)."""
+
+    estimate: float
+    low: float
+    high: float
+    level: float = 0.95
+
+    def points(self) -> str:
+        """In accuracy points: ``+3.2 points (95% CI +1.0 to +5.4)``."""
+        return (f"{self.estimate * 100:+.1f} points ({self.level:.0%} CI {self.low * 100:+.1f} to "
+                f"{self.high * 100:+.1f})")
+
+
+def _as_runs(values) -> np.ndarray:
+    runs = np.asarray(values, dtype=float)
+    if runs.ndim == 1:
+        runs = runs[None, :]
+    if runs.ndim != 2 or runs.shape[1] == 0:
+        raise ValueError(f"values must be [examples] or [seeds, examples] with at least one example; got shape "
+                         f"{np.shape(values)}")
+    return runs
+
+
+def difference_interval(a, b=None, *, level: float = 0.95, resamples: int = 2000, seed: int = 0) -> Interval:
+    """Bootstrap interval for ``mean(a) - mean(b)``, paired: the same test examples (and seeds) on both sides.
+
+    ``a`` and ``b`` are per-example scores (0/1 correctness, or per-example forgetting), shaped ``[examples]`` or
+    ``[seeds, examples]``; with several seeds both seeds and examples are resampled. Without ``b``, the interval is
+    for ``mean(a)`` itself.
+
+    >>> difference_interval([1, 1, 0, 1], [1, 1, 0, 1]).points()
+    '+0.0 points (95% CI +0.0 to +0.0)'
+    >>> difference_interval([[1, 0]], [[1, 1, 0]])
+    Traceback (most recent call last):
+    ValueError: a and b must have the same shape, [seeds, examples]; got (1, 2) and (1, 3)
+    """
+    if not 0 < level < 1:
+        raise ValueError(f"level must be between 0 and 1; got {level!r}")
+    runs_a = _as_runs(a)
+    runs_b = np.zeros_like(runs_a) if b is None else _as_runs(b)
+    if runs_a.shape != runs_b.shape:
+        raise ValueError(f"a and b must have the same shape, [seeds, examples]; got {runs_a.shape} and {runs_b.shape}")
+    paired = runs_a - runs_b
+    n_seeds, n_examples = paired.shape
+    generator = np.random.default_rng(seed)
+    seeds = generator.integers(0, n_seeds, (resamples, n_seeds)) if n_seeds > 1 else np.zeros((resamples, 1), int)
+    examples = generator.integers(0, n_examples, (resamples, n_examples))
+    means = np.array([paired[seeds[r]][:, examples[r]].mean() for r in range(resamples)])
+    tail = (1 - level) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    return Interval(float(paired.mean()), float(low), float(high), level)
+
+
+def verdict(interval: Interval, threshold: float = 0.0) -> str:
+    """A claim that the difference exceeds ``threshold``: *holds* when the whole interval lies above it, *does not
+    hold* when the whole interval lies below it, *within noise* when the interval straddles it.
+
+    >>> [verdict(Interval(0.05, low, high)) for low, high in ((0.02, 0.08), (-0.08, -0.02), (-0.02, 0.04))]
+    ['holds', 'does not hold', 'within noise']
+    """
+    if interval.low > threshold:
+        return "holds"
+    if interval.high < threshold:
+        return "does not hold"
+    return "within noise"
+
+
+# --- did training finish? ------------------------------------------------------------------------------------------
+
+def still_improving(curve: Sequence[float], tolerance: float = 0.005) -> bool:
+    """True when the last epoch beat every earlier one by more than ``tolerance``: the run stopped while rising.
+
+    >>> still_improving([0.60, 0.85, 0.94]), still_improving([0.605, 0.855, 0.945, 0.945]), still_improving([0.7])
+    (True, False, True)
+    """
+    curve = [float(v) for v in curve]
+    if not curve:
+        raise ValueError("curve is empty: pass the validation metric after each epoch")
+    return len(curve) == 1 or curve[-1] > max(curve[:-1]) + tolerance
+
+
+def curve_shape(curve: Sequence[float], tolerance: float = 0.005) -> str:
+    """One of ``"still rising"``, ``"plateau"`` (the last epoch within ``tolerance`` of the best) or ``"fell back"``
+    (the best epoch came earlier and the last one is more than ``tolerance`` below it).
+
+    >>> [curve_shape(c) for c in ([0.6, 0.8, 0.9], [0.6, 0.9, 0.9], [0.6, 0.95, 0.9])]
+    ['still rising', 'plateau', 'fell back']
+    """
+    if still_improving(curve, tolerance):
+        return "still rising"
+    return "fell back" if max(curve) - curve[-1] > tolerance else "plateau"
+
+
+def describe_curves(curves: dict[str, Sequence[float]], tolerance: float = 0.005) -> str:
+    """A sentence on which runs were still rising when they stopped, for a notebook's prose.
+
+    >>> describe_curves({"a": [0.5, 0.9], "b": [0.9, 0.9]})
+    'Still rising at the last epoch (more epochs would likely help): a. Flat or past their best: b.'
+    """
+    rising = [name for name, curve in curves.items() if still_improving(curve, tolerance)]
+    settled = [name for name in curves if name not in rising]
+    parts = []
+    if rising:
+        parts.append(f"Still rising at the last epoch (more epochs would likely help): {', '.join(rising)}.")
+    if settled:
+        parts.append(f"Flat or past their best: {', '.join(settled)}.")
+    return " ".join(parts)
+
+
+def combine_verdicts(words: Sequence[str]) -> str:
+    """One verdict for a claim made of several comparisons (each must hold): *does not hold* if any does not,
+    *holds* if all do, *within noise* otherwise.
+
+    >>> [combine_verdicts(words) for words in (["holds", "within noise"], ["holds", "holds"], ["does not hold"])]
+    ['within noise', 'holds', 'does not hold']
+    """
+    if "does not hold" in words:
+        return "does not hold"
+    return "holds" if all(word == "holds" for word in words) else "within noise"
+
+
+def likely_reason(word: str, curves: dict[str, Sequence[float]], otherwise: str, tolerance: float = 0.005) -> str:
+    """After a verdict that is not *holds*: the likely reason, computed where it can be. A run still rising at its
+    last epoch comes first (the comparison is not settled); else ``otherwise``, the notebook's reason for its task.
+
+    >>> likely_reason("within noise", {"top 3": [0.7, 0.8]}, "the test set is small")
+    'likely reason: top 3 still rising at the last epoch'
+    >>> likely_reason("holds", {}, "anything")
+    ''
+    """
+    if word not in VERDICTS:
+        raise ValueError(f"word must be one of {VERDICTS}; got {word!r}")
+    if word == "holds":
+        return ""
+    rising = [name for name, curve in curves.items() if still_improving(curve, tolerance)]
+    if rising:
+        return f"likely reason: {', '.join(rising)} still rising at the last epoch"
+    return f"likely reason: {otherwise}"
+
+
+# --- a fair learning rate ------------------------------------------------------------------------------------------
+
+def choose_learning_rate(run: Callable[[float], dict], grid: Sequence[float], score: str = "best_accuracy"):
+    """Run ``run(rate)`` for every rate of ``grid`` and keep the one whose result scores highest on ``score`` (a key
+    of the result: validation accuracy of the method's own task, never the test set). Ties go to the earlier rate.
+
+    Returns ``(rate, result, scores)``, ``scores`` mapping each rate to its validation score.
+
+    >>> choose_learning_rate(lambda lr: {"best_accuracy": 1 - abs(lr - 3e-4)}, [1e-4, 3e-4])[0]
+    0.0003
+    """
+    if not grid:
+        raise ValueError("grid must hold at least one learning rate")
+    best, scores = None, {}
+    for rate in grid:
+        result = run(rate)
+        scores[rate] = float(result[score])
+        if best is None or scores[rate] > scores[best[0]]:
+            best = (rate, result)
+    return best[0], best[1], scores

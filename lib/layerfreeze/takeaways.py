@@ -1,0 +1,220 @@
+"""The course's closing page, computed from every notebook's metrics (``build/results/*.json``): the verdicts of all
+runs in one table, a decision guide (freeze which layers, LoRA, full fine-tuning, continued pre-training), and a
+production checklist of the signals that show freezing helping or hurting. Each row cites this run's own numbers;
+a notebook that did not run leaves its rows saying so, never a number made up.
+
+>>> guide = decision_guide({})
+>>> list(guide.columns), bool(guide["this course's evidence"].str.startswith("not measured").all())
+(['when', 'choose', "this course's evidence"], True)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+TAKEAWAYS = "07_takeaways"
+NOTEBOOKS = {"01": "01_parameter_inspection", "02": "02_freezing_early_vs_late", "03": "03_gradual_unfreezing",
+             "04": "04_catastrophic_forgetting"}
+
+
+def load_results(results_dir: str | Path) -> dict[str, dict]:
+    """Every notebook's metrics in ``results_dir``, by notebook stem (``course_timing.json`` and this page's own
+    earlier metrics left out)."""
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise ValueError(f"results_dir {str(results_dir)!r} is not a folder: run `make course` first, or pass the "
+                         "output_dir the notebooks wrote to")
+    return {path.stem: json.loads(path.read_text()) for path in sorted(results_dir.glob("[0-9][0-9]_*.json"))
+            if path.stem != TAKEAWAYS}
+
+
+def _missing(notebook: str) -> str:
+    return f"not measured: notebook {notebook} has no results in this run"
+
+
+def _accuracies(results: dict) -> dict[str, dict] | None:
+    run = results.get(NOTEBOOKS["02"])
+    return None if run is None else {row["name"]: row for row in run["strategies"]}
+
+
+def _forgetting(results: dict) -> dict[str, dict] | None:
+    run = results.get(NOTEBOOKS["04"])
+    return None if run is None else {row["strategy"]: row for row in run["summary"]}
+
+
+def _points(row: dict, measure: str) -> str:
+    return (f"{row[measure] * 100:.1f} points (95% CI {row[measure + '_low'] * 100:.1f} to "
+            f"{row[measure + '_high'] * 100:.1f})")
+
+
+def _verdict(results: dict, notebook: str, text: str) -> str:
+    """The verdict word of the first finding of ``notebook`` whose text contains ``text``, else 'not run'."""
+    for row in verdict_table(results).to_dict(orient="records"):
+        if row["notebook"] == notebook and text in row["finding"]:
+            return row["verdict"]
+    return "not run"
+
+
+def verdict_table(results: dict) -> pd.DataFrame:
+    """Every verdict the notebooks computed, with its likely reason where it does not hold.
+
+    >>> verdict_table({"03_gradual_unfreezing": {"verdicts": [{"ULMFiT finding": "Last underfits",
+    ...     "verdict": "holds", "likely reason": ""}]}}).iloc[0].to_dict()
+    {'notebook': '03', 'finding': 'Last underfits', 'verdict': 'holds', 'likely reason': ''}
+    """
+    rows = []
+    for stem, metrics in results.items():
+        verdicts = metrics.get("verdicts", []) + [{"finding": f"{a['source']}: {a['claim']}", "verdict": a["verdict"],
+                                "likely reason": a.get("likely reason", "")}
+                               for a in metrics.get("anchors", []) if a.get("verdict") in ("holds", "does not hold",
+                                                                                           "within noise")]
+        for row in verdicts:
+            finding = row.get("finding", row.get("ULMFiT finding", ""))
+            rows.append({"notebook": stem[:2], "finding": finding, "verdict": row.get("verdict", ""),
+                         "likely reason": row.get("likely reason", "")})
+    return pd.DataFrame(rows, columns=["notebook", "finding", "verdict", "likely reason"])
+
+
+def _guide_freeze(results: dict) -> str:
+    acc = _accuracies(results)
+    if acc is None:
+        return _missing("02")
+    top = max((name for name in acc if name.startswith("top ")), key=lambda n: int(n.split()[1]))
+    share = acc[top]["test_accuracy"] / acc["all"]["test_accuracy"]
+    return (f"02: head only {acc['head only']['test_accuracy']:.1%}, {top} {acc[top]['test_accuracy']:.1%} "
+            f"({share:.0%} of full's {acc['all']['test_accuracy']:.1%}) with {acc[top]['percent_trainable']:.0f}% of "
+            f"the parameters trainable and {acc[top]['estimated_memory_mib']:.0f} MiB estimated against "
+            f"{acc['all']['estimated_memory_mib']:.0f} MiB; 'full beats the probe': "
+            f"{_verdict(results, '02', 'full beats head only')}")
+
+
+def _guide_full(results: dict) -> str:
+    acc, forgot = _accuracies(results), _forgetting(results)
+    parts = []
+    if acc is not None:
+        best = max((n for n in acc if n != "from scratch"), key=lambda n: acc[n]["test_accuracy"])
+        parts.append(f"02: best strategy {best} ({acc[best]['test_accuracy']:.1%})")
+    if forgot is not None and "full" in forgot:
+        parts.append(f"04: full fine-tuning learned {_points(forgot['full'], 'learning')} on task B and forgot "
+                     f"{_points(forgot['full'], 'forgetting')} of task A")
+    return "; ".join(parts) or _missing("02 or 04")
+
+
+def _guide_keep_old_task(results: dict) -> str:
+    forgot = _forgetting(results)
+    if forgot is None:
+        return _missing("04")
+    order = sorted(forgot, key=lambda n: forgot[n]["forgetting"])
+    return ("04, forgetting of task A, least first: "
+            + "; ".join(f"{n} {_points(forgot[n], 'forgetting')}" for n in order)
+            + f"; 'more frozen layers, less forgetting': {_verdict(results, '04', 'more frozen layers')}")
+
+
+def _guide_lora(results: dict) -> str:
+    forgot = _forgetting(results)
+    if forgot is None or "LoRA" not in forgot:
+        return _missing("04")
+    lora, full = forgot["LoRA"], forgot.get("full", {})
+    return (f"04: LoRA trained {lora['trainable_params']:,} parameters against full's "
+            f"{full.get('trainable_params', float('nan')):,}; learned {_points(lora, 'learning')}, forgot "
+            f"{_points(lora, 'forgetting')}; 'LoRA learns less': {_verdict(results, '04', 'LoRA learns less')}, "
+            f"'LoRA forgets less': {_verdict(results, '04', 'LoRA forgets less')}")
+
+
+def _guide_continued_pretraining(results: dict) -> str:
+    decoder = results.get(NOTEBOOKS["04"], {}).get("decoder", {})
+    if not decoder or decoder.get("skipped", True) or not decoder.get("rows"):
+        return ("not measured in this run: notebook 04's decoder section needs a real pretrained decoder and was "
+                "skipped; the course's tasks are close to the pretraining text, where continued pre-training has "
+                "little to add")
+    rises = ", ".join(f"{r['preset']} {r['general_rise']:.2f}x" for r in decoder["rows"])
+    return f"04: perplexity on general text after domain training rose {rises} ({decoder['model']})"
+
+
+def decision_guide(results: dict) -> pd.DataFrame:
+    """When to freeze which layers, when LoRA, when full fine-tuning, when continued pre-training; each row with
+    the evidence of this run."""
+    rows = [
+        ("memory or compute is tight, and the pretrained features nearly fit the task",
+         "freeze the embeddings and the lower blocks; train the top blocks and the head (cache the frozen prefix)",
+         _guide_freeze(results)),
+        ("the new task's accuracy is what counts, and the model's other abilities do not",
+         "full fine-tuning, its rate chosen on validation data", _guide_full(results)),
+        ("one shared model must keep an earlier task or general ability",
+         "freeze the bottom blocks or use LoRA, and measure forgetting on a held-out general task",
+         _guide_keep_old_task(results)),
+        ("many tasks on one base model, or adapters to store and swap",
+         "LoRA, rank 8-16, alpha = 2 x rank, on attention and MLP projections", _guide_lora(results)),
+        ("the text is far from the pretraining data, and unlabelled domain text is plentiful",
+         "continued pre-training on the domain text first, then one of the above",
+         _guide_continued_pretraining(results)),
+    ]
+    return pd.DataFrame(rows, columns=["when", "choose", "this course's evidence"])
+
+
+def _check_head_plateau(results: dict) -> str:
+    acc = _accuracies(results)
+    if acc is None:
+        return _missing("02")
+    head, full = (acc[n]["epochs"][-1]["eval_accuracy"] for n in ("head only", "all"))
+    rising = "head only" in results[NOTEBOOKS["02"]].get("still_rising", [])
+    return (f"02: head only ended at {head:.1%} validation accuracy "
+            f"({'still rising' if rising else 'flat'}), full fine-tuning at {full:.1%}")
+
+
+def _check_still_rising(results: dict) -> str:
+    parts = [f"{stem[:2]}: {', '.join(metrics['still_rising'])}" for stem, metrics in results.items()
+             if metrics.get("still_rising")]
+    measured = [stem for stem, metrics in results.items() if "still_rising" in metrics]
+    if not measured:
+        return _missing("02 or 03")
+    return "still rising at the last epoch: " + ("; ".join(parts) if parts else "none")
+
+
+def _check_forgetting(results: dict) -> str:
+    forgot = _forgetting(results)
+    if forgot is None or "full" not in forgot:
+        return _missing("04")
+    return f"04: full fine-tuning on task B cost task A {_points(forgot['full'], 'forgetting')}"
+
+
+def _check_drift(results: dict) -> str:
+    cka = results.get(NOTEBOOKS["04"], {}).get("cka", {})
+    if "full" not in cka:
+        return _missing("04")
+    layer, value = min(cka["full"].items(), key=lambda item: item[1])
+    return f"04: under full fine-tuning, task B moved {layer} most (CKA {value:.2f} against the model after A)"
+
+
+def _check_lesson(results: dict, lesson: str, sentence: str) -> str:
+    lessons = results.get(NOTEBOOKS["01"], {}).get("requires_grad_lessons")
+    if lessons is None:
+        return _missing("01")
+    return f"01: {sentence}: {'yes' if lessons.get(lesson) else 'no'}"
+
+
+def checklist(results: dict) -> pd.DataFrame:
+    """The signals that show freezing helping or hurting in production, each with what this run showed."""
+    rows = [
+        ("a head-only (linear probe) plateau well below the full model",
+         "frozen features do not separate the task: unfreeze the top blocks", _check_head_plateau(results)),
+        ("a validation curve still rising when training stopped",
+         "the comparison is not settled: train longer before choosing", _check_still_rising(results)),
+        ("training loss falling while validation stalls (a growing train/validation gap)",
+         "overfitting: freeze more, or stop early", "fit's history holds the training and validation loss of every "
+         "epoch (lf.fit(...).frame())"),
+        ("accuracy on a held-out general task drops after fine-tuning",
+         "forgetting: freeze more layers, use LoRA, or mix in old data", _check_forgetting(results)),
+        ("representation drift (CKA against the model before this fine-tuning) in the lower layers",
+         "the fine-tuning rewrites general features, not just the top", _check_drift(results)),
+        ("AdamW state, or a stale gradient, on a parameter that is now frozen",
+         "a frozen weight can still move (weight decay, momentum): rebuild the optimizer, zero with set_to_none",
+         _check_lesson(results, "stale_grad_moved_weight", "a frozen weight moved through a stale gradient")),
+        ("frozen layers left in train mode",
+         "dropout and BatchNorm still change them: keep frozen groups in eval mode",
+         _check_lesson(results, "dropout_differs", "frozen embeddings in train mode gave two different outputs")),
+    ]
+    return pd.DataFrame(rows, columns=["signal", "what it means", "this course's run"])

@@ -1,0 +1,83 @@
+"""Intervals, verdicts, plateau checks and the learning-rate grid: the evidence behind every sentence of the course."""
+
+import numpy as np
+import pytest
+import torch
+
+from layerfreeze import tiny_model
+from layerfreeze.evidence import (Interval, choose_learning_rate, combine_verdicts, correct_per_example, curve_shape,
+                                  difference_interval, likely_reason, still_improving, verdict)
+from layerfreeze.training import evaluate
+
+
+def test_correct_per_example_averages_to_evaluate_accuracy():
+    data = (torch.randint(5, 99, (40, 6)), torch.ones(40, 6, dtype=torch.long), torch.randint(0, 2, (40,)))
+    model = tiny_model("bert").train()
+    hits = correct_per_example(model, data, batch_size=16)
+    assert hits.shape == (40,) and set(np.unique(hits)) <= {0.0, 1.0}
+    assert hits.mean() == pytest.approx(evaluate(model, data)["accuracy"])
+    assert model.training  # its mode is restored
+
+
+def test_a_clear_difference_holds_and_its_reverse_does_not():
+    rng = np.random.default_rng(0)
+    better, worse = (rng.random(500) < 0.9).astype(float), (rng.random(500) < 0.6).astype(float)
+    interval = difference_interval(better, worse)
+    assert interval.low < interval.estimate < interval.high
+    assert verdict(interval) == "holds" and verdict(difference_interval(worse, better)) == "does not hold"
+    assert verdict(interval, threshold=0.5) == "does not hold"  # 30 points is not 50
+
+
+def test_a_small_difference_on_few_examples_is_within_noise():
+    a = np.r_[np.ones(52), np.zeros(48)]
+    b = np.r_[np.ones(50), np.zeros(50)]
+    assert verdict(difference_interval(a, b)) == "within noise"
+
+
+def test_more_examples_narrow_the_interval_and_seeds_add_their_spread():
+    rng = np.random.default_rng(1)
+    small = difference_interval((rng.random(100) < 0.8).astype(float))
+    large = difference_interval((rng.random(2000) < 0.8).astype(float))
+    assert large.high - large.low < small.high - small.low
+    steady = np.tile((rng.random(300) < 0.8).astype(float), (3, 1))
+    shaky = steady.copy()
+    shaky[1, :60], shaky[2, :60] = 0.0, 1.0  # the seeds disagree
+    assert difference_interval(shaky).high - difference_interval(shaky).low > \
+        difference_interval(steady).high - difference_interval(steady).low
+
+
+@pytest.mark.parametrize("bad, message", [(([[1, 0]], [[1, 1, 0]]), "same shape"), (([],), "at least one example")])
+def test_bad_input_names_what_is_wrong(bad, message):
+    with pytest.raises(ValueError, match=message):
+        difference_interval(*bad)
+
+
+def test_verdicts_combine_and_explain():
+    assert combine_verdicts(["holds", "holds"]) == "holds"
+    assert combine_verdicts(["holds", "does not hold"]) == "does not hold"
+    assert likely_reason("does not hold", {"a": [0.5, 0.5]}, "the data") == "likely reason: the data"
+    with pytest.raises(ValueError, match="must be one of"):
+        likely_reason("maybe", {}, "")
+    assert Interval(0.1, 0.05, 0.15).points() == "+10.0 points (95% CI +5.0 to +15.0)"
+
+
+def test_curve_shapes():
+    assert still_improving([0.5, 0.6, 0.7]) and not still_improving([0.5, 0.7, 0.702])
+    assert curve_shape([0.605, 0.855, 0.945, 0.945]) == "plateau"  # not "peaked and fell back"
+    assert curve_shape([0.6, 0.95, 0.90]) == "fell back"
+    with pytest.raises(ValueError, match="empty"):
+        still_improving([])
+
+
+def test_the_learning_rate_is_chosen_on_the_score_alone():
+    seen = []
+
+    def run(rate):
+        seen.append(rate)
+        return {"best_accuracy": {1e-4: 0.8, 3e-4: 0.9, 1e-3: 0.7}[rate], "test_accuracy": 1 - rate}
+
+    rate, result, scores = choose_learning_rate(run, [1e-4, 3e-4, 1e-3])
+    assert seen == [1e-4, 3e-4, 1e-3] and rate == 3e-4 and result["best_accuracy"] == 0.9
+    assert scores == {1e-4: 0.8, 3e-4: 0.9, 1e-3: 0.7}
+    with pytest.raises(ValueError, match="at least one"):
+        choose_learning_rate(run, [])
