@@ -1,17 +1,19 @@
 """The lessons the notebooks state, checked on a course run's metrics (``build/results/*.json``).
 
 Marked ``course_claims``: it runs only where ``make course`` has produced results, and is skipped elsewhere, CI
-included. Run it after a course run with ``pytest -m course_claims``. The first group holds on any real run (``cpu``
+included. Run it after a course run with ``pytest -m course_claims``; on a GPU run's results (``build-gpu/results``
+after ``python -m layerfreeze gpu-import``) with ``LAYERFREEZE_RESULTS=build-gpu/results pytest -m course_claims``. The first group holds on any real run (``cpu``
 or ``full``): they follow from how the course measures, not from what the data happen to show. The second group is
 what the full profile's data are built to show.
 """
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
-RESULTS = Path(__file__).resolve().parents[1] / "build" / "results"
+RESULTS = Path(os.environ.get("LAYERFREEZE_RESULTS", Path(__file__).resolve().parents[1] / "build" / "results"))
 pytestmark = pytest.mark.course_claims
 
 
