@@ -10,6 +10,10 @@ The public API, by concept:
 * data: :func:`load_task`, :func:`encode`
 * training: :func:`fit`, :func:`evaluate`, :class:`History`
 * strategies: :class:`Strategy`, :func:`apply_preset`, :func:`run_strategy`
+* plans: :class:`Plan`, :func:`apply_plan`, :func:`factory_plan`, :func:`lisa`, :func:`adaptive_freezing`,
+  :func:`expand_blocks`
+* signals before training: :func:`probe_by_layer`, :func:`gradient_norms`, :func:`spectrum_snr` and the plans
+  they propose (:func:`plan_from_probe`, :func:`plan_from_gradients`, :func:`plan_from_snr`)
 * the course's notebook contract: :func:`resolve_profile`, :func:`save_metrics`, :func:`save_figure`
 """
 
@@ -27,6 +31,9 @@ from .plots import (label_points, plot_accuracy_vs, plot_epoch_curves, plot_meas
 from .strategies import PRESETS, Strategy, apply_preset, apply_strategy, fresh_copy, run_strategy
 from .schedules import (Schedule, chain_thaw, constant_schedule, discriminative_lrs, gradual_unfreezing,
                         layerwise_decay, lr_multiplier, spread_lrs)
+from .plans import AdaptiveFreezing, Plan, adaptive_freezing, apply_plan, expand_blocks, factory_plan, lisa
+from .signals import (gradient_norms, linear_probe, matrix_snr, plan_from_gradients, plan_from_probe, plan_from_snr,
+                      probe_by_layer, spectrum_snr)
 from .training import (History, enable_gradient_checkpointing, evaluate, fit, follow_schedule, make_optimizer,
                        parameter_groups)
 
@@ -49,4 +56,7 @@ __all__ = [
     "lr_multiplier", "spread_lrs",
     "History", "enable_gradient_checkpointing", "evaluate", "fit", "follow_schedule", "make_optimizer",
     "parameter_groups",
+    "AdaptiveFreezing", "Plan", "adaptive_freezing", "apply_plan", "expand_blocks", "factory_plan", "lisa",
+    "gradient_norms", "linear_probe", "matrix_snr", "plan_from_gradients", "plan_from_probe", "plan_from_snr",
+    "probe_by_layer", "spectrum_snr",
 ]

@@ -33,6 +33,7 @@ def _train(args) -> None:
     import layerfreeze as lf
     from .training import distributed_context
 
+    _check_plan_flags(args)
     rank, world_size = distributed_context()
     device = torch.device(f"cuda:{rank % torch.cuda.device_count()}") if torch.cuda.is_available() else \
         torch.device("cpu")
@@ -49,6 +50,10 @@ def _train(args) -> None:
         plan = lf.gradual_unfreezing(names, args.every, steps, rates, curve=args.curve)
     elif args.schedule == "chain-thaw":
         plan = lf.chain_thaw(names, args.every, steps, rates, curve=args.curve)
+    elif args.trainable_layers is not None:
+        from .plans import apply_plan, factory_plan
+        apply_plan(model, factory_plan(model, args.trainable_layers, args.trainable_modules, args.extra_modules))
+        plan = args.curve
     else:
         preset, _, k = args.plan.partition(":")
         lf.apply_preset(model, preset, int(k) if k else None)
@@ -72,6 +77,41 @@ def _train(args) -> None:
             Path(args.output).write_text(json.dumps(metrics, indent=2, default=str) + "\n")
     if world_size > 1:
         dist.destroy_process_group()
+
+
+def _nonzero_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a non-zero integer (positive: the last n blocks, "
+                                         "negative: the first n)")
+    return value
+
+
+def add_factory_plan_flags(train: argparse.ArgumentParser) -> None:
+    """LLaMA-Factory's freeze fine-tuning flags (``layerfreeze.plans.factory_plan``); they replace ``--plan``."""
+    group = train.add_argument_group("LLaMA-Factory-style plan (replaces --plan)")
+    group.add_argument("--trainable-layers", type=_nonzero_int, default=None,
+                       help="positive n: train the last n blocks; negative n: the first n")
+    group.add_argument("--trainable-modules", default="all",
+                       help="inside those blocks: all, attention, mlp, or comma-separated globs on parameter names "
+                            "inside a block (e.g. 'attention.*')")
+    group.add_argument("--extra-modules", nargs="*", default=[],
+                       help="more groups or parameter globs to train, e.g. embeddings '*LayerNorm*'")
+
+
+def _check_plan_flags(args) -> None:
+    """Refuse contradictory flags before any model or data loads."""
+    if args.trainable_layers is None:
+        if args.trainable_modules != "all" or args.extra_modules:
+            raise SystemExit("--trainable-modules and --extra-modules need --trainable-layers N (got "
+                             f"--trainable-modules {args.trainable_modules!r}, --extra-modules {args.extra_modules})")
+        return
+    if args.schedule != "none":
+        raise SystemExit(f"--trainable-layers {args.trainable_layers} is a fixed plan; it cannot be combined with "
+                         f"--schedule {args.schedule!r} (use --schedule none)")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -108,6 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     train.add_argument("--max-length", type=int, default=64)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--output", help="write the metrics JSON here (rank 0)")
+    add_factory_plan_flags(train)
     train.set_defaults(run=_train)
     args = parser.parse_args(argv)
     args.run(args)

@@ -18,7 +18,7 @@ import math
 import os
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 import pandas as pd
 import torch
@@ -311,6 +311,8 @@ def follow_schedule(model: nn.Module, schedule: Schedule, step: int, optimizer=N
     trainable = schedule.trainable_at(step)
     train_only(model, *trainable, groups=groups)
     _drop_stale_gradients(model)
+    if optimizer is not None and schedule.release_frozen_state:
+        _release_frozen(optimizer, trainable)
     if optimizer is not None:
         held = {id(p) for g in optimizer.param_groups for p in g["params"]}
         for group in parameter_groups(model, schedule.lrs, weight_decay, groups):
@@ -319,6 +321,27 @@ def follow_schedule(model: nn.Module, schedule: Schedule, step: int, optimizer=N
                 group["base_lr"] = group["lr"]
                 optimizer.add_param_group(group)
     return trainable
+
+
+def _release_frozen(optimizer, trainable: list[str]) -> None:
+    """Remove the parameter groups of layer groups that no longer train, and their state (moments), from the
+    optimizer: memory then holds state for the active groups only, as LISA needs."""
+    for group in [g for g in optimizer.param_groups if g["layer_group"] not in trainable]:
+        for param in group["params"]:
+            optimizer.state.pop(param, None)
+    optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["layer_group"] in trainable]
+
+
+def _start_cache(model, groups, prefix, inputs, evaluation, batch_size, device, precision, history):
+    """Compute the first ``prefix`` groups' outputs once; returns them and the context that swaps in stand-ins."""
+    start = time.perf_counter()
+    cached, returns_tuple = feature_cache.compute_prefix_outputs(model, groups, prefix, inputs, batch_size, device,
+                                                                 precision)
+    cached_eval = None if evaluation is None else feature_cache.compute_prefix_outputs(
+        model, groups, prefix, evaluation[:2], batch_size, device, precision)[0]
+    history.cache_seconds += time.perf_counter() - start
+    history.cached_groups = [g.name for g in groups[:prefix]]
+    return cached, cached_eval, feature_cache.prefix_replaced(model, groups, prefix, returns_tuple)
 
 
 def fit(model: nn.Module, train_data, eval_data=None, *, epochs: int = 3, lr: float | dict[str, float] = 5e-5,
@@ -391,21 +414,15 @@ def fit(model: nn.Module, train_data, eval_data=None, *, epochs: int = 3, lr: fl
     cached = cached_eval = None
     context = nullcontext(None)
     if prefix:
-        start = time.perf_counter()
-        cached, returns_tuple = feature_cache.compute_prefix_outputs(
-            model, groups, prefix, (input_ids, attention_mask), eval_batch_size, device, precision)
-        if evaluation is not None:
-            cached_eval, _ = feature_cache.compute_prefix_outputs(model, groups, prefix, evaluation[:2],
-                                                                  eval_batch_size, device, precision)
-        history.cache_seconds = time.perf_counter() - start
-        history.cached_groups = [g.name for g in groups[:prefix]]
-        context = feature_cache.prefix_replaced(model, groups, prefix, returns_tuple)
+        cached, cached_eval, context = _start_cache(model, groups, prefix, (input_ids, attention_mask), evaluation,
+                                                    eval_batch_size, device, precision, history)
 
     change_steps = set(plan.change_steps())
     step = 0
     active = set(plan.trainable_at(0))
     clipped = [p for g in optimizer.param_groups for p in g["params"]]  # clip_grad_norm_ skips missing grads
-    with context as stand_in, PeakMemory(device) as peak:
+    with ExitStack() as cache_scope, PeakMemory(device) as peak:
+        stand_in = cache_scope.enter_context(context)
         trained = _wrap(model, device, world_size)
         for epoch in range(1, epochs + 1):
             model.train()
@@ -421,6 +438,14 @@ def fit(model: nn.Module, train_data, eval_data=None, *, epochs: int = 3, lr: fl
                     history.phases.append((step, phase))
                     active = set(phase)
                     clipped = [p for g in optimizer.param_groups for p in g["params"]]
+                    if prefix and getattr(plan, "freezes_for_good", False) \
+                            and feature_cache.cacheable_prefix(model, groups) > prefix:
+                        cache_scope.close()  # the cache takes over the newly frozen prefix
+                        prefix = feature_cache.requested_prefix(model, groups, True)
+                        cached, cached_eval, context = _start_cache(model, groups, prefix, (input_ids, attention_mask),
+                                                                    evaluation, eval_batch_size, device, precision,
+                                                                    history)
+                        stand_in = cache_scope.enter_context(context)
                     trained = _wrap(model, device, world_size)
                 multiplier = plan.multiplier(step)
                 for group in optimizer.param_groups:
@@ -446,6 +471,8 @@ def fit(model: nn.Module, train_data, eval_data=None, *, epochs: int = 3, lr: fl
                 optimizer.zero_grad(set_to_none=True)
                 running_loss += loss.detach().float()
                 step += 1
+                if plan.observe(step, model, groups):
+                    change_steps.add(step)
                 if on_step_end is not None:
                     on_step_end(step, loss.detach())
                 bar.update()
