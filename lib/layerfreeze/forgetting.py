@@ -222,7 +222,7 @@ def prepare_for_b(model_b: nn.Module, strategy: ForgettingStrategy, steps: int):
         train_only(model_b, *names[1:], groups=groups, eval_frozen=True)
         return model_b, adaptive_freezing(names, steps, rates, trainable=names[1:], **strategy.options)
     elif strategy.kind == "expansion":  # sequential_run expanded the body; train only the new blocks
-        new = [g.name for g in groups if any(n.endswith("expansion_gate") for n in g.parameters)]
+        new = [g.name for g in groups if any(".expansion_gate." in n for n in g.parameters)]
         train_only(model_b, *new, "head", groups=groups, eval_frozen=True)
     else:
         return _lora(model_b, strategy), rates

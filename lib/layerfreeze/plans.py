@@ -227,10 +227,11 @@ def adaptive_freezing(groups: list[str], total_steps: int, lrs: float | dict[str
 # --- block expansion -------------------------------------------------------------------------------------------------
 
 def _gate_residual(block: nn.Module, args, kwargs, output):
-    """Mix a copied block's output with its input: ``x + gate * (block(x) - x)``, the identity while gate = 0."""
+    """A copied block's output: ``x + G(block(x) - x)``, with ``G`` a zero-initialised linear map: the identity
+    until ``G`` trains."""
     hidden = args[0] if args else kwargs["hidden_states"]
     new = output[0] if isinstance(output, tuple) else output
-    mixed = hidden + block.expansion_gate.to(new.dtype) * (new - hidden)
+    mixed = hidden + block.expansion_gate(new - hidden)
     return (mixed, *output[1:]) if isinstance(output, tuple) else mixed
 
 
@@ -240,8 +241,10 @@ def expand_blocks(model: nn.Module, every: int) -> list[str]:
     expanded model. Apply ``train_only(model, *new, "head")`` to train only them.
 
     LLaMA Pro zero-initialises the copy's output projections, which gives the identity only in a pre-norm block
-    (Llama); in a post-norm block (BERT) the final LayerNorm still acts. So each copy instead carries a scalar
-    ``expansion_gate``, zero at first, and outputs ``x + gate * (block(x) - x)``: the identity in every family.
+    (Llama); in a post-norm block (BERT) the final LayerNorm still acts. So each copy instead ends in its own
+    zero-initialised projection ``expansion_gate`` (hidden x hidden, no bias) on its residual branch and outputs
+    ``x + G(block(x) - x)``: the identity in every family, and, like LLaMA Pro's zeroed projections, a matrix that
+    starts to learn at the first step (a scalar gate would learn one number at the rate of one weight).
 
     >>> from layerfreeze import tiny_model
     >>> model = tiny_model("bert", num_layers=4)
@@ -258,7 +261,9 @@ def expand_blocks(model: nn.Module, every: int) -> list[str]:
         if (i + 1) % every == 0:
             twin = copy.deepcopy(block)
             weight = next(block.parameters())
-            twin.register_parameter("expansion_gate", nn.Parameter(torch.zeros(1, device=weight.device)))
+            twin.expansion_gate = nn.Linear(model.config.hidden_size, model.config.hidden_size, bias=False)
+            nn.init.zeros_(twin.expansion_gate.weight)
+            twin.expansion_gate.to(weight.device, weight.dtype)
             twin.register_forward_hook(_gate_residual, with_kwargs=True)
             new.append(len(expanded))
             expanded.append(twin)
