@@ -1,5 +1,7 @@
 """Plans: LLaMA-Factory's freeze plan, LISA, adaptive freezing and block expansion, alone and inside fit."""
 
+import json
+
 import pytest
 import torch
 
@@ -176,3 +178,13 @@ def test_block_expansion_trains_only_the_new_blocks(bert):
     assert any(".layer.2." in n for n in moved) and any("expansion_gate" in n for n in moved)
     assert not any(".layer.0." in n or ".layer.1." in n or ".layer.3." in n for n in moved)
     assert evaluate(bert, data)["accuracy"] >= 0.0
+
+
+def test_cli_trains_a_llama_factory_plan(tmp_path):
+    output = tmp_path / "metrics.json"
+    main(["train", "--model", "tiny:bert", "--task", "a", "--trainable-layers", "-1", "--trainable-modules",
+          "attention", "--epochs", "1", "--train-limit", "32", "--eval-limit", "16", "--output", str(output)])
+    metrics = json.loads(output.read_text())
+    block = 4 * 32 * 32 + 4 * 32 + 2 * 32  # q, k, v, o with biases, and attention's LayerNorm, in tiny:bert
+    head = 32 * 32 + 32 + 2 * 32 + 2  # pooler and classifier
+    assert metrics["trainable_params"] == block + head
