@@ -316,7 +316,7 @@ def sequential_run(pretrained: nn.Module, model_a: nn.Module, strategy: Forgetti
     estimates = [_estimate_mib(trained, data_b, batch_size)]
     start = time.perf_counter()
     history = fit(trained, data_b, eval_b, epochs=epochs, batch_size=batch_size, seed=seed, progress=progress,
-                  on_epoch_end=measure_a, cache_prefix=strategy.kind == "adaptive",
+                  on_epoch_end=measure_a, cache_prefix=strategy.kind == "adaptive" and _one_embedding_module(trained),
                   **({"lr": plan} if isinstance(plan, dict) else {"schedule": plan}))
     result.seconds = time.perf_counter() - start
     estimates.append(_estimate_mib(trained, data_b, batch_size))
@@ -329,6 +329,11 @@ def sequential_run(pretrained: nn.Module, model_a: nn.Module, strategy: Forgetti
     if probe is not None:
         result.cka, result.agreement = drift(pretrained, model_a, *probe)
     return result
+
+
+def _one_embedding_module(model: nn.Module) -> bool:
+    """Whether the feature cache can stand in for the embeddings (not GPT-2's ``wte`` + ``wpe``)."""
+    return not hasattr(model, "get_base_model") and len(layer_groups(model)[0].modules) == 1
 
 
 def _estimate_mib(model: nn.Module, data, batch_size: int) -> float:
