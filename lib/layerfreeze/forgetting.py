@@ -233,8 +233,10 @@ def _lora(model_b: nn.Module, strategy: ForgettingStrategy) -> nn.Module:
     """LoRA adapters on the attention projections of the shared blocks, via ``peft``; the head trains fully."""
     from peft import LoraConfig, get_peft_model
 
+    from transformers.pytorch_utils import Conv1D  # GPT-2's projections
+
     targets = sorted({name.rsplit(".", 1)[-1] for name, m in model_b.named_modules()
-                      if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] in ATTENTION_PROJECTIONS})
+                      if isinstance(m, (nn.Linear, Conv1D)) and name.rsplit(".", 1)[-1] in ATTENTION_PROJECTIONS})
     head = [name for name, module in layer_groups(model_b)[-1].modules.items()
             if next(module.parameters(), None) is not None]  # pooler, classifier; not dropout
     config = LoraConfig(r=strategy.rank, lora_alpha=2 * strategy.rank, lora_dropout=0.0, target_modules=targets,
