@@ -356,7 +356,10 @@ def fit(model: nn.Module, train_data, eval_data=None, *, epochs: int = 3, lr: fl
     ``schedule`` is a learning-rate curve (``"linear"``, ``"cosine"``, ``"constant"``, ``"stlr"``,
     ``"one-cycle"``) for the current trainable set, with ``warmup`` a fraction of all steps (float < 1) or a
     number of steps; or a :class:`~layerfreeze.schedules.Schedule`, which then decides what trains and at what
-    rate at every step (``lr`` and ``warmup`` are ignored). ``cache_prefix=True`` computes the frozen prefix's
+    rate at every step (``lr`` and ``warmup`` are ignored); a schedule with ``release_frozen_state`` (LISA) drops
+    the optimizer state of groups that stop training, and one that decides as it goes
+    (:class:`~layerfreeze.plans.AdaptiveFreezing`) is asked after every step through its ``observe``; the cache
+    then takes over a prefix it freezes for good. ``cache_prefix=True`` computes the frozen prefix's
     output once (:mod:`layerfreeze.cache`), ``cache_prefix=k`` caches exactly the first ``k`` groups; either
     refuses, with the reason, where caching would change the result. ``on_epoch_end(epoch)`` runs after each
     epoch's evaluation; a dict it returns joins that epoch's row in the history. ``on_step_end(step, loss)`` runs
