@@ -1,9 +1,10 @@
 import pytest
 import torch
 
-from layerfreeze import layer_groups, tiny_model
+from layerfreeze import evaluate, layer_groups, tiny_model
 from layerfreeze.forgetting import (ForgettingStrategy, backward_transfer, cka_by_layer, embedding_agreement,
                                     forgetting, learning, linear_cka, sequential_run, train_task_a, with_new_head)
+from layerfreeze.plans import Plan
 from tests.test_training import toy_task
 
 
@@ -126,3 +127,34 @@ def test_decoder_forgetting_code_path():
                                 lr=3e-3, progress=False)
     assert result["after"]["domain"] < result["before"]["domain"]  # it learned the domain
     assert result["general_rise"] == pytest.approx(result["after"]["general"] / result["before"]["general"])
+
+
+@pytest.mark.parametrize("strategy", [
+    ForgettingStrategy("plan", "plan", plan=Plan("top block", ["block.2", "head"])),
+    ForgettingStrategy("lisa", "lisa", options=dict(gamma=1, every=2)),
+    ForgettingStrategy("adaptive", "adaptive", options=dict(interval=2, window=1, threshold=100.0)),
+    ForgettingStrategy("expansion", "expansion", options=dict(every=3)),
+], ids=lambda s: s.name)
+def test_sequential_protocol_runs_the_llm_methods(strategy):
+    pretrained = tiny_model("bert", num_layers=3)
+    a_train, a_eval = toy_task(64, seed=1), toy_task(32, seed=2)
+    b_ids, b_mask, _ = toy_task(64, seed=3)
+    b_train = (b_ids, b_mask, (b_ids[:, 0] % 3))
+    model_a = train_task_a(pretrained, a_train, a_eval, epochs=1, batch_size=16, progress=False)
+    result = sequential_run(pretrained, model_a, strategy, b_train, a_eval, b_train, 3, epochs=2, batch_size=16,
+                            progress=False)
+    assert len(result.b_during_b) == 2 and result.step_seconds > 0 and result.estimated_memory_mib > 0
+    # the run starts from model A's accuracy on A (an expanded body computes model A's function at first)
+    assert result.a_after_a == evaluate(model_a, a_eval)["accuracy"]
+    if strategy.kind == "adaptive":  # it froze the lowest blocks, and the cache took them over
+        assert len(result.phases) > 1
+    if strategy.kind == "lisa":
+        assert len(result.phases) == 4
+
+
+def test_lora_adapts_gpt2s_conv1d_projections():
+    model = tiny_model("gpt2", num_layers=2)
+    data = toy_task(32)
+    result = sequential_run(model, model, ForgettingStrategy("lora", "lora", rank=2), data, data, data, 2, epochs=1,
+                            batch_size=16, progress=False)
+    assert 0 < result.trainable_params < sum(p.numel() for p in model.parameters()) / 10

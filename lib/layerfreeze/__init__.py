@@ -12,6 +12,10 @@ The public API, by concept:
 * training: :func:`fit`, :func:`evaluate`, :class:`History`
 * strategies: :class:`Strategy`, :func:`apply_preset`, :func:`run_strategy`
 * timing: :class:`StepTimer`, :func:`interleave`, :class:`Spread`, :func:`profile_groups`, :func:`ideal_step_seconds`
+* plans: :class:`Plan`, :func:`apply_plan`, :func:`factory_plan`, :func:`lisa`, :func:`adaptive_freezing`,
+  :func:`expand_blocks`
+* signals before training: :func:`probe_by_layer`, :func:`gradient_norms`, :func:`spectrum_snr` and the plans
+  they propose (:func:`plan_from_probe`, :func:`plan_from_gradients`, :func:`plan_from_snr`)
 * the course's notebook contract: :func:`resolve_profile`, :func:`save_metrics`, :func:`save_figure`
 * evidence: :func:`difference_interval`, :func:`verdict`, :func:`likely_reason`, :func:`still_improving`,
   :func:`choose_learning_rate`
@@ -41,6 +45,9 @@ from .schedules import (Schedule, chain_thaw, constant_schedule, discriminative_
                         layerwise_decay, lr_multiplier, spread_lrs)
 from .timing import (GroupCosts, Interleaved, Spread, StepTimer, ideal_cache_speedup, ideal_step_seconds, interleave,
                      profile_groups, steady_step_seconds)
+from .plans import AdaptiveFreezing, Plan, adaptive_freezing, apply_plan, expand_blocks, factory_plan, lisa
+from .signals import (gradient_norms, linear_probe, matrix_snr, plan_from_gradients, plan_from_probe, plan_from_snr,
+                      probe_by_layer, spectrum_snr)
 from .training import (History, enable_gradient_checkpointing, evaluate, fit, follow_schedule, make_optimizer,
                        parameter_groups)
 
@@ -70,4 +77,7 @@ __all__ = [
     "steady_step_seconds",
     "History", "enable_gradient_checkpointing", "evaluate", "fit", "follow_schedule", "make_optimizer",
     "parameter_groups",
+    "AdaptiveFreezing", "Plan", "adaptive_freezing", "apply_plan", "expand_blocks", "factory_plan", "lisa",
+    "gradient_norms", "linear_probe", "matrix_snr", "plan_from_gradients", "plan_from_probe", "plan_from_snr",
+    "probe_by_layer", "spectrum_snr",
 ]

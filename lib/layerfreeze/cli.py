@@ -57,6 +57,8 @@ positive_int = _number(int, "a whole number of at least 1", lambda v: v >= 1)
 natural_int = _number(int, "a whole number of at least 0", lambda v: v >= 0)
 positive_float = _number(float, "a finite number above 0", lambda v: math.isfinite(v) and v > 0)
 factor = _number(float, "0 (one rate) or a finite number above 0", lambda v: math.isfinite(v) and v >= 0)
+nonzero_int = _number(int, "a whole number other than 0 (positive: the last n blocks; negative: the first n)",
+                      lambda v: v != 0)
 
 
 def plan(text: str) -> tuple[str, int | None]:
@@ -206,7 +208,31 @@ def add_train_parser(commands) -> None:
     train.add_argument("--max-length", type=positive_int, default=64, help="tokens per text, at most")
     train.add_argument("--seed", type=natural_int, default=0, help="seeds the data order and the new head")
     train.add_argument("--output", type=output_file, help="write the metrics JSON here (rank 0)")
+    add_factory_plan_flags(train)
     train.set_defaults(run=_train)
+
+
+def add_factory_plan_flags(train: argparse.ArgumentParser) -> None:
+    """LLaMA-Factory's freeze fine-tuning flags (:func:`layerfreeze.plans.factory_plan`); they replace ``--plan``."""
+    group = train.add_argument_group("LLaMA-Factory-style plan (replaces --plan)")
+    group.add_argument("--trainable-layers", type=nonzero_int, default=None,
+                       help="positive n: train the last n blocks; negative n: the first n")
+    group.add_argument("--trainable-modules", default="all",
+                       help="inside those blocks: all, attention, mlp, or comma-separated globs on parameter names "
+                            "inside a block (e.g. 'attention.*')")
+    group.add_argument("--extra-modules", nargs="*", default=[],
+                       help="more groups or parameter globs to train, e.g. embeddings '*LayerNorm*'")
+
+
+def _check_plan_flags(args) -> None:
+    """Refuse contradictory flags before any model or data loads."""
+    if args.trainable_layers is None:
+        if args.trainable_modules != "all" or args.extra_modules:
+            raise ValueError("--trainable-modules and --extra-modules need --trainable-layers N (got "
+                             f"--trainable-modules {args.trainable_modules!r}, --extra-modules {args.extra_modules})")
+    elif args.schedule != "none":
+        raise ValueError(f"--trainable-layers {args.trainable_layers} is a fixed plan; it cannot be combined with "
+                         f"--schedule {args.schedule!r} (use --schedule none)")
 
 
 def _train(args) -> None:
@@ -215,9 +241,10 @@ def _train(args) -> None:
 
     import layerfreeze as lf
     from .models import check_model_arguments
-    from .training import distributed_context
+    from .training import batches_per_epoch, distributed_context
 
     check_model_arguments(args.model)  # before the data loads
+    _check_plan_flags(args)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
     rank, world_size = distributed_context()
@@ -231,11 +258,15 @@ def _train(args) -> None:
     validation = lf.encode(splits["validation"], tokenizer, args.max_length)
     names = [g.name for g in lf.layer_groups(model)]
     rates = (lf.discriminative_lrs(names, args.lr, args.discriminative) if args.discriminative else args.lr)
-    steps = args.epochs * -(-(-(-len(train) // world_size)) // args.batch_size)
+    steps = args.epochs * batches_per_epoch(len(train), args.batch_size, world_size)
     if args.schedule == "gradual":
         schedule = lf.gradual_unfreezing(names, args.every, steps, rates, curve=args.curve)
     elif args.schedule == "chain-thaw":
         schedule = lf.chain_thaw(names, args.every, steps, rates, curve=args.curve)
+    elif args.trainable_layers is not None:
+        from .plans import apply_plan, factory_plan
+        apply_plan(model, factory_plan(model, args.trainable_layers, args.trainable_modules, args.extra_modules))
+        schedule = args.curve
     else:
         lf.apply_preset(model, *args.plan)
         schedule = args.curve

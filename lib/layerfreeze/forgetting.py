@@ -26,10 +26,12 @@ import torch
 from torch import nn
 
 from .evidence import Interval, correct_per_example, difference_interval
-from .freezing import freeze
+from .freezing import freeze, train_only
 from .layers import layer_groups, replace_module
+from .memory import estimate_memory
+from .plans import Plan, adaptive_freezing, apply_plan, expand_blocks, lisa
 from .strategies import apply_preset
-from .training import _tensors, evaluate, fit
+from .training import _tensors, evaluate, fit, follow_schedule
 
 # --- metrics on an accuracy matrix ---------------------------------------------------------------------------------
 
@@ -167,13 +169,16 @@ def with_new_head(model_a: nn.Module, num_labels: int, seed: int = 0) -> nn.Modu
 
 # --- strategies for task B -----------------------------------------------------------------------------------------
 
-FORGETTING_KINDS = ("full", "freeze-bottom", "head", "bitfit", "gradual", "lora")
+FORGETTING_KINDS = ("full", "freeze-bottom", "head", "bitfit", "gradual", "lora", "plan", "lisa", "adaptive",
+                    "expansion")
 
 
 @dataclass
 class ForgettingStrategy:
     """How task B trains: ``kind`` in :data:`FORGETTING_KINDS`; ``k`` bottom blocks for ``freeze-bottom``;
-    ``rank`` for LoRA (conventionally 8 to 16, with alpha = 2 x rank)."""
+    ``rank`` for LoRA (conventionally 8 to 16, with alpha = 2 x rank); ``plan`` (a :class:`~layerfreeze.plans.Plan`)
+    for ``plan``; ``options`` for ``lisa`` (gamma, every, seed), ``adaptive`` (interval, window, threshold) and
+    ``expansion`` (every)."""
 
     name: str
     kind: str
@@ -181,6 +186,8 @@ class ForgettingStrategy:
     rank: int = 8
     lr: float = 1e-4
     head_lr: float = 1e-3
+    plan: Plan | None = None
+    options: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.kind not in FORGETTING_KINDS:
@@ -209,6 +216,16 @@ def prepare_for_b(model_b: nn.Module, strategy: ForgettingStrategy, steps: int):
     elif strategy.kind == "gradual":
         every = max(1, steps // (2 * len(names)))
         return model_b, gradual_unfreezing(names, every, steps, rates)
+    elif strategy.kind == "plan":
+        apply_plan(model_b, strategy.plan)
+    elif strategy.kind == "lisa":
+        return model_b, lisa(names, total_steps=steps, lrs=rates, **strategy.options)
+    elif strategy.kind == "adaptive":  # the embeddings stay frozen, so the feature cache can start there
+        train_only(model_b, *names[1:], groups=groups, eval_frozen=True)
+        return model_b, adaptive_freezing(names, steps, rates, trainable=names[1:], **strategy.options)
+    elif strategy.kind == "expansion":  # sequential_run expanded the body; train only the new blocks
+        new = [g.name for g in groups if any(".expansion_gate." in n for n in g.parameters)]
+        train_only(model_b, *new, "head", groups=groups, eval_frozen=True)
     else:
         return _lora(model_b, strategy), rates
     return model_b, rates
@@ -274,6 +291,11 @@ class SequentialResult:
     b_after_b: float | None = None  # on B's test data where one was given, else the last of b_during_b
     # per test example, 1 where right: "a_before", "a_after" (task A), "b_before", "b_after" (task B)
     correct: dict[str, list[float]] = field(default_factory=dict)
+    step_seconds: float = 0.0
+    peak_memory_mib: float | None = None  # measured by fit: CUDA allocations, or the CPU's resident set
+    memory_kind: str = ""
+    estimated_memory_mib: float = 0.0  # estimate_memory's total, for the largest trainable set of the run
+    phases: list = field(default_factory=list)
 
     @property
     def matrix(self) -> list[list[float]]:
@@ -291,7 +313,9 @@ class SequentialResult:
                 "learning": learning(self.b_before_b, self._b_final), "a_during_b": self.a_during_b,
                 "b_during_b": self.b_during_b, "b_validation_final": self.b_during_b[-1],
                 "trainable_params": self.trainable_params, "seconds": self.seconds, "cka": self.cka,
-                "agreement": self.agreement, "correct": self.correct}
+                "agreement": self.agreement, "correct": self.correct, "step_seconds": self.step_seconds,
+                "peak_memory_mib": self.peak_memory_mib, "memory_kind": self.memory_kind,
+                "estimated_memory_mib": self.estimated_memory_mib, "phases": self.phases}
 
 
 def train_task_a(pretrained: nn.Module, data_a, eval_a, *, epochs: int, batch_size: int, seed: int = 0,
@@ -315,6 +339,9 @@ def sequential_run(model_a: nn.Module, strategy: ForgettingStrategy, data_b, eva
     each model gets right (``correct``), for intervals (:mod:`layerfreeze.evidence`).
     """
     original_a, model_a = model_a, copy.deepcopy(model_a)
+    if strategy.kind == "expansion":  # both heads read the expanded body; it is model A's function at init
+        expand_blocks(model_a, **strategy.options)
+        original_a = copy.deepcopy(model_a)  # so that CKA compares block with block
     freeze(model_a, allow_nothing_trainable=True)  # head A never trains during B; the shared body is set below
     model_b = with_new_head(model_a, num_labels_b, seed)
     final_b = eval_b if test_b is None else test_b
@@ -328,12 +355,20 @@ def sequential_run(model_a: nn.Module, strategy: ForgettingStrategy, data_b, eva
         result.a_during_b.append(evaluate(model_a, eval_a)["accuracy"])
         return {"a_accuracy": result.a_during_b[-1]}
 
+    if not isinstance(plan, dict):
+        follow_schedule(trained, plan, 0)
+    estimates = [_estimate_mib(trained, data_b, batch_size)]
     start = time.perf_counter()
     # a frozen prefix (embeddings and bottom blocks, in eval mode) is computed once: the same result, faster
     history = fit(trained, data_b, eval_b, epochs=epochs, batch_size=batch_size, seed=seed, progress=progress,
-                  on_epoch_end=measure_a, cache_prefix=strategy.kind in ("head", "freeze-bottom"),
+                  on_epoch_end=measure_a, cache_prefix=strategy.kind in ("head", "freeze-bottom") or (
+                      strategy.kind == "adaptive" and _one_embedding_module(trained)),
                   **({"lr": plan} if isinstance(plan, dict) else {"schedule": plan}))
     result.seconds = time.perf_counter() - start
+    estimates.append(_estimate_mib(trained, data_b, batch_size))
+    result.estimated_memory_mib = max(estimates)
+    result.step_seconds, result.memory_kind, result.phases = history.step_seconds, history.memory_kind, history.phases
+    result.peak_memory_mib = history.summary()["peak_memory_mib"]
     # counted at the end, when a gradual schedule has unfrozen everything it will
     result.trainable_params = sum(p.numel() for p in trained.parameters() if p.requires_grad)
     result.b_during_b = [e["eval_accuracy"] for e in history.epochs]
@@ -383,6 +418,17 @@ def summarize_runs(runs: list[dict]) -> pd.DataFrame:
         row["trainable_params"] = int(mine["trainable_params"].iloc[0])
         rows.append(row)
     return pd.DataFrame(rows).set_index("strategy")
+
+
+def _one_embedding_module(model: nn.Module) -> bool:
+    """Whether the feature cache can stand in for the embeddings (not GPT-2's ``wte`` + ``wpe``)."""
+    return not hasattr(model, "get_base_model") and len(layer_groups(model)[0].modules) == 1
+
+
+def _estimate_mib(model: nn.Module, data, batch_size: int) -> float:
+    """:func:`~layerfreeze.estimate_memory`'s total for the current trainable set (a LoRA model: its base)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return estimate_memory(base, batch_size, _tensors(data)[0].shape[1]).total / 2 ** 20
 
 
 # --- decoders: forgetting as a rise in perplexity ------------------------------------------------------------------

@@ -138,6 +138,7 @@ class Schedule:
     warmup_steps: int = 0
     name: str = "schedule"
     curve_options: dict = field(default_factory=dict)
+    release_frozen_state: bool = False  # drop the optimizer state of groups that stop training (LISA)
 
     def __post_init__(self) -> None:
         _check_names(self.groups)
@@ -171,6 +172,11 @@ class Schedule:
     def change_steps(self) -> list[int]:
         """The steps at which the trainable set changes (after step 0)."""
         return [start for start, _ in self.phases[1:]]
+
+    def observe(self, step: int, model, groups) -> bool:
+        """Called by :func:`~layerfreeze.fit` after optimizer step ``step``; a plan that decides from training
+        itself (:class:`~layerfreeze.plans.AdaptiveFreezing`) adds a phase and returns True. Fixed plans: False."""
+        return False
 
     def multiplier(self, step: int) -> float:
         """The curve's factor at ``step``, common to all groups."""

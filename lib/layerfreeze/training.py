@@ -18,7 +18,7 @@ import math
 import os
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 import pandas as pd
 import torch
@@ -312,6 +312,8 @@ def follow_schedule(model: nn.Module, schedule: Schedule, step: int, optimizer=N
     trainable = schedule.trainable_at(step)
     train_only(model, *trainable, groups=groups)
     _drop_stale_gradients(model)
+    if optimizer is not None and schedule.release_frozen_state:
+        _release_frozen(optimizer, trainable)
     if optimizer is not None:
         held = {id(p) for g in optimizer.param_groups for p in g["params"]}
         for group in parameter_groups(model, schedule.lrs, weight_decay, groups):
@@ -322,7 +324,8 @@ def follow_schedule(model: nn.Module, schedule: Schedule, step: int, optimizer=N
     return trainable
 
 
-def _steps_per_epoch(examples: int, batch_size: int, world_size: int) -> int:
+def batches_per_epoch(examples: int, batch_size: int, world_size: int = 1) -> int:
+    """Optimizer steps in one epoch: each process takes its share of the examples, rounded up, in batches."""
     return math.ceil(math.ceil(examples / world_size) / batch_size)
 
 
@@ -343,7 +346,7 @@ def _check_fit_arguments(model, train_data, eval_data, epochs, lr, batch_size, w
         check_number("warmup", warmup, 0, 1, low_inclusive=True, high_inclusive=False)
     else:
         check_int("warmup", warmup, 0)
-    train_steps = epochs * _steps_per_epoch(_check_data("train_data", model, train_data), batch_size,
+    train_steps = epochs * batches_per_epoch(_check_data("train_data", model, train_data), batch_size,
                                             distributed_context()[1])
     if eval_data is not None:
         _check_data("eval_data", model, eval_data)
@@ -391,6 +394,27 @@ def _max_positions(model: nn.Module) -> int | None:
     return None
 
 
+def _release_frozen(optimizer, trainable: list[str]) -> None:
+    """Remove the parameter groups of layer groups that no longer train, and their state (moments), from the
+    optimizer: memory then holds state for the active groups only, as LISA needs."""
+    for group in [g for g in optimizer.param_groups if g["layer_group"] not in trainable]:
+        for param in group["params"]:
+            optimizer.state.pop(param, None)
+    optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["layer_group"] in trainable]
+
+
+def _start_cache(model, groups, prefix, inputs, evaluation, batch_size, device, precision, history):
+    """Compute the first ``prefix`` groups' outputs once; returns them and the context that swaps in stand-ins."""
+    start = time.perf_counter()
+    cached, structure = feature_cache.compute_prefix_outputs(model, groups, prefix, inputs, batch_size, device,
+                                                                 precision)
+    cached_eval = None if evaluation is None else feature_cache.compute_prefix_outputs(
+        model, groups, prefix, evaluation[:2], batch_size, device, precision)[0]
+    history.cache_seconds += time.perf_counter() - start
+    history.cached_groups = [g.name for g in groups[:prefix]]
+    return cached, cached_eval, feature_cache.prefix_replaced(model, groups, prefix, structure)
+
+
 def fit(model: nn.Module, train_data, eval_data=None, *, epochs: int = 3, lr: float | dict[str, float] = 5e-5,
         batch_size: int = 32, weight_decay: float = 0.01, warmup: float | int = 0.1,
         schedule: str | Schedule = "linear", max_grad_norm: float | None = 1.0, precision: str = "auto",
@@ -403,7 +427,10 @@ def fit(model: nn.Module, train_data, eval_data=None, *, epochs: int = 3, lr: fl
     ``schedule`` is a learning-rate curve (``"linear"``, ``"cosine"``, ``"constant"``, ``"stlr"``,
     ``"one-cycle"``) for the current trainable set, with ``warmup`` a fraction of all steps (float < 1) or a
     number of steps; or a :class:`~layerfreeze.schedules.Schedule`, which then decides what trains and at what
-    rate at every step (``lr`` and ``warmup`` are ignored). ``cache_prefix=True`` computes the frozen prefix's
+    rate at every step (``lr`` and ``warmup`` are ignored); a schedule with ``release_frozen_state`` (LISA) drops
+    the optimizer state of groups that stop training, and one that decides as it goes
+    (:class:`~layerfreeze.plans.AdaptiveFreezing`) is asked after every step through its ``observe``; the cache
+    then takes over a prefix it freezes for good. ``cache_prefix=True`` computes the frozen prefix's
     output once (:mod:`layerfreeze.cache`), ``cache_prefix=k`` caches exactly the first ``k`` groups; either
     refuses, with the reason, where caching would change the result. ``on_epoch_end(epoch)`` runs after each
     epoch's evaluation; a dict it returns joins that epoch's row in the history. ``on_step_end(step, loss)`` runs
@@ -429,7 +456,7 @@ def fit(model: nn.Module, train_data, eval_data=None, *, epochs: int = 3, lr: fl
     seed_everything(seed)
     input_ids, attention_mask, labels = (t.to(device) for t in _tensors(train_data))
     evaluation = tuple(t.to(device) for t in _tensors(eval_data)) if eval_data is not None else None
-    steps_per_epoch = _steps_per_epoch(len(labels), batch_size, world_size)
+    steps_per_epoch = batches_per_epoch(len(labels), batch_size, world_size)
     total_steps = epochs * steps_per_epoch
 
     groups = layer_groups(model)
@@ -463,21 +490,15 @@ def fit(model: nn.Module, train_data, eval_data=None, *, epochs: int = 3, lr: fl
     cached = cached_eval = None
     context = nullcontext(None)
     if prefix:
-        start = time.perf_counter()
-        cached, returns_tuple = feature_cache.compute_prefix_outputs(
-            model, groups, prefix, (input_ids, attention_mask), eval_batch_size, device, precision)
-        if evaluation is not None:
-            cached_eval, _ = feature_cache.compute_prefix_outputs(model, groups, prefix, evaluation[:2],
-                                                                  eval_batch_size, device, precision)
-        history.cache_seconds = time.perf_counter() - start
-        history.cached_groups = [g.name for g in groups[:prefix]]
-        context = feature_cache.prefix_replaced(model, groups, prefix, returns_tuple)
+        cached, cached_eval, context = _start_cache(model, groups, prefix, (input_ids, attention_mask), evaluation,
+                                                    eval_batch_size, device, precision, history)
 
     change_steps = set(plan.change_steps())
     step = 0
     active = set(plan.trainable_at(0))
     clipped = [p for g in optimizer.param_groups for p in g["params"]]  # clip_grad_norm_ skips missing grads
-    with context as stand_in, PeakMemory(device) as peak:
+    with ExitStack() as cache_scope, PeakMemory(device) as peak:
+        stand_in = cache_scope.enter_context(context)
         trained = _wrap(model, device, world_size)
         for epoch in range(1, epochs + 1):
             model.train()
@@ -493,6 +514,14 @@ def fit(model: nn.Module, train_data, eval_data=None, *, epochs: int = 3, lr: fl
                     history.phases.append((step, phase))
                     active = set(phase)
                     clipped = [p for g in optimizer.param_groups for p in g["params"]]
+                    if prefix and getattr(plan, "freezes_for_good", False) \
+                            and feature_cache.cacheable_prefix(model, groups) > prefix:
+                        cache_scope.close()  # the cache takes over the newly frozen prefix
+                        prefix = feature_cache.requested_prefix(model, groups, True)
+                        cached, cached_eval, context = _start_cache(model, groups, prefix, (input_ids, attention_mask),
+                                                                    evaluation, eval_batch_size, device, precision,
+                                                                    history)
+                        stand_in = cache_scope.enter_context(context)
                     trained = _wrap(model, device, world_size)
                 multiplier = plan.multiplier(step)
                 for group in optimizer.param_groups:
@@ -518,6 +547,8 @@ def fit(model: nn.Module, train_data, eval_data=None, *, epochs: int = 3, lr: fl
                 optimizer.zero_grad(set_to_none=True)
                 running_loss += loss.detach().float()
                 step += 1
+                if plan.observe(step, model, groups):
+                    change_steps.add(step)
                 if on_step_end is not None:
                     on_step_end(step, loss.detach())
                 bar.update()
