@@ -23,7 +23,7 @@ from .freezing import FreezeReport, bitfit, freeze_to, train_only
 from .layers import layer_groups
 from .memory import estimate_memory
 from .timing import StepTimer, interleave
-from .training import _tensors, evaluate, fit
+from .training import _tensors, fit
 
 PRESETS = ("head", "top", "bottom", "all", "bitfit")
 

@@ -35,7 +35,7 @@ from .layers import layer_groups
 from .memory import MiB, estimate_memory
 from .strategies import PRESETS, apply_preset, fresh_copy
 from .timing import StepTimer, steady_step_seconds
-from .training import evaluate, fit
+from .training import fit
 
 
 def _human(count: int) -> str:
