@@ -3,6 +3,7 @@ the GPU's bf16 and fp16-with-scaler paths forced, so that the only untried thing
 
 import json
 import math
+import re
 import os
 import subprocess
 import sys
@@ -129,3 +130,12 @@ def test_the_cli_refuses_a_bad_precision_in_one_line():
     result = subprocess.run([sys.executable, "-m", "layerfreeze", "gpu-run", "--out", "x", "--precision", "fp8"],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "fp8" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_every_notebook_is_sized_and_the_sizing_table_agrees():
+    """docs/gpu_runs.md's arithmetic, EXPECTED_SECONDS and the notebooks stay in step; the sum leaves a margin."""
+    rows = re.findall(r"^\| (\d\d) \|.*\| \*\*(\d+) s\*\* \|$", (ROOT / "docs" / "gpu_runs.md").read_text(), re.M)
+    expected = gr.EXPECTED_SECONDS["full"]
+    assert {prefix: int(seconds) for prefix, seconds in rows} == expected
+    assert set(expected) == {p.name[:2] for p in notebook_paths(ROOT / "notebooks")}
+    assert sum(expected.values()) <= 0.9 * 360  # the default course budget, with 10% to spare
