@@ -218,25 +218,26 @@ def _tiny_config(family: str, hidden: int, layers: int, vocab_size: int, num_lab
     ids = dict(vocab_size=vocab_size, num_labels=num_labels, pad_token_id=PAD_ID, bos_token_id=CLS_ID,
                eos_token_id=SEP_ID, tie_word_embeddings=tie)
     bert_like = dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
-                     intermediate_size=2 * hidden, max_position_embeddings=130, **ids)
-    llama_like = dict(bert_like, num_key_value_heads=2)
+                     intermediate_size=4 * hidden, max_position_embeddings=128, **ids)
+    roberta_like = dict(bert_like, max_position_embeddings=130)  # positions start after the padding index
+    llama_like = dict(bert_like, intermediate_size=2 * hidden, num_key_value_heads=2)
     head_dim = dict(head_dim=hidden // 4)
     builders = {
         "bert": lambda: tf.BertConfig(**bert_like),
         "albert": lambda: tf.AlbertConfig(embedding_size=hidden // 2, **bert_like),
-        "distilbert": lambda: tf.DistilBertConfig(dim=hidden, n_layers=layers, n_heads=4, hidden_dim=2 * hidden,
-                                                  max_position_embeddings=130, **ids),
-        "roberta": lambda: tf.RobertaConfig(**bert_like),
-        "xlm-roberta": lambda: tf.XLMRobertaConfig(**bert_like),
+        "distilbert": lambda: tf.DistilBertConfig(dim=hidden, n_layers=layers, n_heads=4, hidden_dim=4 * hidden,
+                                                  max_position_embeddings=128, **ids),
+        "roberta": lambda: tf.RobertaConfig(**roberta_like),
+        "xlm-roberta": lambda: tf.XLMRobertaConfig(**roberta_like),
         "electra": lambda: tf.ElectraConfig(embedding_size=hidden // 2, **bert_like),
         "deberta-v2": lambda: tf.DebertaV2Config(relative_attention=True, pos_att_type=["p2c", "c2p"],
                                                  position_buckets=32, max_relative_positions=64,
                                                  norm_rel_ebd="layer_norm", share_att_key=True,
                                                  position_biased_input=False, **bert_like),
-        "mpnet": lambda: tf.MPNetConfig(**bert_like),
+        "mpnet": lambda: tf.MPNetConfig(**roberta_like),
         "modernbert": lambda: tf.ModernBertConfig(global_attn_every_n_layers=2, local_attention=16,
                                                   sep_token_id=SEP_ID, cls_token_id=CLS_ID, **bert_like),
-        "gpt2": lambda: tf.GPT2Config(n_embd=hidden, n_layer=layers, n_head=4, n_positions=130, **ids),
+        "gpt2": lambda: tf.GPT2Config(n_embd=hidden, n_layer=layers, n_head=4, n_positions=128, **ids),
         "gpt-neox": lambda: tf.GPTNeoXConfig(**bert_like),
         "opt": lambda: tf.OPTConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
                                     ffn_dim=2 * hidden, word_embed_proj_dim=hidden, max_position_embeddings=130, **ids),
