@@ -51,8 +51,8 @@ __all__ = [
     "PRESETS", "Strategy", "apply_preset", "apply_strategy", "fresh_copy", "measure_cache_speedup", "run_strategy",
     "Schedule", "chain_thaw", "constant_schedule", "discriminative_lrs", "gradual_unfreezing", "layerwise_decay",
     "lr_multiplier", "spread_lrs",
-    "GroupCosts", "Interleaved", "Spread", "StepTimer", "ideal_cache_speedup", "ideal_step_seconds", "interleave", "profile_groups",
-    "steady_step_seconds",
+    "GroupCosts", "Interleaved", "Spread", "StepTimer", "ideal_cache_speedup", "ideal_step_seconds", "interleave",
+    "profile_groups", "steady_step_seconds",
     "History", "enable_gradient_checkpointing", "evaluate", "fit", "follow_schedule", "make_optimizer",
     "parameter_groups",
 ]

@@ -307,9 +307,9 @@ def ideal_step_seconds(model: nn.Module, costs: GroupCosts, cache_prefix: bool =
     """The time a step with ``model``'s current trainable set must take, from per-group ``costs``: forward through
     every group (less the frozen prefix when ``cache_prefix``; without a graph below the lowest trainable group),
     backward through every group above the lowest trainable one (full if it trains, input gradients only if frozen),
-    weight gradients only for the lowest, and the optimizer for the trainable share of the parameters. Training the top 2 of 6 equal blocks, a block's backward
-    twice its forward and half of that for the input gradient (which the lowest trainable block skips), costs
-    6 + 3 forward-units uncached and 2 + 3 cached, 1.8x apart:
+    weight gradients only for the lowest, and the optimizer for the trainable share of the parameters. Training the
+    top 2 of 6 equal blocks, a block's backward twice its forward and half of that for the input gradient (which the
+    lowest trainable block skips), costs 6 + 3 forward-units uncached and 2 + 3 cached, 1.8x apart:
 
     >>> from layerfreeze import tiny_model, freeze_to
     >>> model = tiny_model("bert", num_layers=6)
