@@ -138,8 +138,16 @@ def test_profile_groups_measures_every_group_on_a_copy():
     data = (torch.randint(5, 99, (4, 8)), torch.ones(4, 8, dtype=torch.long), torch.zeros(4, dtype=torch.long))
     costs = profile_groups(model, data, steps=2, warmup=1)
     names = [g.name for g in layer_groups(model)]
-    for table in (costs.forward, costs.backward, costs.backward_input):
+    for table in (costs.forward, costs.forward_frozen, costs.backward, costs.backward_input):
         assert list(table) == names and all(seconds >= 0 for seconds in table.values())
     assert costs.total_params == sum(p.numel() for p in model.parameters())
     assert not layer_groups(model)[0].trainable, "profiling must leave the caller's model as it was"
-    assert list(costs.table().columns) == ["forward", "backward", "backward_input"]
+    assert list(costs.table().columns) == ["forward", "forward_frozen", "backward", "backward_input"]
+
+
+def test_a_frozen_prefix_runs_forward_without_a_graph():
+    model = tiny_model("bert", num_layers=6)
+    freeze_to(model, -2)
+    costs = unit_costs(model)
+    costs.forward_frozen = {name: seconds / 2 for name, seconds in costs.forward.items()}
+    assert ideal_step_seconds(model, costs) == pytest.approx(5 * 0.5 + 1.0 + 1.0)  # block.5 trains, records its graph

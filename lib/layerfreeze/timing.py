@@ -184,21 +184,24 @@ def interleave(runs: dict[str, Callable[[], list[float]]], ratios: list[tuple[st
 
 @dataclass
 class GroupCosts:
-    """Seconds per step of each layer group (by name): ``forward``; ``backward`` when the group trains (input and
-    weight gradients); ``backward_input`` when it is frozen but gradients pass through it to a lower trainable group;
-    and ``optimizer`` seconds (clipping, AdamW, zeroing) for all ``total_params`` parameters."""
+    """Seconds per step of each layer group (by name): ``forward`` when a backward pass will follow (the graph is
+    recorded); ``forward_frozen`` below the lowest trainable group, where none will; ``backward`` when the group
+    trains (input and weight gradients); ``backward_input`` when it is frozen but gradients pass through it to a
+    lower trainable group; and ``optimizer`` seconds (clipping, AdamW, zeroing) for all ``total_params``
+    parameters."""
 
     forward: dict[str, float]
     backward: dict[str, float]
     backward_input: dict[str, float]
     optimizer: float
     total_params: int
+    forward_frozen: dict[str, float] | None = None  # None: taken as ``forward``
 
     def table(self):
         import pandas as pd
 
-        return pd.DataFrame({"forward": self.forward, "backward": self.backward,
-                             "backward_input": self.backward_input}) * 1000  # ms
+        return pd.DataFrame({"forward": self.forward, "forward_frozen": self.forward_frozen or self.forward,
+                             "backward": self.backward, "backward_input": self.backward_input}) * 1000  # ms
 
 
 def _boundary_hooks(groups: list[LayerGroup], timer: StepTimer) -> list:
@@ -238,12 +241,13 @@ def _profile_pass(model: nn.Module, batch: tuple, steps: int, warmup: int, devic
             with autocast(precision, device):
                 loss = model(input_ids=batch[0], attention_mask=batch[1], labels=batch[2]).loss
             timer.mark()
-            loss.backward()
-            timer.mark()
+            if loss.requires_grad:
+                loss.backward()
+                timer.mark()
         finally:
             for handle in handles:
                 handle.remove()
-        if optimizer is not None:
+        if optimizer is not None and loss.requires_grad:
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -259,7 +263,8 @@ def profile_groups(model: nn.Module, batch: tuple[torch.Tensor, ...], steps: int
                    precision: str = "auto", clock: Callable[[], float] = time.perf_counter) -> GroupCosts:
     """Measure each group's forward and backward time once, on a copy of ``model`` and one training ``batch``
     (``(input_ids, attention_mask, labels)``): once with everything trainable, once with only the embeddings
-    trainable (so every block above passes input gradients only). Medians over ``steps`` after ``warmup``; precision
+    trainable (so every block above passes input gradients only), once with nothing trainable (a frozen prefix's
+    forward, which records no graph). Medians over ``steps`` after ``warmup``; precision
     as :func:`~layerfreeze.fit` resolves it (bf16 or fp16 autocast on CUDA, fp32 on the CPU); ``clock`` as
     :class:`StepTimer`'s (on the CPU, ``time.process_time`` counts this process's CPU time only).
 
@@ -292,16 +297,19 @@ def profile_groups(model: nn.Module, batch: tuple[torch.Tensor, ...], steps: int
         param.requires_grad_(True)
     passing = _profile_pass(model, batch, steps, warmup, device, precision, clock)
     backward_input = dict(zip(names, passing[n + 2: 2 * n + 4][::-1]))
-    return GroupCosts(forward, backward, backward_input, full[-1], sum(p.numel() for p in model.parameters()))
+    model.requires_grad_(False)
+    frozen = dict(zip(names, _profile_pass(model, batch, steps, warmup, device, precision, clock)))
+    return GroupCosts(forward, backward, backward_input, full[-1], sum(p.numel() for p in model.parameters()),
+                      frozen)
 
 
 def ideal_step_seconds(model: nn.Module, costs: GroupCosts, cache_prefix: bool = False) -> float:
     """The time a step with ``model``'s current trainable set must take, from per-group ``costs``: forward through
-    every group (less the frozen prefix when ``cache_prefix``), backward through every group above the lowest
-    trainable one (full if it trains, input gradients only if frozen), weight gradients only for the lowest, and the
-    optimizer for the trainable share of the parameters. Training the top 2 of 6 equal blocks, a block's backward
-    twice its forward and half of that for the input gradient (which the lowest trainable block skips), costs
-    6 + 3 forward-units uncached and 2 + 3 cached, 1.8x apart:
+    every group (less the frozen prefix when ``cache_prefix``; without a graph below the lowest trainable group),
+    backward through every group above the lowest trainable one (full if it trains, input gradients only if frozen),
+    weight gradients only for the lowest, and the optimizer for the trainable share of the parameters. Training the
+    top 2 of 6 equal blocks, a block's backward twice its forward and half of that for the input gradient (which the
+    lowest trainable block skips), costs 6 + 3 forward-units uncached and 2 + 3 cached, 1.8x apart:
 
     >>> from layerfreeze import tiny_model, freeze_to
     >>> model = tiny_model("bert", num_layers=6)
@@ -318,7 +326,8 @@ def ideal_step_seconds(model: nn.Module, costs: GroupCosts, cache_prefix: bool =
         raise ValueError("the model has no trainable parameter: no training step to time")
     lowest = trains.index(True)
     skipped = lowest if cache_prefix else 0
-    seconds = sum(costs.forward[g.name] for g in groups[skipped:])
+    below = costs.forward_frozen or costs.forward
+    seconds = sum((below if i < lowest else costs.forward)[g.name] for i, g in enumerate(groups) if i >= skipped)
     for i, group in enumerate(groups[lowest:], start=lowest):
         if i == lowest and i > 0:  # its input needs no gradient: the weight gradients only
             seconds += max(costs.backward[group.name] - costs.backward_input[group.name], 0.0)

@@ -289,7 +289,8 @@ class LayerPicker:
         row = {"choice": choice, "trainable_params": history.trainable_params,
                "percent_trainable": 100 * history.trainable_params / history.total_params,
                "accuracy": history.final_accuracy, "seconds": time.perf_counter() - start,
-               "step_ms": 1000 * self._steady_step_seconds(history), "estimated_mib": self.last_summary["memory_total_mib"]}
+               "step_ms": 1000 * self._steady_step_seconds(history),
+               "estimated_mib": self.last_summary["memory_total_mib"]}
         self.results = pd.concat([self.results, pd.DataFrame([row])], ignore_index=True)
         self.curves[choice] = [epoch["eval_accuracy"] for epoch in history.epochs]
         self.status.value = f"done: accuracy <b>{row['accuracy']:.3f}</b> in {row['seconds']:.0f} s"
@@ -298,7 +299,7 @@ class LayerPicker:
         return row
 
     def _steady_step_seconds(self, history) -> float:
-        """The median step time after the first (the timer the benchmarks use); the mean where too few steps ran."""
+        """The median step time after the first two (the timer the benchmarks use); the mean where too few ran."""
         seconds = self._step_timer.seconds()
         return steady_step_seconds(seconds) if len(seconds) > 1 else history.step_seconds
 
