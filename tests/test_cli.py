@@ -77,7 +77,7 @@ def test_a_bad_output_path_is_refused_before_training(tmp_path):
 
 
 @pytest.mark.parametrize("model, message", [("/missing/dir", "model directory '/missing/dir' does not exist"),
-                                            ("tiny:t5", "unknown tiny family 't5'")])
+                                            ("tiny:gpt5", "unknown tiny family 'gpt5'")])
 def test_a_bad_model_is_one_line_before_the_data_loads(model, message, monkeypatch, capsys):
     import layerfreeze.data
 

@@ -254,7 +254,7 @@ def test_load_model_refuses_bad_arguments_before_loading(tmp_path, monkeypatch):
         (dict(task="causal-lm"), ValueError, "'minilm' is an encoder \\(bert\\): task='causal-lm' needs a decoder"),
         (dict(name="tiny:bert", task="causal-lm"), ValueError, "is an encoder"),
         (dict(name=str(tmp_path / "encoder"), task="causal-lm"), ValueError, "is an encoder \\(roberta\\)"),
-        (dict(name="tiny:t5"), ValueError, "unknown tiny family 't5' .*valid: tiny:bert"),
+        (dict(name="tiny:gpt5"), ValueError, "unknown tiny family 'gpt5' .*valid: tiny:bert"),
         (dict(name="/missing/dir"), FileNotFoundError, "model directory '/missing/dir' does not exist"),
         (dict(name=str(tmp_path / "empty")), FileNotFoundError, "holds no config.json"),
         (dict(task="translation"), ValueError, "unknown task 'translation'; valid: classification, causal-lm"),
