@@ -344,5 +344,5 @@ def _check_max_length(max_length, tokenizer) -> None:
     if not callable(tokenizer):
         raise ValueError(f"tokenizer must be a tokenizer, as load_model returns it; got {type(tokenizer).__name__}")
     special = tokenizer.num_special_tokens_to_add() if hasattr(tokenizer, "num_special_tokens_to_add") else 0
-    longest = getattr(tokenizer, "model_max_length", None)
-    check_int("max_length", max_length, special + 1, longest if isinstance(longest, int) and longest < 10 ** 6 else None)
+    longest = getattr(tokenizer, "model_max_length", None)  # a huge sentinel when the tokenizer sets no limit
+    check_int("max_length", max_length, special + 1, longest if isinstance(longest, int) and longest < 10**6 else None)
