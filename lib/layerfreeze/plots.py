@@ -137,8 +137,9 @@ def plot_measured_vs_estimated_memory(results: pd.DataFrame, ax=None, label: str
     xs = range(len(results))
     measured = memory_is_measured(results)
     width = 0.4 if measured else 0.6
-    ax.bar([x - width / 2 * measured for x in xs], results["estimated_overhead_mib"], width,
-           color=MEMORY_COLORS["weights"], label="estimate (gradients + AdamW state + activations)")
+    bars = ax.bar([x - width / 2 * measured for x in xs], results["estimated_overhead_mib"], width,
+                  color=MEMORY_COLORS["weights"], label="estimate (gradients + AdamW state + activations)")
+    ax.bar_label(bars, fmt="%.0f", fontsize="x-small", padding=2)  # a bar too small to see still shows its value
     if measured:
         ax.bar([x + width / 2 for x in xs], results["peak_memory_mib"], width, color=MEMORY_COLORS["activations"],
                label=f"measured ({results['memory_kind'].iloc[0]})")

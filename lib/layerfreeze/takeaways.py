@@ -128,8 +128,7 @@ def _guide_continued_pretraining(results: dict) -> str:
     decoder = results.get(NOTEBOOKS["04"], {}).get("decoder", {})
     if not decoder or decoder.get("skipped", True) or not decoder.get("rows"):
         return ("not measured in this run: notebook 04's decoder section needs a real pretrained decoder and was "
-                "skipped; the course's tasks are close to the pretraining text, where continued pre-training has "
-                "little to add")
+                "skipped (run it with decoder_name = \"gpt2\" and the Hub allowed)")
     rises = ", ".join(f"{r['preset']} {r['general_rise']:.2f}x" for r in decoder["rows"])
     return f"04: perplexity on general text after domain training rose {rises} ({decoder['model']})"
 
