@@ -206,5 +206,5 @@ def test_tiny_models_need_nothing_from_the_hub(monkeypatch):
     encoded = tokenizer(["not bad at all"], return_tensors="pt")
     assert encoded["input_ids"][0, -1].item() == model.config.eos_token_id == tokenizer.eos_token_id
     assert model(**encoded).logits.shape == (1, 2)
-    with pytest.raises(ValueError, match="valid families: bert, albert"):
+    with pytest.raises(ValueError, match="valid: tiny:bert, tiny:albert"):
         lf.load_model("tiny:nope")

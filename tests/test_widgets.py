@@ -72,7 +72,7 @@ def test_run_adds_comparable_rows_and_reset_clears(picker):
     assert picker.progress.value == picker.progress.max and len(picker.losses) == picker.progress.max
     assert 0 <= full["accuracy"] <= 1
     assert bytes(picker.live.value).startswith(b"\x89PNG") and picker.live.layout.display is None  # the live loss curve
-    assert picker.table.value.count("<tr>") == 3 and "part of 4 groups, head" in picker.table.value  # one row per run
+    assert picker.table.value.count("<tr>") == 3 and "biases of 4 groups, head" in picker.table.value  # one row per run
     picker.reset()
     assert picker.results.empty and picker.table.value == "" and picker.live.layout.display == "none"
 

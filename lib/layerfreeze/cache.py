@@ -28,7 +28,9 @@ class _StopForward(Exception):
 
 
 class _CachedInput:
-    """Holds the cached entry input of the current batch; ``fit`` sets ``value`` before every forward pass."""
+    """Holds the cached entry input of the current batch; ``fit`` sets ``value`` for the duration of each of its
+    forward passes. While it is ``None`` the blocks run as usual: another model that shares them (task A's, in the
+    forgetting protocol) is evaluated through the real blocks, never through the stand-ins."""
 
     def __init__(self):
         self.value: torch.Tensor | None = None
@@ -227,11 +229,19 @@ def cache_device(device: torch.device, nbytes: int) -> torch.device:
     return torch.device("cpu")
 
 
-def _pass_through(returns: int | None):
+def _pass_through(returns: int | None, stand_in: _CachedInput, original):
     def forward(*args, **kwargs):
+        if stand_in.value is None:
+            return original(*args, **kwargs)
         hidden = _hidden_input(args, kwargs)
         return hidden if returns is None else (hidden,) + (None,) * (returns - 1)
     return forward
+
+
+def _feed(stand_in: _CachedInput):
+    def hook(_, args, kwargs):
+        return None if stand_in.value is None else _with_hidden_input(args, kwargs, stand_in.value)
+    return hook
 
 
 @contextmanager
@@ -242,10 +252,9 @@ def prefix_replaced(model: nn.Module, groups: list[LayerGroup], prefix: int, str
     stand_in = _CachedInput()
     blocks = _cached_blocks(groups, prefix)
     for name, block in blocks.items():
-        block.forward = _pass_through(structure.get(name))
+        block.forward = _pass_through(structure.get(name), stand_in, block.forward)
     _, entry = _entry(groups, prefix)
-    handle = entry.register_forward_pre_hook(
-        lambda _, args, kwargs: _with_hidden_input(args, kwargs, stand_in.value), with_kwargs=True)
+    handle = entry.register_forward_pre_hook(_feed(stand_in), with_kwargs=True)
     try:
         yield stand_in
     finally:

@@ -260,9 +260,13 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
 # --- fit and evaluate ----------------------------------------------------------------------------------------------
 
 def _forward(model, input_ids, attention_mask, labels, stand_in, cached, index, device):
-    if stand_in is not None:
-        stand_in.value = cached[index.to(cached.device)].to(device, non_blocking=True)
-    return model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+    if stand_in is None:
+        return model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+    stand_in.value = cached[index.to(cached.device)].to(device, non_blocking=True)
+    try:
+        return model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+    finally:
+        stand_in.value = None  # a model that shares the blocks runs them for real in between
 
 
 def evaluate(model: nn.Module, data, batch_size: int = 256, device: torch.device | None = None,
