@@ -159,12 +159,3 @@ def test_lora_adapts_gpt2s_conv1d_projections():
                             batch_size=16, progress=False)
     assert 0 < result.trainable_params < sum(p.numel() for p in model.parameters()) / 10
 
-
-def test_task_a_is_measured_through_the_real_blocks_while_b_trains_on_the_cache():
-    """Head only: B's frozen body is cached, but A, which shares that body, must still run it: A cannot change."""
-    pretrained = tiny_model("bert", num_layers=2)
-    a_train, a_eval = toy_task(64, seed=1), toy_task(24, seed=2)
-    model_a = train_task_a(pretrained, a_train, a_eval, epochs=1, batch_size=16, progress=False)
-    result = sequential_run(model_a, ForgettingStrategy("head only", "head"), toy_task(48, seed=3), a_eval,
-                            toy_task(40, seed=4), 2, epochs=2, batch_size=16, progress=False)
-    assert result.a_during_b == [result.a_after_a] * 2

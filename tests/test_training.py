@@ -154,3 +154,18 @@ def test_discriminative_learning_rates():
         make_optimizer(model, {"block.7": 1e-3})
     with pytest.raises(ValueError, match="no learning rate for trainable group 'block.0'"):
         make_optimizer(model, {"head": 1e-3, "block.1": 1e-3})
+
+
+def test_a_model_sharing_the_cached_blocks_still_runs_them():
+    """The cache's stand-ins act in fit's own forward passes only: a twin that shares the frozen body (task A's
+    model in the forgetting protocol) is evaluated through the real blocks, so its loss cannot move."""
+    import copy
+    model = tiny_model("bert", num_layers=3)
+    twin = copy.deepcopy(model)
+    twin.bert.embeddings, twin.bert.encoder = model.bert.embeddings, model.bert.encoder
+    freeze_to(model, -1, eval_frozen=True)
+    data, seen = toy_task(48), []
+    before = evaluate(twin, data)["loss"]
+    fit(model, data, epochs=2, batch_size=16, lr=1e-3, cache_prefix=True, progress=False,
+        on_epoch_end=lambda epoch: seen.append(evaluate(twin, data)["loss"]))
+    assert seen == [before, before]
