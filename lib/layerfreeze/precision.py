@@ -24,7 +24,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
     forced = os.environ.get(FORCE_VARIABLE, "auto")
-    if precision == "auto" and forced != "auto":
+    if forced != "auto" and precision in ("auto", forced):  # also when fit hands its resolved choice on
         if forced not in PRECISIONS:
             raise ValueError(f"{FORCE_VARIABLE}={forced!r}; valid: {', '.join(PRECISIONS)}")
         return forced
