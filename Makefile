@@ -75,7 +75,7 @@ gpu-rehearsal: setup
 	bash .ci/gpu/pack.sh $(PY)
 	rm -rf build/rehearsal
 	$(PY) -m layerfreeze gpu-run --out build/rehearsal/out --build-dir build/rehearsal/build --profile smoke \
-		--precision bf16,fp16 --budget 1500 --course-budget 1400
+		--precision bf16,fp16 --budget 4000 --course-budget 3600
 	$(PY) -m layerfreeze gpu-import build/rehearsal/out --build-dir build/rehearsal/imported \
 		--docs-dir build/rehearsal/docs --bench-dir build/rehearsal/bench
 

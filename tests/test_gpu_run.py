@@ -109,7 +109,7 @@ def test_the_carry_fits_under_the_limit():
 def test_rehearsal(tmp_path):
     """`make gpu-rehearsal`'s run: every notebook, bf16 and fp16 cycled, archived; then imported and published."""
     out = tmp_path / "out"
-    summary = gr.gpu_run(out, profile="smoke", budget=1500, course_budget=1400, precision="bf16,fp16",
+    summary = gr.gpu_run(out, profile="smoke", budget=4000, course_budget=3600, precision="bf16,fp16",
                          build_dir=tmp_path / "build", notebook_dir=ROOT / "notebooks")
     log = (out / gr.LOG).read_text()
     assert [n["status"] for n in summary["notebooks"]] == ["ok"] * len(summary["notebooks"]), log[-3000:]

@@ -30,13 +30,12 @@ from pathlib import Path
 from .course import environment, notebook_paths, publish_results, write_course_timing
 
 PRIORITY = ("04", "02", "03", "05", "01")
-# Seconds each notebook is expected to take, per profile: `full` on one H100 from the step counts in
-# docs/gpu_runs.md, `smoke` as measured on a 2-core CPU. A notebook that no longer fits is skipped.
-EXPECTED_SECONDS = {
-    "full": {"04": 102, "02": 54, "03": 55, "05": 34, "01": 16, "06": 49, "07": 10},
-    "smoke": {},
-}
-DEFAULT_EXPECTED_SECONDS = {"full": 60, "smoke": 30}
+# Seconds each notebook is expected to take: `full` on one H100, from the step counts in docs/gpu_runs.md. A
+# notebook that no longer fits is skipped. Other profiles (the rehearsal's `smoke`, on a CPU that may be busy) get a
+# bound on a hang instead: a smoke notebook takes well under a minute on a quiet 2-core machine.
+EXPECTED_SECONDS = {"full": {"04": 102, "02": 54, "03": 55, "05": 34, "01": 16, "06": 49, "07": 10}}
+DEFAULT_EXPECTED_SECONDS = {"full": 60}
+HANG_BOUND_SECONDS = 300
 ARCHIVE, SUMMARY, LOG = "gpu_run.tar.gz", "gpu_run.json", "gpu_run.log"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CELL_TIMEOUT_EXIT = 124  # what `timeout` returns: a cell ran past its limit
@@ -50,7 +49,7 @@ def run_order(names: list) -> list:
 
 
 def expected_seconds(stem: str, profile: str) -> float:
-    return EXPECTED_SECONDS.get(profile, {}).get(stem[:2], DEFAULT_EXPECTED_SECONDS.get(profile, 60))
+    return EXPECTED_SECONDS.get(profile, {}).get(stem[:2], DEFAULT_EXPECTED_SECONDS.get(profile, HANG_BOUND_SECONDS))
 
 
 def time_limit(expected: float, seconds_left: float) -> float:
