@@ -24,7 +24,7 @@ help:
 	@echo "make course  set up .venv, then run every notebook (PROFILE=$(PROFILE)) into build/"
 	@echo "make bench   benchmarks: fit vs a hand-written loop vs the Trainer"
 	@echo "make gpu     pack .carry/ and print the one command for the GPU machine (docs/gpu_runs.md)"
-	@echo "make gpu-rehearsal  that command on this CPU: smoke sizes, bf16 and fp16 forced, then published to build/"
+	@echo "make gpu-rehearsal  that command on this CPU: smoke sizes, bf16 forced, then published to build/"
 	@echo "make lab     JupyterLab in notebooks/"
 	@echo "make clean   remove build/, caches, .venv and .venv-floor"
 
@@ -70,12 +70,13 @@ gpu: setup
 	@echo '  $(GPU_COMMAND)'
 	@echo "Then here: $(PY) -m layerfreeze gpu-import <the folder it returned>"
 
-# The same command and packaging on this CPU, with the smoke sizes and the GPU's bf16 and fp16 paths forced.
+# The same command and packaging on this CPU, with the smoke sizes and the GPU's bf16 path forced (fp16 with its
+# scaler is tried by tests/test_gpu_run.py on fit alone: the CPU emulates fp16 products, too slowly for notebooks).
 gpu-rehearsal: setup
 	bash .ci/gpu/pack.sh $(PY)
 	rm -rf build/rehearsal
 	$(PY) -m layerfreeze gpu-run --out build/rehearsal/out --build-dir build/rehearsal/build --profile smoke \
-		--precision bf16,fp16 --budget 4000 --course-budget 3600
+		--precision bf16 --budget 4000 --course-budget 3600
 	$(PY) -m layerfreeze gpu-import build/rehearsal/out --build-dir build/rehearsal/imported \
 		--docs-dir build/rehearsal/docs --bench-dir build/rehearsal/bench
 

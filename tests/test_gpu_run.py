@@ -107,13 +107,15 @@ def test_the_carry_fits_under_the_limit():
 @pytest.mark.notebook
 @pytest.mark.slow
 def test_rehearsal(tmp_path):
-    """`make gpu-rehearsal`'s run: every notebook, bf16 and fp16 cycled, archived; then imported and published."""
+    """`make gpu-rehearsal`'s run: every notebook in bf16 autocast, archived; then imported and published. (fp16
+    with its scaler is tried by test_forced_precision_trains_on_the_cpu: the CPU emulates fp16 matrix products, far
+    too slowly for whole notebooks.)"""
     out = tmp_path / "out"
-    summary = gr.gpu_run(out, profile="smoke", budget=4000, course_budget=3600, precision="bf16,fp16",
+    summary = gr.gpu_run(out, profile="smoke", budget=4000, course_budget=3600, precision="bf16",
                          build_dir=tmp_path / "build", notebook_dir=ROOT / "notebooks")
     log = (out / gr.LOG).read_text()
     assert [n["status"] for n in summary["notebooks"]] == ["ok"] * len(summary["notebooks"]), log[-3000:]
-    assert {n["precision"] for n in summary["notebooks"]} == {"bf16", "fp16"}
+    assert {n["precision"] for n in summary["notebooks"]} == {"bf16"}
     assert summary["bench"]["status"] == "ok", log[-3000:]
     names = tarfile.open(out / gr.ARCHIVE).getnames()
     for entry in summary["notebooks"]:
