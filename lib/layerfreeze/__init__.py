@@ -10,7 +10,7 @@ The public API, by concept:
   :func:`frozen`, :func:`fingerprint`, :func:`assert_frozen_unchanged`
 * data: :func:`load_task`, :func:`encode`
 * training: :func:`fit`, :func:`evaluate`, :class:`History`
-* strategies: :class:`Strategy`, :func:`apply_preset`, :func:`run_strategy`
+* strategies: :class:`Strategy`, :func:`apply_preset`, :func:`run_strategy`, :func:`add_cache_timing`
 * timing: :class:`StepTimer`, :func:`interleave`, :class:`Spread`, :func:`profile_groups`, :func:`ideal_step_seconds`
 * plans: :class:`Plan`, :func:`apply_plan`, :func:`factory_plan`, :func:`lisa`, :func:`adaptive_freezing`,
   :func:`expand_blocks`
@@ -38,8 +38,8 @@ from .memory import MemoryEstimate, estimate_memory
 from .models import MINILM_SHA256, load_model, resolve_model_source, tiny_model
 from .plots import (label_points, plot_accuracy_vs, plot_epoch_curves, plot_measured_vs_estimated_memory,
                     plot_memory, plot_parameter_groups, plot_schedule)
-from .strategies import (PRESETS, Strategy, apply_preset, apply_strategy, fresh_copy, measure_cache_speedup,
-                         run_strategy)
+from .strategies import (PRESETS, Strategy, add_cache_timing, apply_preset, apply_strategy, fresh_copy,
+                         measure_cache_speedup, run_strategy)
 from .plots import chance_line, integer_ticks, legend_outside, memory_is_measured, plot_cka
 from .schedules import (Schedule, chain_thaw, constant_schedule, discriminative_lrs, gradual_unfreezing,
                         layerwise_decay, lr_multiplier, spread_lrs)
@@ -68,7 +68,8 @@ __all__ = [
     "MINILM_SHA256", "load_model", "resolve_model_source", "tiny_model",
     "label_points", "plot_accuracy_vs", "plot_epoch_curves", "plot_measured_vs_estimated_memory", "plot_memory",
     "plot_parameter_groups", "plot_schedule",
-    "PRESETS", "Strategy", "apply_preset", "apply_strategy", "fresh_copy", "measure_cache_speedup", "run_strategy",
+    "PRESETS", "Strategy", "add_cache_timing", "apply_preset", "apply_strategy", "fresh_copy", "measure_cache_speedup",
+    "run_strategy",
     "chance_line", "integer_ticks", "legend_outside", "memory_is_measured",
     "plot_cka",
     "Schedule", "chain_thaw", "constant_schedule", "discriminative_lrs", "gradual_unfreezing", "layerwise_decay",

@@ -114,6 +114,23 @@ def measure_cache_speedup(base, strategy, train_data, steps, batch_size, seed=0,
             "cache_speedup_noisy": result.noisy[False, True], "timing_rounds": result.rounds}
 
 
+def add_cache_timing(row: dict, base: nn.Module, strategy: Strategy, train_data, steps: int, batch_size: int,
+                     seed: int = 0, max_seconds: float = 30.0, **fit_options) -> dict:
+    """Add the cache's measured speed-up (:func:`measure_cache_speedup`) to a :func:`run_strategy` row that used the
+    cache, and its epoch times from those step times; a row without the cache is returned as it is. Call it once for
+    the rate a grid chose, rather than for every rate it tried.
+
+    >>> add_cache_timing({"cached": False}, None, Strategy("all", "all"), None, steps=4, batch_size=8)
+    {'cached': False}
+    """
+    if not row["cached"]:
+        return row
+    row.update(measure_cache_speedup(base, strategy, train_data, steps, batch_size, seed, max_seconds, **fit_options))
+    row["epoch_seconds_uncached"] = row["step_seconds_uncached"] * row["steps_per_epoch"]
+    row["epoch_seconds_cached"] = row["step_seconds_cached"] * row["steps_per_epoch"]
+    return row
+
+
 def run_strategy(base: nn.Module, strategy: Strategy, train_data, eval_data, test_data, *, epochs: int = 3,
                  batch_size: int = 32, seed: int = 0, cache_prefix: bool = True, time_uncached_steps: int = 0,
                  progress: bool = True, **fit_options) -> dict:
@@ -146,16 +163,14 @@ def run_strategy(base: nn.Module, strategy: Strategy, train_data, eval_data, tes
            "estimated_overhead_mib": estimate.training_overhead / 2 ** 20,
            "estimate": estimate.table()["total"].to_dict(),
            **history.summary()}
-    steps_per_epoch = history.steps // max(len(history.epochs), 1)
+    row["steps_per_epoch"] = history.steps // max(len(history.epochs), 1)
     row["wall_seconds"] = history.train_seconds + history.cache_seconds
+    row["cached"] = use_cache
     # per epoch after the first, when one-off costs (kernels, allocator warm-up) are behind us
     steady_epoch = history.epochs[-1]["train_seconds"] if epochs > 1 else history.train_seconds
     row["epoch_seconds_cached" if use_cache else "epoch_seconds_uncached"] = steady_epoch
-    if use_cache and time_uncached_steps:
-        row.update(measure_cache_speedup(base, strategy, train_data, time_uncached_steps, batch_size, seed,
-                                         **fit_options))
-        row["epoch_seconds_uncached"] = row["step_seconds_uncached"] * steps_per_epoch
-        row["epoch_seconds_cached"] = row["step_seconds_cached"] * steps_per_epoch
+    if time_uncached_steps:
+        add_cache_timing(row, base, strategy, train_data, time_uncached_steps, batch_size, seed, **fit_options)
     del model
     if device.type == "cuda":
         torch.cuda.empty_cache()
