@@ -145,16 +145,21 @@ def curve_shape(curve: Sequence[float], tolerance: float = 0.005) -> str:
 def describe_curves(curves: dict[str, Sequence[float]], tolerance: float = 0.005) -> str:
     """A sentence on which runs were still rising when they stopped, for a notebook's prose.
 
+    Names that hold commas themselves ("block.5, head") are listed with semicolons, so that each reads whole.
+
     >>> describe_curves({"a": [0.5, 0.9], "b": [0.9, 0.9]})
     'Still rising at the last epoch (more epochs would likely help): a. Flat or past their best: b.'
+    >>> describe_curves({"head": [0.6, 0.6], "block.5, head": [0.6, 0.6]})
+    'Flat or past their best: head; block.5, head.'
     """
     rising = [name for name, curve in curves.items() if still_improving(curve, tolerance)]
     settled = [name for name in curves if name not in rising]
+    separator = "; " if any("," in name for name in curves) else ", "
     parts = []
     if rising:
-        parts.append(f"Still rising at the last epoch (more epochs would likely help): {', '.join(rising)}.")
+        parts.append(f"Still rising at the last epoch (more epochs would likely help): {separator.join(rising)}.")
     if settled:
-        parts.append(f"Flat or past their best: {', '.join(settled)}.")
+        parts.append(f"Flat or past their best: {separator.join(settled)}.")
     return " ".join(parts)
 
 
