@@ -65,10 +65,9 @@ def publish_results(build_dir: str | Path = "build", docs_dir: str | Path = "doc
                     page: str = "results.md", figures: str = "figures") -> Path:
     """Write ``docs_dir/<page>`` and ``docs_dir/<figures>/`` from one course run in ``build_dir``: the device, library
     versions and date, each notebook's time, key tables and key figures (as each notebook declared them to
-    :func:`save_metrics`). Figures from an earlier run are removed, so the page shows one run only. A figure over
-    ``max_figure_bytes`` is an error, not a silent omission. ``python -m layerfreeze publish`` runs this."""
-    import shutil
-
+    :func:`~layerfreeze.course.save_metrics`). Figures from an earlier run are removed, so the page shows one run
+    only. A figure over ``max_figure_bytes`` is an error, not a silent omission. ``python -m layerfreeze publish``
+    runs this."""
     build, docs, notebook_dir = Path(build_dir), Path(docs_dir), Path(notebook_dir)
     timing_path = build / "results" / "course_timing.json"
     if not timing_path.exists():
@@ -76,23 +75,7 @@ def publish_results(build_dir: str | Path = "build", docs_dir: str | Path = "doc
     timing = json.loads(timing_path.read_text())
     env = timing["environment"]
     metrics = {stem: json.loads((build / "results" / f"{stem}.json").read_text()) for stem in timing["seconds"]}
-
-    key_figures = [(stem, name) for stem, m in metrics.items() for name in m.get("key_figures", [])]
-    for stem, name in key_figures:
-        source = build / "figures" / f"{name}.png"
-        if not source.exists():
-            raise FileNotFoundError(f"{stem} names key figure {name!r}, but {source} does not exist")
-        if source.stat().st_size > max_figure_bytes:
-            raise ValueError(f"{source} is {source.stat().st_size:,} bytes; figures on the results page must stay "
-                             f"under {max_figure_bytes:,}: save it smaller (fewer points, lower dpi)")
-    figure_dir = docs / figures
-    figure_dir.mkdir(parents=True, exist_ok=True)
-    for old in figure_dir.glob("*.png"):
-        old.unlink()
-    for _, name in key_figures:
-        shutil.copyfile(build / "figures" / f"{name}.png", figure_dir / f"{name}.png")
-
-    estimate = estimate_seconds_on(1, env["device"], "T4") is not None
+    _copy_key_figures(build, docs / figures, metrics, max_figure_bytes)
     lines = [
         "# Course results",
         "",
@@ -103,20 +86,8 @@ def publish_results(build_dir: str | Path = "build", docs_dir: str | Path = "doc
         "",
         "## Time per notebook",
         "",
+        *_time_table(timing),
     ]
-    columns = ["notebook", "seconds"] + (["Colab T4, estimated s"] if estimate else [])
-    rows = []
-    for stem, seconds in [*timing["seconds"].items(), ("whole course", timing["total_seconds"])]:
-        row = [stem, round(seconds, 1)]
-        if estimate:
-            low, high = estimate_seconds_on(seconds, env["device"], "T4")
-            row.append(f"{low:.0f} to {high:.0f}")
-        rows.append(row)
-    lines += _markdown_table(columns, rows)
-    if estimate:
-        lines += ["", "The T4 column scales the measured time by the two cards' datasheets (memory bandwidth for the "
-                  "low end, fp16 tensor throughput for the high end; `layerfreeze.publish.estimate_seconds_on`). It is "
-                  "an estimate, not a measurement, and it leans long: loading and tokenising do not slow down."]
     for stem, m in metrics.items():
         lines += ["", f"## {_notebook_title(notebook_dir, stem)}", "",
                   f"`{stem}`: {timing['seconds'][stem]:.0f} s, model `{m.get('model_name')}`, seed {m.get('seed')}."]
@@ -127,3 +98,42 @@ def publish_results(build_dir: str | Path = "build", docs_dir: str | Path = "doc
     path = docs / page
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _copy_key_figures(build: Path, figure_dir: Path, metrics: dict, max_figure_bytes: int) -> None:
+    """Check every key figure the notebooks named, then replace the page's figures with them."""
+    import shutil
+
+    key_figures = [(stem, name) for stem, m in metrics.items() for name in m.get("key_figures", [])]
+    for stem, name in key_figures:
+        source = build / "figures" / f"{name}.png"
+        if not source.exists():
+            raise FileNotFoundError(f"{stem} names key figure {name!r}, but {source} does not exist")
+        if source.stat().st_size > max_figure_bytes:
+            raise ValueError(f"{source} is {source.stat().st_size:,} bytes; figures on the results page must stay "
+                             f"under {max_figure_bytes:,}: save it smaller (fewer points, lower dpi)")
+    figure_dir.mkdir(parents=True, exist_ok=True)
+    for old in figure_dir.glob("*.png"):
+        old.unlink()
+    for _, name in key_figures:
+        shutil.copyfile(build / "figures" / f"{name}.png", figure_dir / f"{name}.png")
+
+
+def _time_table(timing: dict) -> list[str]:
+    """Each notebook's seconds, and from a GPU on the datasheets a Colab T4 estimate, as Markdown lines."""
+    device = timing["environment"]["device"]
+    estimate = estimate_seconds_on(1, device, "T4") is not None
+    columns = ["notebook", "seconds"] + (["Colab T4, estimated s"] if estimate else [])
+    rows = []
+    for stem, seconds in [*timing["seconds"].items(), ("whole course", timing["total_seconds"])]:
+        row = [stem, round(seconds, 1)]
+        if estimate:
+            low, high = estimate_seconds_on(seconds, device, "T4")
+            row.append(f"{low:.0f} to {high:.0f}")
+        rows.append(row)
+    lines = _markdown_table(columns, rows)
+    if estimate:
+        lines += ["", "The T4 column scales the measured time by the two cards' datasheets (memory bandwidth for the "
+                  "low end, fp16 tensor throughput for the high end; `layerfreeze.publish.estimate_seconds_on`). It is "
+                  "an estimate, not a measurement, and it leans long: loading and tokenising do not slow down."]
+    return lines

@@ -103,7 +103,8 @@ def gradient_norms(model: nn.Module, data, batches: int = 4, batch_size: int = 1
                 out.loss.backward()
             rows = []
             for group in groups:
-                squares = sum(float(p.grad.float().pow(2).sum()) for p in group.parameters.values() if p.grad is not None)
+                squares = sum(float(p.grad.float().pow(2).sum()) for p in group.parameters.values()
+                              if p.grad is not None)
                 rows.append({"group": group.name, "grad_norm": math.sqrt(squares), "params": group.num_params,
                              "grad_rms": math.sqrt(squares / max(group.num_params, 1))})
         finally:

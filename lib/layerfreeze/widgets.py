@@ -9,8 +9,9 @@ Usage::
 
 Two parts: :class:`PickerSession`, a plain object that holds the choice (set through the freezing API: ``freeze``,
 ``unfreeze``, ``trainable_state``/``restore_trainable``), what it costs (:func:`choice_summary`), the runs and their
-results; and :class:`LayerPicker`, a thin ipywidgets view over one session. Tests drive both without a browser. Only standard ipywidgets controls are used (no JupyterLab extension), so the panel
-works the same on Colab, where third-party widgets are enabled by default.
+results; and :class:`LayerPicker`, a thin ipywidgets view over one session. Tests drive both without a browser.
+Only standard ipywidgets controls are used (no JupyterLab extension), so the panel works the same on Colab, where
+third-party widgets are enabled by default.
 
 The panel never writes into an ``ipywidgets.Output``: its live loss curve is an ``Image`` widget and its results an
 ``HTML`` widget, whose values change like any other control's. Under a headless client (papermill, nbclient) an
