@@ -108,14 +108,15 @@ def apply_preset(model: nn.Module, preset: str, k: int | None = None, eval_froze
     return bitfit(model, groups=groups, untie=untie)
 
 
-def apply_strategy(model: nn.Module, strategy: Strategy) -> FreezeReport:
-    """Apply a strategy's fixed trainable set (its preset, or its plan) to ``model``."""
+def apply_strategy(model: nn.Module, strategy: Strategy, eval_frozen: bool = True) -> FreezeReport:
+    """Apply a strategy's fixed trainable set (its preset, or its plan) to ``model``; frozen groups stay in eval
+    mode unless ``eval_frozen=False``."""
     if strategy.plan is not None:
-        return apply_plan(model, strategy.plan)
+        return apply_plan(model, strategy.plan, eval_frozen=eval_frozen)
     if not strategy.uses_preset:
         raise ValueError(f"strategy {strategy.name!r} trains with a schedule or an adapter, which "
                          "prepare_strategy(model, strategy, total_steps) sets up")
-    return apply_preset(model, strategy.preset, strategy.k)
+    return apply_preset(model, strategy.preset, strategy.k, eval_frozen=eval_frozen)
 
 
 def prepare_strategy(model: nn.Module, strategy: Strategy, total_steps: int) -> tuple[nn.Module, Schedule | None]:

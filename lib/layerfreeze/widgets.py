@@ -37,7 +37,7 @@ from .inspection import group_table, relative_step_time
 from .layers import layer_groups, num_blocks
 from .memory import MiB, estimate_memory
 from .schedules import head_and_body_lrs
-from .strategies import PRESETS, apply_preset, fresh_copy
+from .strategies import PRESETS, Strategy, apply_strategy, fresh_copy
 from .timing import StepTimer, steady_step_seconds
 from .training import fit
 
@@ -144,9 +144,14 @@ class PickerSession:
         if off:
             freeze(self.model, *off, groups=self.groups, eval_frozen=False)
 
+    def apply_strategy(self, strategy: Strategy) -> None:
+        """Set the choice from a strategy's preset or plan. Frozen groups are not held in eval mode: a run copies
+        only the trainable flags."""
+        apply_strategy(self.model, strategy, eval_frozen=False)
+
     def apply_preset(self, preset: str, k: int | None = None) -> None:
         """Set the choice from a preset (head, top k, bottom k, all, bitfit)."""
-        apply_preset(self.model, preset, k, eval_frozen=False)
+        self.apply_strategy(Strategy(preset if k is None else f"{preset} {k}", preset, k))
 
     def cost(self) -> dict:
         """What the current choice costs (:func:`choice_summary`)."""
