@@ -36,11 +36,12 @@ from pathlib import Path
 import torch
 
 import layerfreeze as lf
-from layerfreeze.precision import grad_scaler, resolve_precision
+from layerfreeze.memory import PeakMemory
+from layerfreeze.optim import fused_available
+from layerfreeze.runtime import grad_scaler, resolve_precision
 from layerfreeze.schedules import lr_multiplier
 from layerfreeze.timing import Spread
 from layerfreeze.trainer import TrainerDataset
-from layerfreeze.training import PeakMemory, fused_available
 
 CONFIGURATIONS = {"full": ("all", None), "top half": ("top", "half"), "top 2 blocks": ("top", 2),
                   "top 1 block": ("top", 1), "head only": ("head", None)}

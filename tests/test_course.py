@@ -52,7 +52,7 @@ def _fake_run(build, figure_bytes=1000, device="cpu: 2 cores"):
 
 
 def test_publish_refuses_oversized_figures_and_missing_runs(tmp_path):
-    from layerfreeze.course import publish_results
+    from layerfreeze.publish import publish_results
     with pytest.raises(FileNotFoundError, match="make course"):
         publish_results(tmp_path / "nothing", tmp_path / "docs")
     _fake_run(tmp_path / "build", figure_bytes=400_000)
@@ -61,7 +61,7 @@ def test_publish_refuses_oversized_figures_and_missing_runs(tmp_path):
 
 
 def test_publish_replaces_old_figures_and_estimates_a_t4_from_an_h100(tmp_path):
-    from layerfreeze.course import estimate_seconds_on, publish_results
+    from layerfreeze.publish import estimate_seconds_on, publish_results
     _fake_run(tmp_path / "build", device="cuda: NVIDIA H100 80GB HBM3")
     (tmp_path / "docs" / "figures").mkdir(parents=True)
     (tmp_path / "docs" / "figures" / "stale.png").write_bytes(b"old")

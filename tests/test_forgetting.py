@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from layerfreeze import evaluate, layer_groups, tiny_model
-from layerfreeze.forgetting import (ForgettingStrategy, backward_transfer, cka_by_layer, embedding_agreement,
-                                    forgetting, learning, linear_cka, sequential_run, train_task_a, with_new_head)
+from layerfreeze import Strategy, evaluate, layer_groups, tiny_model
+from layerfreeze.forgetting import (backward_transfer, cka_by_layer, embedding_agreement, forgetting, learning,
+                                    linear_cka, sequential_run, train_task_a, with_new_head)
 from layerfreeze.plans import Plan
 from tests.test_training import toy_task
 
@@ -78,12 +78,12 @@ def test_drift_is_zero_for_the_same_model_and_positive_after_change():
 
 
 @pytest.mark.parametrize("strategy", [
-    ForgettingStrategy("full", "full"),
-    ForgettingStrategy("freeze bottom 1", "freeze-bottom", k=1),
-    ForgettingStrategy("head", "head"),
-    ForgettingStrategy("bitfit", "bitfit"),
-    ForgettingStrategy("gradual", "gradual"),
-    ForgettingStrategy("lora", "lora", rank=2),
+    Strategy("full", "all"),
+    Strategy("freeze bottom 1", "top", k=2),  # 3 blocks: the bottom one frozen, the top two train
+    Strategy("head", "head"),
+    Strategy("bitfit", "bitfit"),
+    Strategy("gradual", schedule="gradual"),
+    Strategy("lora", adapter="lora", rank=2),
 ], ids=lambda s: s.name)
 def test_sequential_protocol(strategy):
     pretrained = tiny_model("bert", num_layers=3)
@@ -104,10 +104,10 @@ def test_sequential_protocol(strategy):
         assert torch.equal(dict(model_a.named_parameters())[name], value)
     assert summary["a_after_b"] == pytest.approx(sum(result.correct["a_after"]) / 32)
     assert summary["b_after_b"] == pytest.approx(sum(result.correct["b_after"]) / 32)
-    if strategy.kind == "head":  # the shared body never moved: A keeps its accuracy, and CKA against A is 1
+    if strategy.name == "head":  # the shared body never moved: A keeps its accuracy, and CKA against A is 1
         assert result.a_during_b == [result.a_after_a] * 2
         assert result.cka == pytest.approx([1.0] * 4)
-    if strategy.kind == "full":  # B moved the shared body: the top layer no longer matches the model after A
+    if strategy.name == "full":  # B moved the shared body: the top layer no longer matches the model after A
         assert result.cka[-1] < 1 - 1e-6
 
 
@@ -130,10 +130,10 @@ def test_decoder_forgetting_code_path():
 
 
 @pytest.mark.parametrize("strategy", [
-    ForgettingStrategy("plan", "plan", plan=Plan("top block", ["block.2", "head"])),
-    ForgettingStrategy("lisa", "lisa", options=dict(gamma=1, every=2)),
-    ForgettingStrategy("adaptive", "adaptive", options=dict(interval=2, window=1, threshold=100.0)),
-    ForgettingStrategy("expansion", "expansion", options=dict(every=3)),
+    Strategy("plan", plan=Plan("top block", ["block.2", "head"])),
+    Strategy("lisa", schedule="lisa", options=dict(gamma=1, every=2)),
+    Strategy("adaptive", schedule="adaptive", options=dict(interval=2, window=1, threshold=100.0)),
+    Strategy("expansion", adapter="expansion", options=dict(every=3)),
 ], ids=lambda s: s.name)
 def test_sequential_protocol_runs_the_llm_methods(strategy):
     pretrained = tiny_model("bert", num_layers=3)
@@ -146,16 +146,16 @@ def test_sequential_protocol_runs_the_llm_methods(strategy):
     assert len(result.b_during_b) == 2 and result.step_seconds > 0 and result.estimated_memory_mib > 0
     # the run starts from model A's accuracy on A (an expanded body computes model A's function at first)
     assert result.a_after_a == evaluate(model_a, a_eval)["accuracy"]
-    if strategy.kind == "adaptive":  # it froze the lowest blocks, and the cache took them over
+    if strategy.name == "adaptive":  # it froze the lowest blocks, and the cache took them over
         assert len(result.phases) > 1
-    if strategy.kind == "lisa":
+    if strategy.name == "lisa":
         assert len(result.phases) == 4
 
 
 def test_lora_adapts_gpt2s_conv1d_projections():
     model = tiny_model("gpt2", num_layers=2)
     data = toy_task(32)
-    result = sequential_run(model, ForgettingStrategy("lora", "lora", rank=2), data, data, data, 2, epochs=1,
+    result = sequential_run(model, Strategy("lora", adapter="lora", rank=2), data, data, data, 2, epochs=1,
                             batch_size=16, progress=False)
     assert 0 < result.trainable_params < sum(p.numel() for p in model.parameters()) / 10
 

@@ -17,7 +17,7 @@ import torch
 import layerfreeze as lf
 from layerfreeze import gpu_run as gr
 from layerfreeze.course import notebook_paths
-from layerfreeze.precision import FORCE_VARIABLE
+from layerfreeze.runtime import FORCE_VARIABLE
 
 ROOT = Path(__file__).resolve().parents[1]
 WHEELS_ALLOWANCE = 10 * 2 ** 20  # pack.sh's wheels for the GPU machine: about 6 MB when last packed

@@ -5,7 +5,7 @@ import torch
 
 from layerfreeze import (assert_frozen_unchanged, fingerprint, freeze, freeze_to, tiny_model, train_only)
 from layerfreeze.cache import cache_device
-from layerfreeze.precision import resolve_precision
+from layerfreeze.runtime import resolve_precision
 from layerfreeze.schedules import lr_multiplier
 from layerfreeze.training import History, evaluate, fit, make_optimizer
 

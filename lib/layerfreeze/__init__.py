@@ -1,84 +1,114 @@
 """layerfreeze: see, choose and measure which layers of a pretrained transformer train.
 
-The public API, by concept:
+The public API, by concept (``docs/architecture.md`` says which module holds each):
 
-* models: :func:`load_model`, :func:`tiny_model`, :func:`resolve_model_source`
-* layers: :func:`layer_groups`, :func:`shared_parameters`, :func:`tied_weights`, :class:`LayerGroup`
-  (``docs/layer_groups.md``: the grouping rule and its special cases)
-* inspection and memory: :func:`parameter_table`, :func:`group_table`, :func:`estimate_memory`
+* runtime: :func:`seed_everything`, :func:`pick_device`, :func:`describe_device`, :data:`MiB`
+* models and layers: :func:`load_model`, :func:`tiny_model`, :func:`layer_groups`, :func:`num_blocks`,
+  :class:`LayerGroup`, :func:`shared_parameters`, :func:`tied_weights` (``docs/layer_groups.md``: the grouping rule)
+* inspection and memory: :func:`parameter_table`, :func:`group_table`, :func:`run_order_table`,
+  :func:`estimate_memory`
 * freezing: :func:`freeze`, :func:`unfreeze`, :func:`train_only`, :func:`freeze_to`, :func:`bitfit`,
-  :func:`frozen`, :func:`fingerprint`, :func:`assert_frozen_unchanged`
-* data: :func:`load_task`, :func:`encode`
-* training: :func:`fit`, :func:`evaluate`, :class:`History`
-* strategies: :class:`Strategy`, :func:`apply_preset`, :func:`run_strategy`, :func:`add_cache_timing`
-* timing: :class:`StepTimer`, :func:`interleave`, :class:`Spread`, :func:`profile_groups`, :func:`ideal_step_seconds`
-* plans: :class:`Plan`, :func:`apply_plan`, :func:`factory_plan`, :func:`lisa`, :func:`adaptive_freezing`,
-  :func:`expand_blocks`
-* signals before training: :func:`probe_by_layer`, :func:`gradient_norms`, :func:`spectrum_snr` and the plans
-  they propose (:func:`plan_from_probe`, :func:`plan_from_gradients`, :func:`plan_from_snr`)
-* the course's notebook contract: :func:`resolve_profile`, :func:`save_metrics`, :func:`save_figure`
+  :func:`frozen`, :func:`trainable_state`, :func:`restore_trainable`, :func:`fingerprint`,
+  :func:`assert_frozen_unchanged`
+* data: :func:`load_task`, :func:`encode`, :func:`num_labels`, :func:`batches_per_epoch`
+* training: :func:`fit` (a learning-rate ``curve``, or an unfreezing ``schedule``), :func:`evaluate`,
+  :class:`History`
+* schedules: :class:`Schedule`, :func:`gradual_unfreezing`, :func:`chain_thaw`, :func:`discriminative_lrs`,
+  :func:`head_and_body_lrs`, :func:`plot_schedule`
+* strategies: :class:`Strategy` (a preset, a plan, a schedule or an adapter), :func:`apply_strategy`,
+  :func:`prepare_strategy`, :func:`run_strategy`, :func:`add_cache_timing`
+* plans and signals: :class:`Plan`, :func:`factory_plan`, :func:`lisa`, :func:`adaptive_freezing`,
+  :func:`expand_blocks`, :func:`probe_by_layer`, :func:`gradient_norms`, :func:`spectrum_snr` and the plans they
+  propose (:func:`plan_from_probe`, :func:`plan_from_gradients`, :func:`plan_from_snr`)
+* timing: :class:`StepTimer`, :func:`interleave`, :func:`profile_groups`, :func:`ideal_step_seconds`
 * evidence: :func:`difference_interval`, :func:`verdict`, :func:`likely_reason`, :func:`still_improving`,
   :func:`choose_learning_rate`
+* the course's notebook contract: :func:`resolve_profile`, :func:`save_metrics`, :func:`save_figure`, and
+  ``lf.course.start(...)`` for each notebook's set-up cell
+
+Submodules hold the rest and load when first named: ``lf.schedules``, ``lf.plots``, ``lf.forgetting``
+(task A then task B), ``lf.widgets`` (the layer picker), ``lf.course``, ``lf.publish``, ``lf.trainer`` (the Hugging
+Face ``Trainer``), ``lf.adapters`` (LoRA).
+
+>>> import layerfreeze as lf
+>>> lf.forgetting.backward_transfer([[0.9, 0.0], [0.8, 0.9]])
+-0.09999999999999998
 """
+
+import importlib
 
 from .cli import check_before_import as _check_command_line
 
 _check_command_line()  # under `python -m layerfreeze`: --help and a bad flag answer before torch is imported
-from .course import describe_device, pick_device, resolve_profile, save_figure, save_metrics, seed_everything
-from .evidence import (Interval, choose_learning_rate, combine_verdicts, correct_per_example, curve_shape,
-                       describe_curves, difference_interval, likely_reason, still_improving, verdict)
-from .data import encode, generate_task, load_task, num_labels
-from .freezing import (FreezeReport, assert_frozen_unchanged, bitfit, changed_parameters, count_parameters, freeze,
-                       freeze_to, frozen, frozen_in_eval, fingerprint, release_eval_mode, restore_trainable,
-                       select_parameters, train_only, trainable_state, unfreeze)
-from .inspection import group_table, parameter_table, relative_step_time, run_order_table
-from .layers import (LayerGroup, find_blocks_path, layer_groups, module_run_order, num_blocks, shared_parameters,
-                     tied_weights)
-from .memory import MemoryEstimate, estimate_memory
+from .course import resolve_profile, save_figure, save_metrics
+from .data import batches_per_epoch, encode, generate_task, load_task, num_labels
+from .evidence import (choose_learning_rate, combine_verdicts, correct_per_example, curve_shape, describe_curves,
+                       difference_interval, likely_reason, still_improving, verdict)
+from .freezing import (assert_frozen_unchanged, bitfit, changed_parameters, count_parameters, freeze, freeze_to,
+                       frozen, frozen_in_eval, fingerprint, release_eval_mode, restore_trainable, select_parameters,
+                       train_only, trainable_state, unfreeze)
+from .inspection import group_table, parameter_table, run_order_table
+from .layers import LayerGroup, find_blocks_path, layer_groups, num_blocks, shared_parameters, tied_weights
+from .memory import estimate_memory
 from .models import MINILM_SHA256, load_model, resolve_model_source, tiny_model
-from .plots import (label_points, plot_accuracy_vs, plot_epoch_curves, plot_measured_vs_estimated_memory,
-                    plot_memory, plot_parameter_groups, plot_schedule)
-from .strategies import (PRESETS, Strategy, add_cache_timing, apply_preset, apply_strategy, fresh_copy,
-                         measure_cache_speedup, run_strategy)
-from .plots import chance_line, integer_ticks, legend_outside, memory_is_measured, plot_cka
+from .optim import follow_schedule, make_optimizer
+from .plans import Plan, adaptive_freezing, apply_plan, expand_blocks, factory_plan, lisa
+from .plots import (label_points, legend_outside, memory_is_measured, plot_accuracy_vs, plot_cache_speedup, plot_cka,
+                    plot_epoch_curves, plot_measured_vs_estimated_memory, plot_memory, plot_parameter_groups,
+                    plot_schedule)
+from .runtime import MiB, describe_device, pick_device, seed_everything
 from .schedules import (Schedule, chain_thaw, constant_schedule, discriminative_lrs, gradual_unfreezing,
-                        layerwise_decay, lr_multiplier, spread_lrs)
-from .timing import (GroupCosts, Interleaved, Spread, StepTimer, ideal_cache_speedup, ideal_step_seconds, interleave,
-                     profile_groups, steady_step_seconds)
-from .plans import AdaptiveFreezing, Plan, adaptive_freezing, apply_plan, expand_blocks, factory_plan, lisa
+                        head_and_body_lrs, layerwise_decay, lr_multiplier, spread_lrs)
 from .signals import (gradient_norms, linear_probe, matrix_snr, plan_from_gradients, plan_from_probe, plan_from_snr,
                       probe_by_layer, spectrum_snr)
-from .training import (History, enable_gradient_checkpointing, evaluate, fit, follow_schedule, make_optimizer,
-                       parameter_groups)
+from .strategies import (PRESETS, Strategy, add_cache_timing, apply_preset, apply_strategy, fresh_copy,
+                         measure_cache_speedup, prepare_strategy, run_strategy)
+from .timing import (GroupCosts, Spread, StepTimer, ideal_cache_speedup, ideal_step_seconds, interleave,
+                     profile_groups, steady_step_seconds)
+from .training import History, enable_gradient_checkpointing, evaluate, fit
 
 __version__ = "0.1.0"
 
+_SUBMODULES = ("adapters", "cache", "course", "forgetting", "plots", "publish", "schedules", "takeaways", "trainer",
+               "widgets")
+
+
+def __getattr__(name: str):
+    """``lf.forgetting``, ``lf.widgets`` ...: a submodule, imported when first named (ipywidgets, the Trainer and
+    peft load only where they are used)."""
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'layerfreeze' has no attribute {name!r}")
+
+
 __all__ = [
-    "describe_device", "pick_device", "resolve_profile", "save_figure", "save_metrics", "seed_everything",
-    "encode", "generate_task", "load_task", "num_labels",
-    "Interval", "choose_learning_rate", "combine_verdicts", "correct_per_example", "curve_shape", "describe_curves",
-    "difference_interval", "likely_reason", "still_improving", "verdict",
-    "FreezeReport", "assert_frozen_unchanged", "bitfit", "changed_parameters", "count_parameters", "freeze",
-    "freeze_to", "frozen", "frozen_in_eval", "fingerprint", "release_eval_mode", "restore_trainable",
-    "select_parameters", "train_only", "trainable_state", "unfreeze",
-    "group_table", "parameter_table", "relative_step_time", "run_order_table",
-    "LayerGroup", "find_blocks_path", "layer_groups", "num_blocks", "shared_parameters", "module_run_order",
-    "tied_weights",
-    "MemoryEstimate", "estimate_memory",
+    # runtime and the course's notebook contract
+    "MiB", "describe_device", "pick_device", "seed_everything", "resolve_profile", "save_figure", "save_metrics",
+    # models, layers, inspection, memory
     "MINILM_SHA256", "load_model", "resolve_model_source", "tiny_model",
-    "label_points", "plot_accuracy_vs", "plot_epoch_curves", "plot_measured_vs_estimated_memory", "plot_memory",
-    "plot_parameter_groups", "plot_schedule",
-    "PRESETS", "Strategy", "add_cache_timing", "apply_preset", "apply_strategy", "fresh_copy", "measure_cache_speedup",
-    "run_strategy",
-    "chance_line", "integer_ticks", "legend_outside", "memory_is_measured",
-    "plot_cka",
-    "Schedule", "chain_thaw", "constant_schedule", "discriminative_lrs", "gradual_unfreezing", "layerwise_decay",
-    "lr_multiplier", "spread_lrs",
-    "GroupCosts", "Interleaved", "Spread", "StepTimer", "ideal_cache_speedup", "ideal_step_seconds", "interleave",
-    "profile_groups", "steady_step_seconds",
+    "LayerGroup", "find_blocks_path", "layer_groups", "num_blocks", "shared_parameters", "tied_weights",
+    "group_table", "parameter_table", "run_order_table", "estimate_memory",
+    # freezing
+    "assert_frozen_unchanged", "bitfit", "changed_parameters", "count_parameters", "freeze", "freeze_to", "frozen",
+    "frozen_in_eval", "fingerprint", "release_eval_mode", "restore_trainable", "select_parameters", "train_only",
+    "trainable_state", "unfreeze",
+    # data and training
+    "batches_per_epoch", "encode", "generate_task", "load_task", "num_labels",
     "History", "enable_gradient_checkpointing", "evaluate", "fit", "follow_schedule", "make_optimizer",
-    "parameter_groups",
-    "AdaptiveFreezing", "Plan", "adaptive_freezing", "apply_plan", "expand_blocks", "factory_plan", "lisa",
+    # schedules, strategies, plans, signals
+    "Schedule", "chain_thaw", "constant_schedule", "discriminative_lrs", "gradual_unfreezing", "head_and_body_lrs",
+    "layerwise_decay", "lr_multiplier", "spread_lrs",
+    "PRESETS", "Strategy", "add_cache_timing", "apply_preset", "apply_strategy", "fresh_copy", "measure_cache_speedup",
+    "prepare_strategy", "run_strategy",
+    "Plan", "adaptive_freezing", "apply_plan", "expand_blocks", "factory_plan", "lisa",
     "gradient_norms", "linear_probe", "matrix_snr", "plan_from_gradients", "plan_from_probe", "plan_from_snr",
     "probe_by_layer", "spectrum_snr",
+    # timing and evidence
+    "GroupCosts", "Spread", "StepTimer", "ideal_cache_speedup", "ideal_step_seconds", "interleave", "profile_groups",
+    "steady_step_seconds",
+    "choose_learning_rate", "combine_verdicts", "correct_per_example", "curve_shape", "describe_curves",
+    "difference_interval", "likely_reason", "still_improving", "verdict",
+    # plots the notebooks draw with
+    "label_points", "legend_outside", "memory_is_measured", "plot_accuracy_vs", "plot_cache_speedup", "plot_cka",
+    "plot_epoch_curves", "plot_measured_vs_estimated_memory", "plot_memory", "plot_parameter_groups", "plot_schedule",
 ]

@@ -20,7 +20,7 @@ from torch import nn
 from .freezing import frozen_in_eval
 from .data import index_batches
 from .layers import LayerGroup, layer_groups
-from .precision import autocast
+from .runtime import autocast, eval_mode
 
 
 class _StopForward(Exception):
@@ -155,17 +155,15 @@ def _capture(model: nn.Module, groups: list[LayerGroup], prefix: int, input_ids,
     _, entry = _entry(groups, prefix)
     handles = [entry.register_forward_pre_hook(stop, with_kwargs=True)]
     handles += [m.register_forward_hook(record(n)) for n, m in _cached_blocks(groups, prefix).items()]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), autocast(precision, device):
-            model(input_ids=input_ids, attention_mask=attention_mask)
-    except _StopForward:
-        pass
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
+    with eval_mode(model):
+        try:
+            with torch.no_grad(), autocast(precision, device):
+                model(input_ids=input_ids, attention_mask=attention_mask)
+        except _StopForward:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
     if "value" not in captured:
         raise ValueError(f"cannot cache up to {groups[prefix].name}: its first module never ran in the forward pass")
     return captured["value"], structure
@@ -176,26 +174,24 @@ def _verify(model: nn.Module, groups: list[LayerGroup], prefix: int, structure: 
     """Refuse, with the reason, unless the stand-ins give bit-identical outputs on a few examples."""
     what = f"cannot cache {', '.join(g.name for g in groups[:prefix])} of {type(model).__name__}"
     value, _ = _capture(model, groups, prefix, input_ids, attention_mask, precision, device)
-    was_training = model.training
-    try:
-        for training in (False, True):  # eval: the structure; training: no randomness left in the cached groups
-            expected, got = _outputs_with_and_without(model, groups, prefix, structure, value, input_ids,
-                                                      attention_mask, precision, device, training)
-            if got.shape != expected.shape or not torch.equal(got, expected):
-                raise ValueError(f"{what}: " + (
-                    "in training mode their output changes from run to run (dropout outside nn.Dropout modules, "
-                    "as in BART's encoder), so a cache would change training." if training else
-                    "with the cached blocks standing in, the model's outputs differ from its real outputs: its "
-                    "blocks hand on more than hidden states (T5's position bias), so something besides the entry's "
-                    "input carries information past the cached groups.")
-                    + " Train without cache_prefix, or cache fewer groups.")
-    except ValueError:
-        raise
-    except Exception as error:
-        raise ValueError(f"{what}: the model fails with the cached blocks standing in ({type(error).__name__}: "
-                         f"{error}). Train without cache_prefix.") from error
-    finally:
-        model.train(was_training)
+    with eval_mode(model):  # the checks switch modes; the model leaves in the mode it came in
+        try:
+            for training in (False, True):  # eval: the structure; training: no randomness left in the cached groups
+                expected, got = _outputs_with_and_without(model, groups, prefix, structure, value, input_ids,
+                                                          attention_mask, precision, device, training)
+                if got.shape != expected.shape or not torch.equal(got, expected):
+                    raise ValueError(f"{what}: " + (
+                        "in training mode their output changes from run to run (dropout outside nn.Dropout modules, "
+                        "as in BART's encoder), so a cache would change training." if training else
+                        "with the cached blocks standing in, the model's outputs differ from its real outputs: its "
+                        "blocks hand on more than hidden states (T5's position bias), so something besides the entry's "
+                        "input carries information past the cached groups.")
+                        + " Train without cache_prefix, or cache fewer groups.")
+        except ValueError:
+            raise
+        except Exception as error:
+            raise ValueError(f"{what}: the model fails with the cached blocks standing in ({type(error).__name__}: "
+                             f"{error}). Train without cache_prefix.") from error
 
 
 def _outputs_with_and_without(model, groups, prefix, structure, value, input_ids, attention_mask, precision, device,

@@ -113,7 +113,7 @@ def _course(args) -> None:
 
 
 def _publish(args) -> None:
-    from .course import publish_results
+    from .publish import publish_results
 
     path = publish_results(args.build_dir, args.docs_dir, args.notebook_dir)
     print(f"written: {path} and {path.parent / 'figures'}")
@@ -236,20 +236,19 @@ def _check_plan_flags(args) -> None:
 
 
 def _train(args) -> None:
-    import torch
     import torch.distributed as dist
 
     import layerfreeze as lf
+    from .data import batches_per_epoch
     from .models import check_model_arguments
-    from .training import batches_per_epoch, distributed_context
+    from .runtime import distributed_context, process_device
 
     check_model_arguments(args.model)  # before the data loads
     _check_plan_flags(args)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
     rank, world_size = distributed_context()
-    device = torch.device(f"cuda:{rank % torch.cuda.device_count()}") if torch.cuda.is_available() else \
-        torch.device("cpu")
+    device = process_device(rank)
     lf.seed_everything(args.seed)
     splits = lf.load_task(args.task, limit={"train": args.train_limit, "validation": args.eval_limit})
     model, tokenizer = lf.load_model(args.model, num_labels=lf.num_labels(splits))
@@ -259,19 +258,16 @@ def _train(args) -> None:
     names = [g.name for g in lf.layer_groups(model)]
     rates = (lf.discriminative_lrs(names, args.lr, args.discriminative) if args.discriminative else args.lr)
     steps = args.epochs * batches_per_epoch(len(train), args.batch_size, world_size)
-    if args.schedule == "gradual":
-        schedule = lf.gradual_unfreezing(names, args.every, steps, rates, curve=args.curve)
-    elif args.schedule == "chain-thaw":
-        schedule = lf.chain_thaw(names, args.every, steps, rates, curve=args.curve)
-    elif args.trainable_layers is not None:
-        from .plans import apply_plan, factory_plan
-        apply_plan(model, factory_plan(model, args.trainable_layers, args.trainable_modules, args.extra_modules))
-        schedule = args.curve
+    schedule = None
+    if args.schedule != "none":
+        unfreezing = lf.gradual_unfreezing if args.schedule == "gradual" else lf.chain_thaw
+        schedule = unfreezing(names, args.every, steps, rates, curve=args.curve)
     else:
-        lf.apply_preset(model, *args.plan)
-        schedule = args.curve
+        plan = None if args.trainable_layers is None else lf.factory_plan(
+            model, args.trainable_layers, args.trainable_modules, args.extra_modules)
+        lf.apply_strategy(model, lf.Strategy("command line", *args.plan, plan=plan))
     history = lf.fit(model, train, validation, epochs=args.epochs, lr=rates, batch_size=args.batch_size,
-                     schedule=schedule, seed=args.seed, device=device, progress=rank == 0)
+                     curve=args.curve, schedule=schedule, seed=args.seed, device=device, progress=rank == 0)
     _report(args, history, lf.fingerprint(model), rank, world_size, dist)
     if world_size > 1:
         dist.destroy_process_group()

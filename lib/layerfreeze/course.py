@@ -1,7 +1,10 @@
-"""What every notebook of the course does the same way: profiles, the device, metrics and figures on disk.
+"""The course's notebook contract and its runner: profiles, the set-up cell, metrics and figures on disk.
 
 The notebook contract: a cell tagged ``parameters`` sets ``profile``, ``model_name``, ``seed`` and ``output_dir``;
-the notebook writes its metrics to ``output_dir/<notebook stem>.json``.
+the set-up cell calls :func:`start` with the notebook's settings per profile; the notebook writes its metrics to
+``output_dir/<notebook stem>.json`` (:func:`save_metrics`). :func:`run_course` runs every notebook in order;
+:mod:`layerfreeze.publish` turns one run into the results page. The top layer: nothing in the library's core
+imports it.
 
 >>> resolve_profile("smoke")
 'smoke'
@@ -11,11 +14,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import platform
-import random
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
+from .runtime import describe_device, pick_device, seed_everything
+
+if TYPE_CHECKING:
+    import torch
 
 PROFILES = ("auto", "smoke", "cpu", "full")
 # No cell of any profile needs this long on a 2-core CPU; a cell that does has hung (see nbclient issue 312).
@@ -33,38 +39,44 @@ def resolve_profile(profile: str) -> str:
     return profile
 
 
-def pick_device() -> torch.device:
-    """CUDA when present, else the CPU."""
+class Start(NamedTuple):
+    """What a notebook's set-up cell hands on: the resolved profile, the device, and this profile's settings."""
+
+    profile: str
+    device: torch.device
+    settings: dict | None
+
+
+def start(profile: str, seed: int, settings: dict[str, dict] | None = None, cpu_threads: int | None = None) -> Start:
+    """Every notebook's set-up cell: resolve the profile, pick the device, seed everything (before any model loads:
+    a new classification head is initialised at random), and print where it runs. ``settings`` maps each profile
+    (``smoke``, ``cpu``, ``full``) to the notebook's sizes; the resolved profile's come back. ``cpu_threads`` caps
+    torch's threads on a CPU.
+
+    >>> profile, device, settings = start("smoke", 0, {"smoke": {"train": 8}, "cpu": {}, "full": {}})
+    profile=smoke, device=cpu: ..., settings={'train': 8}
+    >>> profile, settings
+    ('smoke', {'train': 8})
+    """
     import torch
 
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy (when installed) and torch, on every device."""
-    import torch
-
-    random.seed(seed)
-    torch.manual_seed(seed)
-    try:
-        import numpy as np
-        np.random.seed(seed % 2 ** 32)
-    except ImportError:
-        pass
-
-
-def describe_device(device: torch.device | None = None) -> str:
-    """A one-line description of where the notebook runs, e.g. ``'cuda: NVIDIA H100 80GB HBM3'``."""
-    import torch
-
-    device = device or pick_device()
-    if device.type == "cuda":
-        return f"cuda: {torch.cuda.get_device_name(device)}"
-    return f"cpu: {os.cpu_count()} cores, {platform.processor() or platform.machine()}"
+    profile = resolve_profile(profile)
+    if settings is not None and profile not in settings:
+        raise ValueError(f"settings has no entry for profile {profile!r}; it needs one per profile: "
+                         f"{', '.join(PROFILES[1:])}")
+    chosen = settings[profile] if settings is not None else None
+    device = pick_device()
+    if cpu_threads is not None and device.type == "cpu":
+        torch.set_num_threads(min(torch.get_num_threads(), cpu_threads))
+    seed_everything(seed)
+    print(f"profile={profile}, device={describe_device(device)}" + (f", settings={chosen}" if chosen else ""))
+    return Start(profile, device, chosen)
 
 
 def environment() -> dict:
     """Library versions and the device, recorded beside every notebook's metrics."""
+    import platform
+
     import torch
     import transformers
 
@@ -181,125 +193,4 @@ def write_course_timing(build_dir: str | Path, profile: str, seconds: dict[str, 
     path.write_text(json.dumps(
         {"profile": profile, "resolved_profile": resolve_profile(profile), "seconds": seconds,
          "total_seconds": sum(seconds.values()), "environment": environment()}, indent=2) + "\n")
-    return path
-
-
-# Datasheet figures (NVIDIA): dense bf16/fp16 tensor TFLOPS and memory GB/s, used only to scale a measured time to
-# another card. The more specific name comes first.
-GPU_DATASHEETS = {"H100 PCIe": (756, 2000), "H100": (989, 3350), "H200": (989, 4800), "A100": (312, 2039),
-                  "L4": (121, 300), "T4": (65, 320)}
-
-
-def _datasheet(device: str) -> tuple[float, float] | None:
-    return next((spec for name, spec in GPU_DATASHEETS.items() if name in device), None)
-
-
-def estimate_seconds_on(seconds: float, measured_on: str, target: str = "T4") -> tuple[float, float] | None:
-    """Scale a time measured on one GPU to another by their datasheets: the low end if the work is bound by memory
-    bandwidth, the high end if by tensor throughput. Fixed costs (loading, tokenising, Python) are scaled too,
-    so the range leans long. ``None`` when either card is not in :data:`GPU_DATASHEETS`.
-
-    >>> estimate_seconds_on(60, "cuda: NVIDIA H100 80GB HBM3", "T4")
-    (628.1..., 912.9...)
-    >>> estimate_seconds_on(60, "cpu: 2 cores, x86_64") is None
-    True
-    """
-    source, goal = _datasheet(measured_on), _datasheet(target)
-    if source is None or goal is None:
-        return None
-    ratios = sorted((source[0] / goal[0], source[1] / goal[1]))
-    return seconds * ratios[0], seconds * ratios[1]
-
-
-def _notebook_title(notebook_dir: Path, stem: str) -> str:
-    import nbformat
-
-    path = notebook_dir / f"{stem}.ipynb"
-    if not path.exists():
-        return stem
-    first = nbformat.read(path, as_version=4).cells[0].source.splitlines()[0]
-    return first.lstrip("# ").strip()
-
-
-def _cell(value) -> str:
-    if isinstance(value, bool) or value is None:
-        return {True: "yes", False: "no", None: "-"}[value]
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
-def _markdown_table(columns: list[str], rows: list[list]) -> list[str]:
-    return (["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
-            + ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows])
-
-
-def publish_results(build_dir: str | Path = "build", docs_dir: str | Path = "docs",
-                    notebook_dir: str | Path = "notebooks", max_figure_bytes: int = 300_000,
-                    page: str = "results.md", figures: str = "figures") -> Path:
-    """Write ``docs_dir/<page>`` and ``docs_dir/<figures>/`` from one course run in ``build_dir``: the device, library
-    versions and date, each notebook's time, key tables and key figures (as each notebook declared them to
-    :func:`save_metrics`). Figures from an earlier run are removed, so the page shows one run only. A figure over
-    ``max_figure_bytes`` is an error, not a silent omission. ``python -m layerfreeze publish`` runs this."""
-    import shutil
-
-    build, docs, notebook_dir = Path(build_dir), Path(docs_dir), Path(notebook_dir)
-    timing_path = build / "results" / "course_timing.json"
-    if not timing_path.exists():
-        raise FileNotFoundError(f"{timing_path} not found: run the whole course first (make course)")
-    timing = json.loads(timing_path.read_text())
-    env = timing["environment"]
-    metrics = {stem: json.loads((build / "results" / f"{stem}.json").read_text()) for stem in timing["seconds"]}
-
-    key_figures = [(stem, name) for stem, m in metrics.items() for name in m.get("key_figures", [])]
-    for stem, name in key_figures:
-        source = build / "figures" / f"{name}.png"
-        if not source.exists():
-            raise FileNotFoundError(f"{stem} names key figure {name!r}, but {source} does not exist")
-        if source.stat().st_size > max_figure_bytes:
-            raise ValueError(f"{source} is {source.stat().st_size:,} bytes; figures on the results page must stay "
-                             f"under {max_figure_bytes:,}: save it smaller (fewer points, lower dpi)")
-    figure_dir = docs / figures
-    figure_dir.mkdir(parents=True, exist_ok=True)
-    for old in figure_dir.glob("*.png"):
-        old.unlink()
-    for _, name in key_figures:
-        shutil.copyfile(build / "figures" / f"{name}.png", figure_dir / f"{name}.png")
-
-    estimate = estimate_seconds_on(1, env["device"], "T4") is not None
-    lines = [
-        "# Course results",
-        "",
-        f"One run of the whole course (`make course`, profile `{timing['profile']}`, which ran "
-        f"`{timing['resolved_profile']}`) on **{env['device']}**, {env['date']}: torch {env['torch']}, "
-        f"transformers {env['transformers']}, Python {env['python']}. Written by `python -m layerfreeze publish` from "
-        "that run's `build/results/*.json` and `build/figures/`; every number below is the run's own.",
-        "",
-        "## Time per notebook",
-        "",
-    ]
-    columns = ["notebook", "seconds"] + (["Colab T4, estimated s"] if estimate else [])
-    rows = []
-    for stem, seconds in [*timing["seconds"].items(), ("whole course", timing["total_seconds"])]:
-        row = [stem, round(seconds, 1)]
-        if estimate:
-            low, high = estimate_seconds_on(seconds, env["device"], "T4")
-            row.append(f"{low:.0f} to {high:.0f}")
-        rows.append(row)
-    lines += _markdown_table(columns, rows)
-    if estimate:
-        lines += ["", "The T4 column scales the measured time by the two cards' datasheets (memory bandwidth for the "
-                  "low end, fp16 tensor throughput for the high end; `layerfreeze.course.estimate_seconds_on`). It is "
-                  "an estimate, not a measurement, and it leans long: loading and tokenising do not slow down."]
-    for stem, m in metrics.items():
-        lines += ["", f"## {_notebook_title(notebook_dir, stem)}", "",
-                  f"`{stem}`: {timing['seconds'][stem]:.0f} s, model `{m.get('model_name')}`, seed {m.get('seed')}."]
-        for table in m.get("key_tables", []):
-            lines += ["", f"**{table['title']}**", ""] + _markdown_table(table["columns"], table["rows"])
-        for name in m.get("key_figures", []):
-            lines += ["", f"![{name}]({figures}/{name}.png)"]
-    path = docs / page
-    path.write_text("\n".join(lines) + "\n")
     return path

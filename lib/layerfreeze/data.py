@@ -16,6 +16,7 @@ Both come from one seeded generator (:func:`generate_task`); ``data/`` holds the
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 from pathlib import Path
@@ -294,6 +295,32 @@ def index_batches(n: int, batch_size: int, shuffle: bool = False, seed: int = 0,
     order = order[rank::world_size]
     for start in range(0, len(order), batch_size):
         yield order[start:start + batch_size]
+
+
+def batches_per_epoch(examples: int, batch_size: int, world_size: int = 1) -> int:
+    """Optimizer steps in one epoch: each process takes its share of the examples, rounded up, in batches
+    (as many as :func:`index_batches` yields).
+
+    >>> batches_per_epoch(100, 32), batches_per_epoch(100, 32, world_size=2)
+    (4, 2)
+    """
+    return math.ceil(math.ceil(examples / world_size) / batch_size)
+
+
+def as_tensors(data) -> tuple:
+    """``(input_ids, attention_mask, labels)`` from a ``TensorDataset`` (what :func:`encode` returns) or a tuple of
+    three tensors of one length; anything else raises a ``ValueError`` that says what is expected.
+
+    >>> import torch
+    >>> [t.shape[0] for t in as_tensors((torch.zeros(4, 3), torch.ones(4, 3), torch.zeros(4)))]
+    [4, 4, 4]
+    """
+    tensors = getattr(data, "tensors", None)
+    tensors = tuple(data) if tensors is None else tensors
+    if len(tensors) != 3 or len({len(t) for t in tensors}) != 1:
+        raise ValueError("expected (input_ids, attention_mask, labels) of one length, e.g. from "
+                         "layerfreeze.encode(split, tokenizer)")
+    return tensors
 
 
 def encode(split, tokenizer, max_length: int = 64):

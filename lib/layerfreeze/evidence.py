@@ -23,6 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from .data import as_tensors
+from .runtime import eval_mode
+
 VERDICTS = ("holds", "does not hold", "within noise")
 
 
@@ -32,16 +35,14 @@ VERDICTS = ("holds", "does not hold", "within noise")
 def correct_per_example(model: nn.Module, data, batch_size: int = 256) -> np.ndarray:
     """A 0/1 array, one entry per example of ``data`` (``(input_ids, attention_mask, labels)``): 1 where the model's
     prediction is right. Its mean is :func:`~layerfreeze.evaluate`'s accuracy."""
-    input_ids, attention_mask, labels = (getattr(data, "tensors", data))[:3]
+    input_ids, attention_mask, labels = as_tensors(data)
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     hits = []
-    for start in range(0, len(labels), batch_size):
-        rows = slice(start, start + batch_size)
-        logits = model(input_ids=input_ids[rows].to(device), attention_mask=attention_mask[rows].to(device)).logits
-        hits.append((logits.argmax(-1).cpu() == labels[rows]).numpy())
-    model.train(was_training)
+    with eval_mode(model):
+        for start in range(0, len(labels), batch_size):
+            rows = slice(start, start + batch_size)
+            logits = model(input_ids=input_ids[rows].to(device), attention_mask=attention_mask[rows].to(device)).logits
+            hits.append((logits.argmax(-1).cpu() == labels[rows]).numpy())
     return np.concatenate(hits).astype(float) if hits else np.zeros(0)
 
 

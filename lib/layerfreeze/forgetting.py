@@ -25,13 +25,17 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .data import as_tensors, batches_per_epoch
 from .evidence import Interval, correct_per_example, difference_interval
-from .freezing import freeze, train_only
+from .freezing import freeze
 from .layers import layer_groups, replace_module
-from .memory import estimate_memory
-from .plans import Plan, adaptive_freezing, apply_plan, expand_blocks, lisa
-from .strategies import apply_preset
-from .training import _tensors, evaluate, fit, follow_schedule
+from .memory import MiB, estimate_memory
+from .optim import follow_schedule
+from .plans import expand_blocks
+from .runtime import eval_mode
+from .schedules import head_and_body_lrs
+from .strategies import Strategy, apply_preset, prepare_strategy
+from .training import evaluate, fit
 
 # --- metrics on an accuracy matrix ---------------------------------------------------------------------------------
 
@@ -106,20 +110,18 @@ def hidden_states(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
                   batch_size: int = 128) -> list[torch.Tensor]:
     """Mean-pooled hidden states after the embeddings and after each block: one ``[examples, hidden]`` per layer."""
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     layers: list[list[torch.Tensor]] = []
-    for start in range(0, len(input_ids), batch_size):
-        ids = input_ids[start:start + batch_size].to(device)
-        mask = attention_mask[start:start + batch_size].to(device)
-        out = _base_model(model)(input_ids=ids, attention_mask=mask, output_hidden_states=True)
-        weights = mask.unsqueeze(-1).float()
-        pooled = [(h.float() * weights).sum(1) / weights.sum(1) for h in out.hidden_states]
-        if not layers:
-            layers = [[] for _ in pooled]
-        for store, value in zip(layers, pooled):
-            store.append(value.cpu())
-    model.train(was_training)
+    with eval_mode(model):
+        for start in range(0, len(input_ids), batch_size):
+            ids = input_ids[start:start + batch_size].to(device)
+            mask = attention_mask[start:start + batch_size].to(device)
+            out = _base_model(model)(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+            weights = mask.unsqueeze(-1).float()
+            pooled = [(h.float() * weights).sum(1) / weights.sum(1) for h in out.hidden_states]
+            if not layers:
+                layers = [[] for _ in pooled]
+            for store, value in zip(layers, pooled):
+                store.append(value.cpu())
     return [torch.cat(chunks) for chunks in layers]
 
 
@@ -165,111 +167,6 @@ def with_new_head(model_a: nn.Module, num_labels: int, seed: int = 0) -> nn.Modu
     model_b.config.num_labels = num_labels
     model_b.num_labels = num_labels
     return model_b
-
-
-# --- strategies for task B -----------------------------------------------------------------------------------------
-
-FORGETTING_KINDS = ("full", "freeze-bottom", "head", "bitfit", "gradual", "lora", "plan", "lisa", "adaptive",
-                    "expansion")
-
-
-@dataclass
-class ForgettingStrategy:
-    """How task B trains: ``kind`` in :data:`FORGETTING_KINDS`; ``k`` bottom blocks for ``freeze-bottom``;
-    ``rank`` for LoRA (conventionally 8 to 16, with alpha = 2 x rank); ``plan`` (a :class:`~layerfreeze.plans.Plan`)
-    for ``plan``; ``options`` for ``lisa`` (gamma, every, seed), ``adaptive`` (interval, window, threshold) and
-    ``expansion`` (every)."""
-
-    name: str
-    kind: str
-    k: int | None = None
-    rank: int = 8
-    lr: float = 1e-4
-    head_lr: float = 1e-3
-    plan: Plan | None = None
-    options: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        if self.kind not in FORGETTING_KINDS:
-            raise ValueError(f"unknown kind {self.kind!r}; valid: {', '.join(FORGETTING_KINDS)}")
-
-
-def prepare_for_b(model_b: nn.Module, strategy: ForgettingStrategy, steps: int):
-    """Set up ``model_b`` for ``strategy``; returns ``(model to train, lr or schedule for fit)``."""
-    from .schedules import gradual_unfreezing
-
-    groups = layer_groups(model_b)
-    names = [g.name for g in groups]
-    rates = {"head": strategy.head_lr, "default": strategy.lr}
-    if strategy.kind == "full":
-        apply_preset(model_b, "all")
-    elif strategy.kind == "freeze-bottom":
-        blocks = len(groups) - 2
-        if strategy.k is None or not 0 <= strategy.k <= blocks:
-            raise ValueError(f"freeze-bottom needs k from 0 to {blocks} blocks; got {strategy.k!r}")
-        apply_preset(model_b, "all")
-        freeze(model_b, slice(0, strategy.k + 1), groups=groups)  # the embeddings and the bottom k blocks
-    elif strategy.kind == "head":
-        apply_preset(model_b, "head")
-    elif strategy.kind == "bitfit":
-        apply_preset(model_b, "bitfit")
-    elif strategy.kind == "gradual":
-        every = max(1, steps // (2 * len(names)))
-        return model_b, gradual_unfreezing(names, every, steps, rates)
-    elif strategy.kind == "plan":
-        apply_plan(model_b, strategy.plan)
-    elif strategy.kind == "lisa":
-        return model_b, lisa(names, total_steps=steps, lrs=rates, **strategy.options)
-    elif strategy.kind == "adaptive":  # the embeddings stay frozen, so the feature cache can start there
-        train_only(model_b, *names[1:], groups=groups, eval_frozen=True)
-        return model_b, adaptive_freezing(names, steps, rates, trainable=names[1:], **strategy.options)
-    elif strategy.kind == "expansion":  # sequential_run expanded the body; train only the new blocks
-        new = [g.name for g in groups if any(".expansion_gate." in n for n in g.parameters)]
-        train_only(model_b, *new, "head", groups=groups, eval_frozen=True)
-    else:
-        return _lora(model_b, strategy), rates
-    return model_b, rates
-
-
-def lora_targets(model: nn.Module) -> list[str]:
-    """The projections LoRA adapts, by their full names: every linear layer inside the blocks, attention's and the
-    MLP's (the conventional choice; QLoRA and Biderman et al. 2024 adapt all of them).
-
-    >>> from layerfreeze import tiny_model
-    >>> names = [name.split(".", 4)[-1] for name in lora_targets(tiny_model("bert", num_layers=1))]
-    >>> names  # doctest: +NORMALIZE_WHITESPACE
-    ['attention.self.query', 'attention.self.key', 'attention.self.value', 'attention.output.dense',
-     'intermediate.dense', 'output.dense']
-    """
-    targets = []
-    for group in layer_groups(model)[1:-1]:
-        for prefix, block in group.modules.items():
-            targets += [f"{prefix}.{name}" for name, module in block.named_modules()
-                        if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"]
-    return targets
-
-
-def lora_parameter_count(model: nn.Module, rank: int) -> int:
-    """Parameters that rank-``rank`` adapters on :func:`lora_targets` add: ``rank x (inputs + outputs)`` each.
-
-    >>> from layerfreeze import tiny_model
-    >>> lora_parameter_count(tiny_model("bert", num_layers=1, hidden_size=32), 8)  # 4 of 32x32, 2 of 32x128
-    4608
-    """
-    modules = dict(model.named_modules())
-    return sum(rank * sum(modules[name].weight.shape) for name in lora_targets(model))
-
-
-def _lora(model_b: nn.Module, strategy: ForgettingStrategy) -> nn.Module:
-    """LoRA adapters (alpha = 2 x rank) on every projection of the shared blocks, via ``peft``; head B trains fully."""
-    from peft import LoraConfig, get_peft_model
-
-    targets = lora_targets(model_b)
-    head = [name for name, module in layer_groups(model_b)[-1].modules.items()
-            if next(module.parameters(), None) is not None]  # pooler, classifier; not dropout
-    config = LoraConfig(r=strategy.rank, lora_alpha=2 * strategy.rank, lora_dropout=0.0, target_modules=targets,
-                        modules_to_save=head)
-    return get_peft_model(model_b, config)
 
 
 # --- the protocol --------------------------------------------------------------------------------------------------
@@ -323,12 +220,12 @@ def train_task_a(pretrained: nn.Module, data_a, eval_a, *, epochs: int, batch_si
     """Fine-tune a copy of the pretrained model on task A (everything trains); returns model A."""
     model_a = copy.deepcopy(pretrained)
     apply_preset(model_a, "all")
-    fit(model_a, data_a, eval_a, epochs=epochs, lr={"head": head_lr, "default": lr}, batch_size=batch_size,
+    fit(model_a, data_a, eval_a, epochs=epochs, lr=head_and_body_lrs(lr, head_lr), batch_size=batch_size,
         seed=seed, progress=progress)
     return model_a
 
 
-def sequential_run(model_a: nn.Module, strategy: ForgettingStrategy, data_b, eval_a, eval_b, num_labels_b: int, *,
+def sequential_run(model_a: nn.Module, strategy: Strategy, data_b, eval_a, eval_b, num_labels_b: int, *,
                    epochs: int, batch_size: int, seed: int = 0, probe=None, test_b=None,
                    progress: bool = True) -> SequentialResult:
     """Train task B on a copy of ``model_a`` under ``strategy``; evaluate A (head A) and B after every epoch of B.
@@ -339,7 +236,7 @@ def sequential_run(model_a: nn.Module, strategy: ForgettingStrategy, data_b, eva
     each model gets right (``correct``), for intervals (:mod:`layerfreeze.evidence`).
     """
     original_a, model_a = model_a, copy.deepcopy(model_a)
-    if strategy.kind == "expansion":  # both heads read the expanded body; it is model A's function at init
+    if strategy.adapter == "expansion":  # both heads read the expanded body; it is model A's function at init
         expand_blocks(model_a, **strategy.options)
         original_a = copy.deepcopy(model_a)  # so that CKA compares block with block
     freeze(model_a, allow_nothing_trainable=True)  # head A never trains during B; the shared body is set below
@@ -348,22 +245,21 @@ def sequential_run(model_a: nn.Module, strategy: ForgettingStrategy, data_b, eva
     correct = {"a_before": correct_per_example(model_a, eval_a), "b_before": correct_per_example(model_b, final_b)}
     result = SequentialResult(strategy.name, float(correct["a_before"].mean()), float(correct["b_before"].mean()),
                               lr=strategy.lr)
-    steps = epochs * -(-len(_tensors(data_b)[0]) // batch_size)
-    trained, plan = prepare_for_b(model_b, strategy, steps)
+    steps = epochs * batches_per_epoch(len(as_tensors(data_b)[0]), batch_size)
+    trained, schedule = prepare_strategy(model_b, strategy, steps)
 
     def measure_a(epoch):
         result.a_during_b.append(evaluate(model_a, eval_a)["accuracy"])
         return {"a_accuracy": result.a_during_b[-1]}
 
-    if not isinstance(plan, dict):
-        follow_schedule(trained, plan, 0)
+    if schedule is not None:  # the memory estimate below is for the schedule's first trainable set
+        follow_schedule(trained, schedule, 0)
     estimates = [_estimate_mib(trained, data_b, batch_size)]
     start = time.perf_counter()
     # a frozen prefix (embeddings and bottom blocks, in eval mode) is computed once: the same result, faster
-    history = fit(trained, data_b, eval_b, epochs=epochs, batch_size=batch_size, seed=seed, progress=progress,
-                  on_epoch_end=measure_a, cache_prefix=strategy.kind in ("head", "freeze-bottom") or (
-                      strategy.kind == "adaptive" and _one_embedding_module(trained)),
-                  **({"lr": plan} if isinstance(plan, dict) else {"schedule": plan}))
+    history = fit(trained, data_b, eval_b, epochs=epochs, lr=strategy.learning_rates, schedule=schedule,
+                  batch_size=batch_size, seed=seed, progress=progress, on_epoch_end=measure_a,
+                  cache_prefix=_caches_prefix(strategy, trained))
     result.seconds = time.perf_counter() - start
     estimates.append(_estimate_mib(trained, data_b, batch_size))
     result.estimated_memory_mib = max(estimates)
@@ -420,15 +316,44 @@ def summarize_runs(runs: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("strategy")
 
 
-def _one_embedding_module(model: nn.Module) -> bool:
-    """Whether the feature cache can stand in for the embeddings (not GPT-2's ``wte`` + ``wpe``)."""
-    return not hasattr(model, "get_base_model") and len(layer_groups(model)[0].modules) == 1
+def seed_means(runs: list[dict], column: str) -> dict[str, np.ndarray]:
+    """Per strategy (in the order of their first run), the mean over seeds of ``column`` in the ``summary()`` rows
+    of :func:`sequential_run`: element by element for a list (``a_during_b``, ``b_during_b``, ``cka``).
+
+    >>> runs = [{"strategy": "full", "cka": [1.0, 0.8]}, {"strategy": "full", "cka": [1.0, 0.6]}]
+    >>> {name: mean.tolist() for name, mean in seed_means(runs, "cka").items()}
+    {'full': [1.0, 0.7]}
+    """
+    frame = pd.DataFrame(runs)
+    return {name: np.mean(np.stack(frame[frame.strategy == name][column].to_list()), axis=0)
+            for name in dict.fromkeys(frame.strategy)}
+
+
+def cka_frame(runs: list[dict]) -> pd.DataFrame:
+    """Linear CKA after task B against the model after task A: layers (``layer 0`` is the embeddings' output) by
+    strategies, each the mean over seeds; what :func:`~layerfreeze.plots.plot_cka` draws."""
+    means = seed_means(runs, "cka")
+    layers = len(next(iter(means.values())))
+    return pd.DataFrame(means, index=[f"layer {i}" for i in range(layers)])
+
+
+def _caches_prefix(strategy: Strategy, model: nn.Module) -> bool:
+    """Whether task B's run caches its frozen prefix: every fixed trainable set that leaves the embeddings frozen
+    (presets, plans, block expansion), and adaptive freezing, which starts with the embeddings frozen; never a
+    schedule that may train the embeddings, nor LoRA. Only where the cache can stand in for the embeddings (one
+    module: not GPT-2's ``wte`` + ``wpe``)."""
+    groups = layer_groups(model)
+    if hasattr(model, "get_base_model") or len(groups[0].modules) != 1:
+        return False
+    if strategy.schedule == "adaptive":
+        return True
+    return strategy.schedule is None and strategy.adapter != "lora" and groups[0].trainable is False
 
 
 def _estimate_mib(model: nn.Module, data, batch_size: int) -> float:
     """:func:`~layerfreeze.estimate_memory`'s total for the current trainable set (a LoRA model: its base)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return estimate_memory(base, batch_size, _tensors(data)[0].shape[1]).total / 2 ** 20
+    return estimate_memory(base, batch_size, as_tensors(data)[0].shape[1]).total / MiB
 
 
 # --- decoders: forgetting as a rise in perplexity ------------------------------------------------------------------
@@ -445,19 +370,17 @@ def perplexity(model: nn.Module, data, batch_size: int = 32) -> float:
     """exp of the mean next-token loss over every real (non-padding) token of ``data``."""
     device = next(model.parameters()).device
     input_ids, attention_mask, labels = data
-    was_training = model.training
-    model.eval()
     total, tokens = 0.0, 0
-    for start in range(0, len(input_ids), batch_size):
-        ids, mask = input_ids[start:start + batch_size].to(device), attention_mask[start:start + batch_size].to(device)
-        target = labels[start:start + batch_size].to(device)
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-        shifted = target[:, 1:]
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), shifted.reshape(-1),
-                                                 ignore_index=-100, reduction="sum")
-        total += loss.item()
-        tokens += int((shifted != -100).sum())
-    model.train(was_training)
+    with eval_mode(model):
+        for start in range(0, len(input_ids), batch_size):
+            rows = slice(start, start + batch_size)
+            ids, mask, target = input_ids[rows].to(device), attention_mask[rows].to(device), labels[rows].to(device)
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+            shifted = target[:, 1:]
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), shifted.reshape(-1),
+                                                     ignore_index=-100, reduction="sum")
+            total += loss.item()
+            tokens += int((shifted != -100).sum())
     return float(torch.exp(torch.tensor(total / max(tokens, 1))))
 
 

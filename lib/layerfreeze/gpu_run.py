@@ -27,7 +27,9 @@ import tarfile
 import time
 from pathlib import Path
 
-from .course import environment, notebook_paths, publish_results, write_course_timing
+from .course import environment, notebook_paths, write_course_timing
+from .publish import publish_results
+from .runtime import FORCE_VARIABLE, PRECISIONS, MiB
 
 PRIORITY = ("04", "02", "03", "05", "01")
 # Seconds each notebook is expected to take: `full` on one H100, from the step counts in docs/gpu_runs.md. A
@@ -37,9 +39,8 @@ EXPECTED_SECONDS = {"full": {"04": 102, "02": 54, "03": 55, "05": 34, "01": 16, 
 DEFAULT_EXPECTED_SECONDS = {"full": 60}
 HANG_BOUND_SECONDS = 300
 ARCHIVE, SUMMARY, LOG = "gpu_run.tar.gz", "gpu_run.json", "gpu_run.log"
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CELL_TIMEOUT_EXIT = 124  # what `timeout` returns: a cell ran past its limit
-CARRY_LIMIT = 64 * 2 ** 20  # what goes along with a device command: the working tree plus .carry/
+CARRY_LIMIT = 64 * MiB  # what goes along with a device command: the working tree plus .carry/
 
 
 def run_order(names: list) -> list:
@@ -161,7 +162,6 @@ def _run_course_part(paths, build, out, log, summary, deadline, started) -> None
 
 def _environment(precision: str) -> dict:
     """The child's environment: ``auto`` leaves the choice to the device, anything else forces it."""
-    from .precision import FORCE_VARIABLE
     env = {k: v for k, v in os.environ.items() if k != FORCE_VARIABLE}
     return env if precision == "auto" else {**env, FORCE_VARIABLE: precision}
 
@@ -243,8 +243,8 @@ def check_carry(root: str | Path = ".") -> int:
     """Raise when the carry is over the limit; return its size in bytes."""
     size = carry_bytes(root)
     if size >= CARRY_LIMIT:
-        raise ValueError(f"the working tree plus .carry/ is {size / 2 ** 20:.1f} MiB; a device command carries at "
-                         f"most {CARRY_LIMIT / 2 ** 20:.0f} MiB: remove large untracked files or shrink .carry/")
+        raise ValueError(f"the working tree plus .carry/ is {size / MiB:.1f} MiB; a device command carries at "
+                         f"most {CARRY_LIMIT / MiB:.0f} MiB: remove large untracked files or shrink .carry/")
     return size
 
 

@@ -1,6 +1,7 @@
 """Estimating the memory of one training step: weights, gradients, optimizer state and activations.
 
-The estimate is a formula, not a measurement; ``benchmarks/`` sets it beside measured CUDA peaks.
+The estimate (:func:`estimate_memory`) is a formula; :class:`PeakMemory` is the measurement that
+:func:`~layerfreeze.fit` records beside it, and ``benchmarks/`` sets the two side by side.
 
 Activations follow Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer Models"),
 counted for the tensors that autograd keeps per block: the block input, Q, K, V, the attention output, the
@@ -15,15 +16,18 @@ through them to reach the trainable layer below.
 
 from __future__ import annotations
 
+import os
+import threading
 from dataclasses import asdict, dataclass
 
 import pandas as pd
+import torch
 from torch import nn
 
 from .layers import LayerGroup, layer_groups
+from .runtime import MiB
 
 OPTIMIZER_STATES_PER_PARAM = {"adamw": 2, "adam": 2, "sgd-momentum": 1, "sgd": 0}
-MiB = 2 ** 20
 
 
 @dataclass
@@ -150,3 +154,55 @@ def _head_activation_bytes(model: nn.Module, batch_size: int, seq_len: int, elem
     if output is not None:  # language-model head: logits over the vocabulary, plus their fp32 copy in the loss
         return batch_size * seq_len * (hidden * element + output.weight.shape[0] * (element + 4))
     return batch_size * seq_len * hidden * element
+
+
+# --- measured ------------------------------------------------------------------------------------------------------
+
+class PeakMemory:
+    """Peak memory a block adds to what was there at its start: on CUDA, PyTorch's peak allocated bytes less those
+    allocated at the start; on the CPU, the process's resident set size sampled every few milliseconds by a
+    thread, less the RSS at the start. Weights loaded before the block are therefore not counted, which makes the
+    figure comparable with :attr:`MemoryEstimate.training_overhead`.
+
+    >>> with PeakMemory(torch.device("cpu")) as peak:
+    ...     block = torch.ones(2 ** 18)
+    >>> peak.kind, peak.peak_bytes >= 0
+    ('cpu rss above start', True)
+    """
+
+    def __init__(self, device: torch.device, interval: float = 0.005):
+        self.device, self.interval = device, interval
+        self.peak_bytes = 0
+        self.kind = "cuda allocated above start" if device.type == "cuda" else "cpu rss above start"
+        self._stop = threading.Event()
+
+    @staticmethod
+    def rss_bytes() -> int:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except OSError:  # not Linux: the lifetime peak is the best available
+            import resource
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def _sample(self, start: int) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak_bytes = max(self.peak_bytes, self.rss_bytes() - start)
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+        else:
+            self._thread = threading.Thread(target=self._sample, args=(self.rss_bytes(),), daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_bytes = torch.cuda.max_memory_allocated(self.device) - self._start
+        else:
+            self._stop.set()
+            self._thread.join()

@@ -211,3 +211,24 @@ def plot_cka(cka: pd.DataFrame, ax=None, title: str = "Linear CKA per layer"):
     ax.set_title(title)
     ax.figure.colorbar(image, ax=ax, label="linear CKA")
     return ax
+
+
+def plot_cache_speedup(cached: pd.DataFrame, ax=None):
+    """Bars of the epoch time without and with the frozen-prefix cache, one pair per strategy (the rows of
+    ``cached``, with ``epoch_seconds_uncached``, ``epoch_seconds_cached`` and ``cache_speedup_noisy``); a noisy
+    measurement says so under its bars.
+
+    >>> frame = pd.DataFrame({"epoch_seconds_uncached": [2.0], "epoch_seconds_cached": [1.0],
+    ...                       "cache_speedup_noisy": [True]}, index=["top 1"])
+    >>> [t.get_text() for t in plot_cache_speedup(frame).get_xticklabels()]
+    ['top 1 (noisy)']
+    """
+    ax = _axes(ax)
+    xs = range(len(cached))
+    ax.bar([x - 0.2 for x in xs], cached["epoch_seconds_uncached"], 0.4, label="without cache", color="#b0b7bf")
+    ax.bar([x + 0.2 for x in xs], cached["epoch_seconds_cached"], 0.4, label="with cache", color="#2a9d8f")
+    ax.set_xticks(list(xs), [f"{n}{' (noisy)' if cached.loc[n, 'cache_speedup_noisy'] else ''}" for n in cached.index])
+    ax.set_ylabel("seconds per epoch")
+    ax.set_title("Epoch time with and without the frozen-prefix cache (median step time x steps)")
+    ax.legend(frameon=False)
+    return ax

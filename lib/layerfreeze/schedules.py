@@ -218,6 +218,16 @@ def resolve_rates(groups: list[str], lrs: float | dict[str, float]) -> dict[str,
     return {g: lrs[g] if g in lrs else lrs["default"] for g in groups if g in lrs or "default" in lrs}
 
 
+def head_and_body_lrs(lr: float, head_lr: float | None) -> float | dict[str, float]:
+    """The rates for a model with a new task head, which needs a larger step than the pretrained body:
+    ``{"head": head_lr, "default": lr}``, or ``lr`` alone when ``head_lr`` is None.
+
+    >>> head_and_body_lrs(1e-4, 1e-3), head_and_body_lrs(1e-4, None)
+    ({'head': 0.001, 'default': 0.0001}, 0.0001)
+    """
+    return lr if head_lr is None else {"head": head_lr, "default": lr}
+
+
 def constant_schedule(groups: list[str], trainable: list[str], lrs: float | dict[str, float], total_steps: int,
                       curve: str = "linear", warmup_steps: int = 0, name: str = "fixed") -> Schedule:
     """The same trainable set all along (plain fine-tuning, possibly with discriminative rates)."""

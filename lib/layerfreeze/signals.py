@@ -27,12 +27,12 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .data import index_batches
+from .data import as_tensors, index_batches
 from .forgetting import hidden_states
 from .freezing import restore_trainable, trainable_state, unfreeze
 from .layers import layer_groups
 from .plans import Plan
-from .training import _tensors
+from .runtime import eval_mode
 
 # --- the linear probe ----------------------------------------------------------------------------------------------
 
@@ -56,8 +56,8 @@ def probe_by_layer(model: nn.Module, train_data, eval_data) -> pd.DataFrame:
     """The probe's accuracy on the output of the embeddings (layer 0) and of each block (layer i + 1 for
     ``block.i``), trained on ``train_data`` and scored on ``eval_data`` (``(input_ids, attention_mask, labels)``).
     """
-    train_ids, train_mask, train_y = _tensors(train_data)
-    eval_ids, eval_mask, eval_y = _tensors(eval_data)
+    train_ids, train_mask, train_y = as_tensors(train_data)
+    eval_ids, eval_mask, eval_y = as_tensors(eval_data)
     train_h = hidden_states(model, train_ids, train_mask)
     eval_h = hidden_states(model, eval_ids, eval_mask)
     names = [g.name for g in layer_groups(model)[:-1]]
@@ -93,24 +93,23 @@ def gradient_norms(model: nn.Module, data, batches: int = 4, batch_size: int = 1
     groups = layer_groups(model)
     state = trainable_state(model)
     unfreeze(model)
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
-    input_ids, attention_mask, labels = _tensors(data)
-    try:
-        for _, index in zip(range(batches), index_batches(len(labels), batch_size, True, seed)):
-            out = model(input_ids=input_ids[index].to(device), attention_mask=attention_mask[index].to(device),
-                        labels=labels[index].to(device))
-            out.loss.backward()
-        rows = []
-        for group in groups:
-            squares = sum(float(p.grad.float().pow(2).sum()) for p in group.parameters.values() if p.grad is not None)
-            rows.append({"group": group.name, "grad_norm": math.sqrt(squares), "params": group.num_params,
-                         "grad_rms": math.sqrt(squares / max(group.num_params, 1))})
-    finally:
-        model.zero_grad(set_to_none=True)
-        restore_trainable(model, state)
-        model.train(was_training)
+    input_ids, attention_mask, labels = as_tensors(data)
+    with eval_mode(model):
+        try:
+            for _, index in zip(range(batches), index_batches(len(labels), batch_size, True, seed)):
+                out = model(input_ids=input_ids[index].to(device), attention_mask=attention_mask[index].to(device),
+                            labels=labels[index].to(device))
+                out.loss.backward()
+            rows = []
+            for group in groups:
+                squares = sum(float(p.grad.float().pow(2).sum()) for p in group.parameters.values()
+                              if p.grad is not None)
+                rows.append({"group": group.name, "grad_norm": math.sqrt(squares), "params": group.num_params,
+                             "grad_rms": math.sqrt(squares / max(group.num_params, 1))})
+        finally:
+            model.zero_grad(set_to_none=True)
+            restore_trainable(model, state)
     return pd.DataFrame(rows)
 
 

@@ -1,49 +1,86 @@
-"""Freezing strategies: which layers train, named, and run side by side on one model and one task.
+"""Strategies: what trains, named, and run side by side on one model and one task.
 
-A :class:`Strategy` is plain data: a preset (``head``, ``top``, ``bottom``, ``all``, ``bitfit``), a block count
-``k`` where the preset takes one, a learning rate, and whether to start from random weights.
+A :class:`Strategy` is plain data, the one vocabulary of the course (notebooks 02, 04, 05 and 06, the layer picker,
+the command line). What trains comes from exactly one of:
+
+* a **preset** (``head``, ``top``, ``bottom``, ``all``, ``bitfit``) with its block count ``k``;
+* a **plan** (:class:`~layerfreeze.plans.Plan`): an explicit selection, e.g. one the signals proposed;
+* an unfreezing **schedule** built for the run's length: ``gradual`` (ULMFiT), ``lisa`` or ``adaptive``;
+* an **adapter**: ``lora`` (low-rank adapters of ``rank``) or ``expansion`` (LLaMA Pro's new blocks).
+
+``lr`` is the body's rate and ``head_lr`` the new head's; ``options`` holds a schedule's or an adapter's own settings
+(LISA: gamma, every, seed; adaptive: interval, window, threshold; expansion: every).
 
 >>> from layerfreeze import tiny_model
 >>> model = tiny_model("bert", num_layers=4)
 >>> apply_strategy(model, Strategy("top-2", "top", k=2)).group_states["block.1"]
 'frozen'
+>>> Strategy("LoRA", adapter="lora", rank=8).learning_rates
+{'head': 0.001, 'default': 0.0001}
 """
 
 from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 
+from .adapters import add_lora
+from .data import as_tensors
 from .evidence import correct_per_example
 from .freezing import FreezeReport, bitfit, freeze_to, train_only
-from .layers import layer_groups
-from .memory import estimate_memory
+from .layers import layer_groups, num_blocks
+from .memory import MiB, estimate_memory
+from .plans import Plan, adaptive_freezing, apply_plan, lisa
+from .schedules import Schedule, gradual_unfreezing, head_and_body_lrs
 from .timing import StepTimer, interleave
-from .training import _tensors, fit
+from .training import fit
 
 PRESETS = ("head", "top", "bottom", "all", "bitfit")
+SCHEDULES = ("gradual", "lisa", "adaptive")
+ADAPTERS = ("lora", "expansion")
 
 
 @dataclass
 class Strategy:
-    """What trains (``preset``, ``k``), how fast (``lr`` for the body, ``head_lr`` for the new head, which needs a
-    larger step), and from what (pretrained, or random weights if ``from_scratch``)."""
+    """What trains (``preset`` and ``k``, or ``plan``, ``schedule`` or ``adapter``), how fast (``lr`` for the body,
+    ``head_lr`` for the new head, which needs a larger step), and from what (pretrained, or random weights if
+    ``from_scratch``)."""
 
     name: str
-    preset: str
+    preset: str = "all"
     k: int | None = None
     lr: float = 1e-4
     head_lr: float | None = 1e-3
     from_scratch: bool = False
+    plan: Plan | None = None
+    schedule: str | None = None
+    adapter: str | None = None
+    rank: int = 8  # LoRA's rank (alpha = 2 x rank)
+    options: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        for argument, value, valid in (("preset", self.preset, PRESETS), ("schedule", self.schedule, SCHEDULES),
+                                       ("adapter", self.adapter, ADAPTERS)):
+            if value is not None and value not in valid:
+                raise ValueError(f"unknown {argument} {value!r}; valid: {', '.join(valid)}")
+        chosen = [what for what in ("plan", "schedule", "adapter") if getattr(self, what) is not None]
+        if len(chosen) > 1:
+            raise ValueError(f"strategy {self.name!r} sets {' and '.join(chosen)}: give one of plan, schedule or "
+                             "adapter (or none, for a preset)")
 
     @property
     def learning_rates(self) -> float | dict[str, float]:
         """What :func:`~layerfreeze.fit` takes as ``lr``."""
-        return self.lr if self.head_lr is None else {"head": self.head_lr, "default": self.lr}
+        return head_and_body_lrs(self.lr, self.head_lr)
+
+    @property
+    def uses_preset(self) -> bool:
+        """Whether the preset decides what trains (no plan, schedule or adapter does)."""
+        return self.plan is None and self.schedule is None and self.adapter is None
 
 
 def apply_preset(model: nn.Module, preset: str, k: int | None = None, eval_frozen: bool = True,
@@ -52,7 +89,7 @@ def apply_preset(model: nn.Module, preset: str, k: int | None = None, eval_froze
     ``all``, or ``bitfit`` (biases + head). Frozen groups stay in eval mode unless ``eval_frozen=False``.
     ``untie=True`` gives a head tied to the input embedding a copy of its own (see :func:`~layerfreeze.freeze`)."""
     groups = layer_groups(model)
-    blocks = len(groups) - 2
+    blocks = num_blocks(model)
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
     if preset in ("top", "bottom"):
@@ -71,9 +108,44 @@ def apply_preset(model: nn.Module, preset: str, k: int | None = None, eval_froze
     return bitfit(model, groups=groups, untie=untie)
 
 
-def apply_strategy(model: nn.Module, strategy: Strategy) -> FreezeReport:
-    """Apply a strategy's trainable set to ``model``."""
-    return apply_preset(model, strategy.preset, strategy.k)
+def apply_strategy(model: nn.Module, strategy: Strategy, eval_frozen: bool = True) -> FreezeReport:
+    """Apply a strategy's fixed trainable set (its preset, or its plan) to ``model``; frozen groups stay in eval
+    mode unless ``eval_frozen=False``."""
+    if strategy.plan is not None:
+        return apply_plan(model, strategy.plan, eval_frozen=eval_frozen)
+    if not strategy.uses_preset:
+        raise ValueError(f"strategy {strategy.name!r} trains with a schedule or an adapter, which "
+                         "prepare_strategy(model, strategy, total_steps) sets up")
+    return apply_preset(model, strategy.preset, strategy.k, eval_frozen=eval_frozen)
+
+
+def prepare_strategy(model: nn.Module, strategy: Strategy, total_steps: int) -> tuple[nn.Module, Schedule | None]:
+    """Set ``model`` up for ``strategy``; returns the model to train (a LoRA model wraps ``model``) and the unfreezing
+    schedule :func:`~layerfreeze.fit` follows (None for a fixed trainable set). A schedule decides what trains from
+    step 0; ``expansion`` trains only the new blocks of a body :func:`~layerfreeze.plans.expand_blocks` expanded.
+
+    >>> from layerfreeze import tiny_model
+    >>> _, schedule = prepare_strategy(tiny_model("bert", num_layers=2), Strategy("gradual", schedule="gradual"), 12)
+    >>> schedule.trainable_at(0), schedule.change_steps()
+    (['head'], [1, 2, 3])
+    """
+    names = [g.name for g in layer_groups(model)]
+    rates = strategy.learning_rates
+    if strategy.schedule == "gradual":  # everything trains by half-way
+        return model, gradual_unfreezing(names, max(1, total_steps // (2 * len(names))), total_steps, rates)
+    if strategy.schedule == "lisa":
+        return model, lisa(names, total_steps=total_steps, lrs=rates, **strategy.options)
+    if strategy.schedule == "adaptive":  # the embeddings stay frozen, so the feature cache can start there
+        train_only(model, *names[1:], eval_frozen=True)
+        return model, adaptive_freezing(names, total_steps, rates, trainable=names[1:], **strategy.options)
+    if strategy.adapter == "lora":
+        return add_lora(model, strategy.rank), None
+    if strategy.adapter == "expansion":
+        new = [g.name for g in layer_groups(model) if any(".expansion_gate." in n for n in g.parameters)]
+        train_only(model, *new, "head", eval_frozen=True)
+        return model, None
+    apply_strategy(model, strategy)
+    return model, None
 
 
 def fresh_copy(base: nn.Module, from_scratch: bool = False, seed: int = 0) -> nn.Module:
@@ -103,7 +175,7 @@ def measure_cache_speedup(base, strategy, train_data, steps, batch_size, seed=0,
     uncached ...), and the speed-up as the median of the per-pair ratios with its interquartile range; noisy when
     that range stays wider than 10% of the median (see :func:`~layerfreeze.timing.interleave`). Each run trains
     ``steps`` measured steps after a first one that is not (its one-off costs)."""
-    tensors = _tensors(train_data)
+    tensors = as_tensors(train_data)
     steps = min(steps + 1, len(tensors[0]) // batch_size)
     runs = {cache: _timed_fit(base, strategy, tensors, steps, batch_size, seed, cache, fit_options)
             for cache in (False, True)}
@@ -153,14 +225,14 @@ def run_strategy(base: nn.Module, strategy: Strategy, train_data, eval_data, tes
     start = time.perf_counter()
     test_correct = correct_per_example(model, test_data)
     test_seconds = time.perf_counter() - start
-    seq_len = _tensors(train_data)[0].shape[1]
+    seq_len = as_tensors(train_data)[0].shape[1]
     activation_bytes = 2 if history.precision in ("bf16", "fp16") else None
     estimate = estimate_memory(model, batch_size, seq_len, activation_bytes=activation_bytes)
     row = {**asdict(strategy), "test_accuracy": float(test_correct.mean()), "test_correct": test_correct.tolist(),
            "trainable_params": report.trainable_params, "total_params": report.total_params,
            "percent_trainable": report.percent_trainable, "test_seconds": test_seconds,
-           "estimated_memory_mib": estimate.total / 2 ** 20,
-           "estimated_overhead_mib": estimate.training_overhead / 2 ** 20,
+           "estimated_memory_mib": estimate.total / MiB,
+           "estimated_overhead_mib": estimate.training_overhead / MiB,
            "estimate": estimate.table()["total"].to_dict(),
            **history.summary()}
     row["steps_per_epoch"] = history.steps // max(len(history.epochs), 1)

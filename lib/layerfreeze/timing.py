@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from .layers import LayerGroup, layer_groups
-from .precision import autocast, resolve_precision
+from .runtime import autocast, resolve_precision
 
 # --- per-step times ------------------------------------------------------------------------------------------------
 

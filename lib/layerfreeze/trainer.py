@@ -21,17 +21,18 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
+from .data import as_tensors
 from .layers import layer_groups
-from .precision import resolve_precision
+from .optim import follow_schedule, fused_available, parameter_groups
+from .runtime import resolve_precision
 from .schedules import Schedule
-from .training import _tensors, follow_schedule, fused_available, parameter_groups
 
 
 class TrainerDataset(torch.utils.data.Dataset):
     """The kit's ``(input_ids, attention_mask, labels)`` data as the dicts the ``Trainer`` feeds to a model."""
 
     def __init__(self, data):
-        self.input_ids, self.attention_mask, self.labels = _tensors(data)
+        self.input_ids, self.attention_mask, self.labels = as_tensors(data)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -82,7 +83,7 @@ class UnfreezingCallback(TrainerCallback):
 
 
 def trainer_precision(device: torch.device) -> dict:
-    """``TrainingArguments`` keywords for the precision :func:`~layerfreeze.precision.resolve_precision` picks, so
+    """``TrainingArguments`` keywords for the precision :func:`~layerfreeze.runtime.resolve_precision` picks, so
     the Trainer and :func:`~layerfreeze.training.fit` train alike (bf16, fp16 with a scaler, or fp32).
 
     >>> trainer_precision(torch.device("cpu"))

@@ -7,9 +7,11 @@ Usage::
     picker.apply_preset("top", 2)     # the same panel, driven from code (as papermill does)
     picker.run()                      # fine-tunes a copy, adds a row to picker.results
 
-Everything the panel shows comes from plain functions (:func:`choice_summary`) and the picker's own methods, so
-tests drive it without a browser. Only standard ipywidgets controls are used (no JupyterLab extension), so the panel
-works the same on Colab, where third-party widgets are enabled by default.
+Two parts: :class:`PickerSession`, a plain object that holds the choice (set through the freezing API: ``freeze``,
+``unfreeze``, ``trainable_state``/``restore_trainable``), what it costs (:func:`choice_summary`), the runs and their
+results; and :class:`LayerPicker`, a thin ipywidgets view over one session. Tests drive both without a browser.
+Only standard ipywidgets controls are used (no JupyterLab extension), so the panel works the same on Colab, where
+third-party widgets are enabled by default.
 
 The panel never writes into an ``ipywidgets.Output``: its live loss curve is an ``Image`` widget and its results an
 ``HTML`` widget, whose values change like any other control's. Under a headless client (papermill, nbclient) an
@@ -29,11 +31,13 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .freezing import count_parameters
+from .data import as_tensors, batches_per_epoch
+from .freezing import count_parameters, freeze, restore_trainable, trainable_state, unfreeze
 from .inspection import group_table, relative_step_time
-from .layers import layer_groups
+from .layers import layer_groups, num_blocks
 from .memory import MiB, estimate_memory
-from .strategies import PRESETS, apply_preset, fresh_copy
+from .schedules import head_and_body_lrs
+from .strategies import PRESETS, Strategy, apply_strategy, fresh_copy
 from .timing import StepTimer, steady_step_seconds
 from .training import fit
 
@@ -97,11 +101,17 @@ def loss_curve_png(losses: list[float]) -> bytes:
     return buffer.getvalue()
 
 
-class LayerPicker:
-    """A panel with one toggle per layer group, presets, a live cost summary, a run button and a results table.
+class PickerSession:
+    """The layer picker without its panel: the model whose groups are chosen, what the choice costs, and runs.
 
-    The model you pass is the one whose groups are toggled; each run trains a fresh copy of the *pretrained*
-    weights (taken when the picker is created) with the current choice, so runs are comparable.
+    Each run trains a fresh copy of the *pretrained* weights (taken when the session starts) with the current choice,
+    so runs are comparable; its row holds what that choice cost when the run started.
+
+    >>> from layerfreeze import tiny_model
+    >>> session = PickerSession(tiny_model("bert", num_layers=2))
+    >>> session.set_trainable({"embeddings": False, "block.0": False})
+    >>> session.cost()["trainable_groups"]
+    ['block.1', 'head']
     """
 
     def __init__(self, model: nn.Module, train_data=None, eval_data=None, *, epochs: int = 2, batch_size: int = 32,
@@ -110,17 +120,117 @@ class LayerPicker:
         self.pretrained = fresh_copy(model)
         self.train_data, self.eval_data = train_data, eval_data
         self.epochs, self.batch_size, self.lr, self.head_lr, self.seed = epochs, batch_size, lr, head_lr, seed
-        self.seq_len = train_data.tensors[0].shape[1] if train_data is not None and hasattr(train_data, "tensors") \
-            else 64
+        self.seq_len = as_tensors(train_data)[0].shape[1] if train_data is not None else 64
         self.groups = layer_groups(model)
         self.results = pd.DataFrame()
         self.curves: dict[str, list[float]] = {}  # validation accuracy per epoch, by choice
+
+    def set_trainable(self, choice: dict[str, bool]) -> None:
+        """Switch the named groups on (train) or off (freeze); the other groups keep their state, partly trainable
+        ones (BitFit) included. Unknown names, or a choice that leaves nothing to train, raise."""
+        names = [g.name for g in self.groups]
+        unknown = set(choice) - set(names)
+        if unknown:
+            raise ValueError(f"unknown layer groups {sorted(unknown)}; valid: {', '.join(names)}")
+        after = {id(p): p.requires_grad for p in self.model.parameters()}
+        for group in self.groups:
+            if group.name in choice:
+                after.update({id(p): choice[group.name] for p in group.parameters.values()})
+        if not any(after.values()):
+            raise ValueError("nothing left to train: keep at least one layer group on (the head, for a linear probe)")
+        on, off = [n for n, v in choice.items() if v], [n for n, v in choice.items() if not v]
+        if on:
+            unfreeze(self.model, *on, groups=self.groups, eval_frozen=False)
+        if off:
+            freeze(self.model, *off, groups=self.groups, eval_frozen=False)
+
+    def apply_strategy(self, strategy: Strategy) -> None:
+        """Set the choice from a strategy's preset or plan. Frozen groups are not held in eval mode: a run copies
+        only the trainable flags."""
+        apply_strategy(self.model, strategy, eval_frozen=False)
+
+    def apply_preset(self, preset: str, k: int | None = None) -> None:
+        """Set the choice from a preset (head, top k, bottom k, all, bitfit)."""
+        self.apply_strategy(Strategy(preset if k is None else f"{preset} {k}", preset, k))
+
+    def cost(self) -> dict:
+        """What the current choice costs (:func:`choice_summary`)."""
+        return choice_summary(self.model, self.batch_size, self.seq_len)
+
+    def steps(self, epochs: int) -> int:
+        """Optimizer steps of a run of ``epochs`` epochs."""
+        return epochs * batches_per_epoch(len(as_tensors(self.train_data)[2]), self.batch_size)
+
+    def run(self, epochs: int | None = None, on_step_end=None) -> dict:
+        """Fine-tune a fresh copy of the pretrained weights with the current choice; add a row to ``results`` and
+        return it. ``on_step_end(step, loss)`` is :func:`~layerfreeze.fit`'s."""
+        if self.train_data is None or self.eval_data is None:
+            raise ValueError("pass train_data and eval_data to LayerPicker to enable runs")
+        choice, estimated_mib = describe_choice(self.groups), estimate_memory(
+            self.model, self.batch_size, self.seq_len).total / MiB
+        model = fresh_copy(self.pretrained)
+        restore_trainable(model, trainable_state(self.model))
+        timer = StepTimer(next(model.parameters()).device)
+
+        def step_end(step, loss):
+            timer.mark()
+            if on_step_end is not None:
+                on_step_end(step, loss)
+
+        start = time.perf_counter()
+        history = fit(model, self.train_data, self.eval_data, epochs=epochs or self.epochs, batch_size=self.batch_size,
+                      lr=head_and_body_lrs(self.lr, self.head_lr), seed=self.seed, progress=False,
+                      on_step_end=step_end)
+        seconds = timer.seconds()  # the median after the first two (the benchmarks' timer); the mean if too few ran
+        row = {"choice": choice, "trainable_params": history.trainable_params,
+               "percent_trainable": 100 * history.trainable_params / history.total_params,
+               "accuracy": history.final_accuracy, "seconds": time.perf_counter() - start,
+               "step_ms": 1000 * (steady_step_seconds(seconds) if len(seconds) > 1 else history.step_seconds),
+               "estimated_mib": estimated_mib}
+        self.results = pd.concat([self.results, pd.DataFrame([row])], ignore_index=True)
+        self.curves[choice] = [epoch["eval_accuracy"] for epoch in history.epochs]
+        return row
+
+    def reset(self) -> None:
+        """Forget all results."""
+        self.results, self.curves = pd.DataFrame(), {}
+
+    def plot_results(self, ax=None):
+        """Accuracy against trainable parameters for every run so far (a static figure)."""
+        from .plots import plot_accuracy_vs
+
+        if self.results.empty:
+            raise ValueError("no results yet: call run() first")
+        return plot_accuracy_vs(self.results, "trainable_params", ax=ax, label="choice", y="accuracy")
+
+
+class LayerPicker:
+    """A panel over a :class:`PickerSession`: one toggle per layer group, presets, a live cost summary, a run button
+    and a results table. Every change goes through the session, and so through the freezing API.
+
+    The model you pass is the one whose groups are toggled; each run trains a fresh copy of the *pretrained*
+    weights (taken when the picker is created) with the current choice, so runs are comparable.
+    """
+
+    def __init__(self, model: nn.Module, train_data=None, eval_data=None, *, epochs: int = 2, batch_size: int = 32,
+                 lr: float = 1e-4, head_lr: float = 1e-3, seed: int = 0):
+        self.session = PickerSession(model, train_data, eval_data, epochs=epochs, batch_size=batch_size, lr=lr,
+                                     head_lr=head_lr, seed=seed)
+        self.model, self.groups = model, self.session.groups
         self.losses: list[float] = []
         self._thread: threading.Thread | None = None
         self._syncing = False
         self._build()
         self._sync_toggles_from_model()
         self.refresh()
+
+    @property
+    def results(self) -> pd.DataFrame:
+        return self.session.results
+
+    @property
+    def curves(self) -> dict[str, list[float]]:
+        return self.session.curves
 
     # --- building the panel ----------------------------------------------------------------------------------------
 
@@ -133,11 +243,11 @@ class LayerPicker:
             toggle.observe(self._guard(self._on_toggle), names="value")
             self.toggles[group.name] = toggle
         self.preset = w.Dropdown(options=list(PRESETS), value="top", description="preset")
-        self.k = w.IntSlider(value=2, min=1, max=len(self.groups) - 2, description="k blocks")
+        self.k = w.IntSlider(value=2, min=1, max=num_blocks(self.model), description="k blocks")
         self.apply_button = w.Button(description="apply preset", icon="check")
         self.apply_button.on_click(self._guard(lambda _: self.apply_preset(self.preset.value, self._preset_k())))
         self.summary = w.HTML()
-        self.epochs_box = w.IntSlider(value=self.epochs, min=1, max=10, description="epochs")
+        self.epochs_box = w.IntSlider(value=self.session.epochs, min=1, max=10, description="epochs")
         self.run_button = w.Button(description="run", button_style="success", icon="play")
         self.run_button.on_click(self._guard(lambda _: self.run(block=False)))
         self.reset_button = w.Button(description="reset results", icon="trash")
@@ -147,6 +257,9 @@ class LayerPicker:
         self.live = w.Image(format="png", layout=w.Layout(max_width="420px", display="none"))  # shown once drawn
         self.table = w.HTML()
         self.error = w.HTML()
+        self.panel = self._layout()
+
+    def _layout(self) -> w.HBox:
         layers = w.VBox([w.HTML("<b>Layer groups</b><br><small>top of the model first</small>")]
                         + [self.toggles[g.name] for g in reversed(self.groups)],
                         layout=w.Layout(min_width="235px"))
@@ -155,7 +268,7 @@ class LayerPicker:
         runner = w.VBox([w.HTML("<b>Run</b>"), self.epochs_box, w.HBox([self.run_button, self.reset_button]),
                          self.progress, self.status, self.live, self.error, self.table],
                         layout=w.Layout(flex="1 1 auto"))
-        self.panel = w.HBox([layers, controls, runner], layout=w.Layout(flex_flow="row wrap"))
+        return w.HBox([layers, controls, runner], layout=w.Layout(flex_flow="row wrap"))
 
     def _preset_k(self) -> int | None:
         return self.k.value if self.preset.value in ("top", "bottom") else None
@@ -184,23 +297,12 @@ class LayerPicker:
         self.set_trainable({name: change.new})
 
     def set_trainable(self, choice: dict[str, bool]) -> None:
-        """Switch the named groups on (train) or off (freeze); the other groups keep their state, partly trainable
-        ones (BitFit) included. Unknown names, or a choice that leaves nothing to train, raise."""
-        unknown = set(choice) - set(self.toggles)
-        if unknown:
-            raise ValueError(f"unknown layer groups {sorted(unknown)}; valid: {', '.join(self.toggles)}")
-        after = {id(p): p.requires_grad for p in self.model.parameters()}
-        for group in self.groups:
-            if group.name in choice:
-                after.update({id(p): choice[group.name] for p in group.parameters.values()})
-        if not any(after.values()):
+        """:meth:`PickerSession.set_trainable`, then the toggles and the summary show the new state (also after an
+        error, so that the panel never shows a choice the model does not have)."""
+        try:
+            self.session.set_trainable(choice)
+        finally:
             self._sync_toggles_from_model()
-            raise ValueError("nothing left to train: keep at least one layer group on (the head, for a linear probe)")
-        for group in self.groups:
-            if group.name in choice:
-                for param in group.parameters.values():
-                    param.requires_grad_(choice[group.name])
-        self._sync_toggles_from_model()
         self.refresh()
 
     def toggle(self, name: str) -> None:
@@ -211,7 +313,7 @@ class LayerPicker:
 
     def apply_preset(self, preset: str, k: int | None = None) -> None:
         """Set the choice from a preset (head, top k, bottom k, all, bitfit)."""
-        apply_preset(self.model, preset, k, eval_frozen=False)
+        self.session.apply_preset(preset, k)
         self._sync_toggles_from_model()
         self.refresh()
 
@@ -229,16 +331,15 @@ class LayerPicker:
 
     def refresh(self) -> dict:
         """Recompute and show the cost summary; returns it."""
-        info = choice_summary(self.model, self.batch_size, self.seq_len)
-        memory = info["memory"]
+        info = self.session.cost()
         rows = "".join(f"<tr><td>{part}</td><td>{row['frozen']:.1f}</td><td>{row['trainable']:.1f}</td>"
-                       f"<td><b>{row['total']:.1f}</b></td></tr>" for part, row in memory.iterrows())
+                       f"<td><b>{row['total']:.1f}</b></td></tr>" for part, row in info["memory"].iterrows())
         self.summary.value = (
             f"<div class='layerfreeze-summary'><b>Trainable:</b> <span class='trainable-count'>{info['trainable']:,}</span>"
             f" of {info['total']:,} parameters (<span class='trainable-percent'>{info['percent']:.1f}%</span>)<br>"
             f"<b>Step time:</b> ~{info['step_time']:.2f}x full fine-tuning "
             f"({info['step_time_cached']:.2f}x with the prefix cache)<br>"
-            f"<b>Memory</b> (MiB, batch {self.batch_size}, {self.seq_len} tokens, AdamW):"
+            f"<b>Memory</b> (MiB, batch {self.session.batch_size}, {self.session.seq_len} tokens, AdamW):"
             f"<table><tr><th></th><th>frozen</th><th>trainable</th><th>total</th></tr>{rows}</table></div>")
         self.last_summary = info
         return info
@@ -251,7 +352,7 @@ class LayerPicker:
         The run button calls this with ``block=False``: training goes to a thread, so the panel stays responsive and
         shows progress. From code (and under papermill) it blocks and returns the row.
         """
-        if self.train_data is None or self.eval_data is None:
+        if self.session.train_data is None or self.session.eval_data is None:
             raise ValueError("pass train_data and eval_data to LayerPicker to enable runs")
         if self._thread is not None and self._thread.is_alive():
             raise RuntimeError("a run is already in progress; wait for it to finish")
@@ -267,60 +368,30 @@ class LayerPicker:
             self._thread.join(timeout)
 
     def _run(self) -> dict:
-        choice = describe_choice(self.groups)
-        flags = {n: p.requires_grad for n, p in self.model.named_parameters()}
-        model = fresh_copy(self.pretrained)
-        for name, param in model.named_parameters():
-            param.requires_grad_(flags[name])
         epochs = self.epochs_box.value
-        steps = epochs * -(-len(self.train_data.tensors[0]) // self.batch_size)
-        self.progress.max, self.progress.value = steps, 0
+        self.progress.max, self.progress.value = self.session.steps(epochs), 0
         self.run_button.disabled = True
-        self.status.value = f"<i>training {choice} for {epochs} epochs ...</i>"
+        self.status.value = f"<i>training {describe_choice(self.groups)} for {epochs} epochs ...</i>"
         self.losses = []
-        self._step_timer = StepTimer(next(model.parameters()).device)
-        start = time.perf_counter()
         try:
-            history = fit(model, self.train_data, self.eval_data, epochs=epochs, batch_size=self.batch_size,
-                          lr={"head": self.head_lr, "default": self.lr}, seed=self.seed, progress=False,
-                          on_step_end=self._on_step)
+            row = self.session.run(epochs, on_step_end=self._on_step)
         finally:
             self.run_button.disabled = False
-        row = {"choice": choice, "trainable_params": history.trainable_params,
-               "percent_trainable": 100 * history.trainable_params / history.total_params,
-               "accuracy": history.final_accuracy, "seconds": time.perf_counter() - start,
-               "step_ms": 1000 * self._steady_step_seconds(history),
-               "estimated_mib": self.last_summary["memory_total_mib"]}
-        self.results = pd.concat([self.results, pd.DataFrame([row])], ignore_index=True)
-        self.curves[choice] = [epoch["eval_accuracy"] for epoch in history.epochs]
         self.status.value = f"done: accuracy <b>{row['accuracy']:.3f}</b> in {row['seconds']:.0f} s"
-        self._show_results()
-        del model
+        self.table.value = self.results.round(3).to_html(index=False, classes="layerfreeze-results")
         return row
 
-    def _steady_step_seconds(self, history) -> float:
-        """The median step time after the first two (the timer the benchmarks use); the mean where too few ran."""
-        seconds = self._step_timer.seconds()
-        return steady_step_seconds(seconds) if len(seconds) > 1 else history.step_seconds
-
     def _on_step(self, step: int, loss: torch.Tensor) -> None:
-        self._step_timer.mark()
         self.progress.value = step
         self.losses.append(float(loss))
         every = max(1, self.progress.max // 20)
         if step % every == 0 or step == self.progress.max:
-            self._plot_losses()
-
-    def _plot_losses(self) -> None:
-        self.live.value = loss_curve_png(self.losses)
-        self.live.layout.display = None
-
-    def _show_results(self) -> None:
-        self.table.value = self.results.round(3).to_html(index=False, classes="layerfreeze-results")
+            self.live.value = loss_curve_png(self.losses)
+            self.live.layout.display = None
 
     def reset(self) -> None:
         """Forget all results."""
-        self.results, self.curves = pd.DataFrame(), {}
+        self.session.reset()
         self.table.value = ""
         self.live.value = b""
         self.live.layout.display = "none"
@@ -328,8 +399,4 @@ class LayerPicker:
 
     def plot_results(self, ax=None):
         """Accuracy against trainable parameters for every run so far (a static figure)."""
-        from .plots import plot_accuracy_vs
-
-        if self.results.empty:
-            raise ValueError("no results yet: call run() first")
-        return plot_accuracy_vs(self.results, "trainable_params", ax=ax, label="choice", y="accuracy")
+        return self.session.plot_results(ax)

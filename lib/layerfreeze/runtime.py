@@ -1,0 +1,151 @@
+"""Where and how code runs: seeding, the device, mixed precision, the distributed context, and eval mode.
+
+The lowest layer of the library: it imports nothing else from it, and torch only inside its functions, so that the
+command line can read :data:`PRECISIONS` before torch loads.
+
+Mixed precision: bf16 on CUDA cards that support it, fp16 with a gradient scaler on older ones, fp32 on the CPU.
+``auto`` follows the environment variable ``LAYERFREEZE_PRECISION`` when it is set: the GPU rehearsal
+(``python -m layerfreeze gpu-run --precision fp16``) uses it to try the GPU's bf16 and fp16 paths on the CPU.
+
+>>> resolve_precision("auto", pick_device()) in PRECISIONS
+True
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+from contextlib import contextmanager, nullcontext
+from typing import TYPE_CHECKING, Iterator
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+MiB = 2 ** 20  # bytes
+FORCE_VARIABLE = "LAYERFREEZE_PRECISION"
+
+
+# --- seeding and the device ----------------------------------------------------------------------------------------
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy (when installed) and torch, on every device."""
+    import torch
+
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+        np.random.seed(seed % 2 ** 32)
+    except ImportError:
+        pass
+
+
+def pick_device() -> torch.device:
+    """CUDA when present, else the CPU."""
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def describe_device(device: torch.device | None = None) -> str:
+    """A one-line description of where the notebook runs, e.g. ``'cuda: NVIDIA H100 80GB HBM3'``."""
+    import torch
+
+    device = device or pick_device()
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return f"cpu: {os.cpu_count()} cores, {platform.processor() or platform.machine()}"
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode inside the block and give it back in the mode it had (train or eval).
+
+    >>> from torch import nn
+    >>> layer = nn.Dropout().train()
+    >>> with eval_mode(layer):
+    ...     layer.training
+    False
+    >>> layer.training
+    True
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+# --- mixed precision -----------------------------------------------------------------------------------------------
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` is bf16 on a CUDA card that supports it, fp16 on older cards (Colab's T4), fp32 on the CPU.
+
+    >>> import torch
+    >>> resolve_precision("auto", torch.device("cpu"))
+    'fp32'
+    """
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+    forced = os.environ.get(FORCE_VARIABLE, "auto")
+    if forced != "auto" and precision in ("auto", forced):  # also when fit hands its resolved choice on
+        if forced not in PRECISIONS:
+            raise ValueError(f"{FORCE_VARIABLE}={forced!r}; valid: {', '.join(PRECISIONS)}")
+        return forced
+    if device.type != "cuda":
+        if precision in ("bf16", "fp16"):
+            raise ValueError(f"precision={precision!r} is for CUDA; on {device.type} use 'fp32' or 'auto'")
+        return "fp32"
+    if precision == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return precision
+
+
+def autocast(precision: str, device: torch.device):
+    """The autocast context for a resolved precision (none for fp32)."""
+    import torch
+
+    if precision == "fp32":
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | None:
+    """fp16 needs its loss scaled so small gradients do not underflow; bf16 and fp32 do not."""
+    import torch
+
+    return torch.amp.GradScaler(device.type) if precision == "fp16" else None
+
+
+# --- several processes ---------------------------------------------------------------------------------------------
+
+def distributed_context() -> tuple[int, int]:
+    """``(rank, world_size)``; joins the process group when launched by ``torchrun`` / ``accelerate launch``.
+
+    >>> distributed_context()  # one process
+    (0, 1)
+    """
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        return 0, 1
+    if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if not dist.is_initialized():
+        return 0, 1
+    return dist.get_rank(), dist.get_world_size()
+
+
+def process_device(rank: int) -> torch.device:
+    """The device of process ``rank``: its own GPU in turn where there are GPUs, else the CPU."""
+    import torch
+
+    return torch.device(f"cuda:{rank % torch.cuda.device_count()}") if torch.cuda.is_available() else \
+        torch.device("cpu")
