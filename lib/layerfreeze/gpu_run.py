@@ -34,10 +34,11 @@ from .runtime import FORCE_VARIABLE, PRECISIONS, MiB
 PRIORITY = ("04", "02", "03", "05", "01")
 # Seconds each notebook is expected to take: `full` on one H100, from the step counts in docs/gpu_runs.md. A
 # notebook that no longer fits is skipped. Other profiles (the rehearsal's `smoke`, on a CPU that may be busy) get a
-# bound on a hang instead: a smoke notebook takes well under a minute on a quiet 2-core machine.
-EXPECTED_SECONDS = {"full": {"04": 102, "02": 54, "03": 55, "05": 34, "01": 16, "06": 49, "07": 10}}
+# bound on a hang instead: a smoke notebook takes well under a minute on a quiet 2-core machine, and up to about
+# ten beside another job (02 took 630 s in bf16 beside a second `make test`), so the bound sits above that.
+EXPECTED_SECONDS = {"full": {"04": 102, "02": 54, "03": 55, "05": 34, "01": 16, "06": 53, "07": 10}}
 DEFAULT_EXPECTED_SECONDS = {"full": 60}
-HANG_BOUND_SECONDS = 300
+HANG_BOUND_SECONDS = 600
 ARCHIVE, SUMMARY, LOG = "gpu_run.tar.gz", "gpu_run.json", "gpu_run.log"
 CELL_TIMEOUT_EXIT = 124  # what `timeout` returns: a cell ran past its limit
 CARRY_LIMIT = 64 * MiB  # what goes along with a device command: the working tree plus .carry/
