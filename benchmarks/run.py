@@ -247,30 +247,31 @@ def main(argv=None):
     costs = lf.profile_groups(base, tuple(t[: plan["batch_size"]] for t in data.tensors), precision=precision,
                               clock=clock)
 
-    rows = []
+    stem = device_name.split(":")[0] if device.type == "cpu" else torch.cuda.get_device_name().replace(" ", "-")
+    payload = {"device": device_name, "precision": precision, "size": size, "plan": plan, "tolerance": TOLERANCE,
+               "cpu_threads": torch.get_num_threads(), "clock": args.clock if device.type == "cpu" else "cuda events",
+               "load_average": {"start": load_before, "end": load_before},
+               "memory_kind": PeakMemory(device).kind if device.type == "cuda" else "not measured on the CPU",
+               "group_costs_ms": costs.table().round(3).to_dict(), "optimizer_ms_all_parameters": costs.optimizer * 1e3,
+               "environment": lf.course.environment(), "rows": []}
     for config in CONFIGURATIONS:
         row = measure(base, config, data, plan, lr, precision, device, costs, clock)
-        rows.append(row)
         print(f"  {config}: {row['rounds']} rounds, fit/hand {row['fit / hand-written']:.3f}, "
               f"Trainer/fit {row['Trainer / fit']:.2f}"
               + (f", cache {row['cache speed-up']:.2f}x (ideal {row['ideal cache speed-up']:.2f}x)"
                  if "cache speed-up" in row else "") + f"; {row['goals']}", flush=True)
-
-    stem = device_name.split(":")[0] if device.type == "cpu" else torch.cuda.get_device_name().replace(" ", "-")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    payload = {"device": device_name, "precision": precision, "size": size, "plan": plan, "tolerance": TOLERANCE,
-               "cpu_threads": torch.get_num_threads(), "clock": args.clock if device.type == "cpu" else "cuda events",
-               "load_average": {"start": load_before, "end": os.getloadavg()},
-               "memory_kind": PeakMemory(device).kind if device.type == "cuda" else "not measured on the CPU",
-               "group_costs_ms": costs.table().round(3).to_dict(), "optimizer_ms_all_parameters": costs.optimizer * 1e3,
-               "environment": lf.course.environment(), "rows": rows}
-    (out / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    table = markdown_tables(payload)
-    (out / f"{stem}.md").write_text(table)
-    print("\n" + table)
-    print(f"written: {out / (stem + '.json')}, {out / (stem + '.md')}")
+        payload["rows"].append(row)
+        payload["load_average"]["end"] = os.getloadavg()
+        write_results(payload, Path(args.out), stem)  # after each strategy: a run cut short keeps what finished
+    print("\n" + markdown_tables(payload))
+    print(f"written: {Path(args.out) / (stem + '.json')}, {Path(args.out) / (stem + '.md')}")
     return 0
+
+
+def write_results(payload, out, stem):
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (out / f"{stem}.md").write_text(markdown_tables(payload))
 
 
 def cell(row, column):

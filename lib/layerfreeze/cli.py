@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 from .course import DEFAULT_CELL_TIMEOUT, PROFILES
+from .gpu_run import BUDGET_SECONDS, COURSE_BUDGET_SECONDS
 from .data import TASK_NAMES
 from .schedules import CURVES
 
@@ -157,8 +158,8 @@ def add_gpu_parsers(commands) -> None:
                                               "within a time budget; archived after every notebook")
     gpu.add_argument("--out", type=Path, required=True, help="folder for gpu_run.tar.gz, gpu_run.json, gpu_run.log")
     gpu.add_argument("--profile", default="full", choices=PROFILES)
-    gpu.add_argument("--budget", type=positive_float, default=420, help="seconds for everything")
-    gpu.add_argument("--course-budget", type=positive_float, default=360,
+    gpu.add_argument("--budget", type=positive_float, default=BUDGET_SECONDS, help="seconds for everything")
+    gpu.add_argument("--course-budget", type=positive_float, default=COURSE_BUDGET_SECONDS,
                      help="seconds for the notebooks; the benchmarks get what is left")
     gpu.add_argument("--precision", type=precision_list, default="auto",
                      help="auto, fp32, bf16 or fp16, forced in every notebook, on the CPU too; several, separated "
@@ -168,7 +169,8 @@ def add_gpu_parsers(commands) -> None:
     gpu.set_defaults(run=_gpu_run)
 
     back = commands.add_parser("gpu-import", help="publish a GPU run's archive as docs/results-gpu.md")
-    back.add_argument("out", type=Path, help="the folder the GPU run wrote (its $OUT)")
+    back.add_argument("out", type=Path, nargs="+",
+                      help="the folder the GPU run wrote (its $OUT); several, in order, when each window ran part")
     back.add_argument("--build-dir", type=Path, default=Path("build-gpu"))
     back.add_argument("--docs-dir", type=Path, default=Path("docs"))
     back.add_argument("--bench-dir", type=Path, default=Path("benchmarks/results"))

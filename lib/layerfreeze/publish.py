@@ -1,5 +1,5 @@
 """The course's results page: one run of the whole course (``build/``) as ``docs/results.md`` and ``docs/figures/``,
-with each notebook's time (and, from a GPU run, a Colab T4 estimate), key tables and key figures.
+with each notebook's time, key tables and key figures.
 ``python -m layerfreeze publish`` runs :func:`publish_results`.
 """
 
@@ -7,33 +7,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-
-# Datasheet figures (NVIDIA): dense bf16/fp16 tensor TFLOPS and memory GB/s, used only to scale a measured time to
-# another card. The more specific name comes first.
-GPU_DATASHEETS = {"H100 PCIe": (756, 2000), "H100": (989, 3350), "H200": (989, 4800), "A100": (312, 2039),
-                  "L4": (121, 300), "T4": (65, 320)}
-
-
-def _datasheet(device: str) -> tuple[float, float] | None:
-    return next((spec for name, spec in GPU_DATASHEETS.items() if name in device), None)
-
-
-def estimate_seconds_on(seconds: float, measured_on: str, target: str = "T4") -> tuple[float, float] | None:
-    """Scale a time measured on one GPU to another by their datasheets: the low end if the work is bound by memory
-    bandwidth, the high end if by tensor throughput. Fixed costs (loading, tokenising, Python) are scaled too,
-    so the range leans long. ``None`` when either card is not in :data:`GPU_DATASHEETS`.
-
-    >>> estimate_seconds_on(60, "cuda: NVIDIA H100 80GB HBM3", "T4")
-    (628.1..., 912.9...)
-    >>> estimate_seconds_on(60, "cpu: 2 cores, x86_64") is None
-    True
-    """
-    source, goal = _datasheet(measured_on), _datasheet(target)
-    if source is None or goal is None:
-        return None
-    ratios = sorted((source[0] / goal[0], source[1] / goal[1]))
-    return seconds * ratios[0], seconds * ratios[1]
-
 
 def _notebook_title(notebook_dir: Path, stem: str) -> str:
     import nbformat
@@ -74,15 +47,16 @@ def publish_results(build_dir: str | Path = "build", docs_dir: str | Path = "doc
         raise FileNotFoundError(f"{timing_path} not found: run the whole course first (make course)")
     timing = json.loads(timing_path.read_text())
     env = timing["environment"]
-    metrics = {stem: json.loads((build / "results" / f"{stem}.json").read_text()) for stem in timing["seconds"]}
+    stems = sorted({*timing["seconds"], *(p.stem for p in (build / "results").glob("[0-9][0-9]_*.json"))})
+    metrics = {stem: json.loads((build / "results" / f"{stem}.json").read_text()) for stem in stems}
     _copy_key_figures(build, docs / figures, metrics, max_figure_bytes)
     lines = [
         "# Course results",
         "",
-        f"One run of the whole course (`make course`, profile `{timing['profile']}`, which ran "
+        f"One run of the whole course ({_command(timing)}, profile `{timing['profile']}`, which ran "
         f"`{timing['resolved_profile']}`) on **{env['device']}**, {env['date']}: torch {env['torch']}, "
-        f"transformers {env['transformers']}, Python {env['python']}. Written by `python -m layerfreeze publish` from "
-        "that run's `build/results/*.json` and `build/figures/`; every number below is the run's own.",
+        f"transformers {env['transformers']}, Python {env['python']}. Written from that run's `results/*.json` and "
+        "`figures/`; every number below is the run's own.",
         "",
         "## Time per notebook",
         "",
@@ -90,7 +64,7 @@ def publish_results(build_dir: str | Path = "build", docs_dir: str | Path = "doc
     ]
     for stem, m in metrics.items():
         lines += ["", f"## {_notebook_title(notebook_dir, stem)}", "",
-                  f"`{stem}`: {timing['seconds'][stem]:.0f} s, model `{m.get('model_name')}`, seed {m.get('seed')}."]
+                  f"`{stem}`: {_seconds_note(timing, stem, m)}, model `{m.get('model_name')}`, seed {m.get('seed')}."]
         for table in m.get("key_tables", []):
             lines += ["", f"**{table['title']}**", ""] + _markdown_table(table["columns"], table["rows"])
         for name in m.get("key_figures", []):
@@ -98,6 +72,19 @@ def publish_results(build_dir: str | Path = "build", docs_dir: str | Path = "doc
     path = docs / page
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _command(timing: dict) -> str:
+    windows = timing.get("gpu_windows")
+    if windows is None:
+        return "`make course`"
+    return f"`python -m layerfreeze gpu-run`, in {windows} window{'s' if windows > 1 else ''} of the GPU machine"
+
+
+def _seconds_note(timing: dict, stem: str, metrics: dict) -> str:
+    if stem in timing["seconds"]:
+        return f"{timing['seconds'][stem]:.0f} s"
+    return f"run afterwards on {metrics['environment']['device']}, over the results above"
 
 
 def _copy_key_figures(build: Path, figure_dir: Path, metrics: dict, max_figure_bytes: int) -> None:
@@ -120,20 +107,8 @@ def _copy_key_figures(build: Path, figure_dir: Path, metrics: dict, max_figure_b
 
 
 def _time_table(timing: dict) -> list[str]:
-    """Each notebook's seconds, and from a GPU on the datasheets a Colab T4 estimate, as Markdown lines."""
-    device = timing["environment"]["device"]
-    estimate = estimate_seconds_on(1, device, "T4") is not None
-    columns = ["notebook", "seconds"] + (["Colab T4, estimated s"] if estimate else [])
-    rows = []
-    for stem, seconds in [*timing["seconds"].items(), ("whole course", timing["total_seconds"])]:
-        row = [stem, round(seconds, 1)]
-        if estimate:
-            low, high = estimate_seconds_on(seconds, device, "T4")
-            row.append(f"{low:.0f} to {high:.0f}")
-        rows.append(row)
-    lines = _markdown_table(columns, rows)
-    if estimate:
-        lines += ["", "The T4 column scales the measured time by the two cards' datasheets (memory bandwidth for the "
-                  "low end, fp16 tensor throughput for the high end; `layerfreeze.publish.estimate_seconds_on`). It is "
-                  "an estimate, not a measurement, and it leans long: loading and tokenising do not slow down."]
-    return lines
+    """Each notebook's seconds, as Markdown lines. No other card's time is scaled from it: on a GPU these runs are
+    bound by Python and kernel launches, not by the card's datasheet (docs/gpu_runs.md, "A Colab T4")."""
+    rows = [[stem, round(seconds, 1)] for stem, seconds in [*timing["seconds"].items(),
+                                                             ("whole course", timing["total_seconds"])]]
+    return _markdown_table(["notebook", "seconds"], rows)
