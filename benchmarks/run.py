@@ -36,12 +36,13 @@ from pathlib import Path
 import torch
 
 import layerfreeze as lf
+from layerfreeze.data import real_lengths
 from layerfreeze.memory import PeakMemory
 from layerfreeze.optim import fused_available
 from layerfreeze.runtime import grad_scaler, resolve_precision
 from layerfreeze.schedules import lr_multiplier
 from layerfreeze.timing import Spread
-from layerfreeze.trainer import TrainerDataset
+from layerfreeze.trainer import TrainerDataset, collate_trimmed
 
 CONFIGURATIONS = {"full": ("all", None), "top half": ("top", "half"), "top 2 blocks": ("top", 2),
                   "top 1 block": ("top", 1), "head only": ("head", None)}
@@ -85,6 +86,8 @@ def hand_written_loop(model, data, steps, batch_size, lr, precision, device, on_
     done = 0
     while done < steps:
         for input_ids, attention_mask, labels in loader:
+            width = int(real_lengths(attention_mask).max())  # no padding columns after the widest row, as fit does
+            input_ids, attention_mask = input_ids[:, :width], attention_mask[:, :width]
             with autocast:
                 loss = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
                              labels=labels.to(device)).loss
@@ -122,7 +125,8 @@ def trainer_loop(model, data, steps, batch_size, lr, precision, device, on_step)
             dataloader_num_workers=0, bf16=precision == "bf16", fp16=precision == "fp16",
             use_cpu=device.type == "cpu")
         with contextlib.redirect_stdout(io.StringIO()):  # the Trainer prints its metrics at the end
-            Trainer(model=model, args=args, train_dataset=TrainerDataset(data), callbacks=[MarkSteps()]).train()
+            Trainer(model=model, args=args, train_dataset=TrainerDataset(data), data_collator=collate_trimmed,
+                    callbacks=[MarkSteps()]).train()
 
 
 def fit_loop(model, data, steps, batch_size, lr, precision, device, on_step, cache=False):

@@ -84,6 +84,42 @@ def test_cache_matches_the_uncached_run(family):
         assert torch.equal(cached_weights[name], weight), name  # bit-identical
 
 
+def padded_task(n=48, seq=12, seed=0):
+    """toy_task with rows of 4 to 8 real tokens, right-padded to ``seq``: the last columns are padding in every row."""
+    ids, _, labels = toy_task(n, seq, seed)
+    lengths = torch.randint(4, 9, (n,), generator=torch.Generator().manual_seed(seed))
+    mask = (torch.arange(seq) < lengths[:, None]).long()
+    return ids * mask, mask, labels
+
+
+def test_each_batch_drops_the_padding_after_its_widest_row_and_the_cache_agrees():
+    data, held_out = padded_task(seed=1), padded_task(32, seed=2)
+    widths, runs = [], {}
+    for cache in (False, True):
+        model = tiny_model("bert", num_layers=3, seed=3)
+        freeze_to(model, -2, eval_frozen=True)
+        hook = model.register_forward_pre_hook(  # the training steps' forwards (the cache is filled without grad)
+            lambda m, a, kw: widths.append(kw["attention_mask"].shape[1]) if torch.is_grad_enabled() else None,
+            with_kwargs=True)
+        history = fit(model, data, held_out, epochs=2, batch_size=16, lr=1e-3, seed=5, cache_prefix=cache,
+                      progress=False)
+        hook.remove()
+        runs[cache] = history
+    assert len(widths) == 2 * 2 * 3 and max(widths) <= 8  # 12 columns, of which 4 are padding in every row
+    for a, b in zip(runs[False].epochs, runs[True].epochs):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
+        assert a["eval_accuracy"] == b["eval_accuracy"]
+
+
+def test_trailing_padding_does_not_change_the_evaluation():
+    model = tiny_model("bert", num_layers=2, seed=3)
+    ids, mask, labels = padded_task(32, seq=8)
+    padding = torch.zeros(32, 20, dtype=ids.dtype)
+    wider = (torch.cat([ids, padding], 1), torch.cat([mask, padding], 1), labels)
+    narrow, wide = evaluate(model, (ids, mask, labels)), evaluate(model, wider)
+    assert narrow["loss"] == pytest.approx(wide["loss"], abs=1e-6) and narrow["accuracy"] == wide["accuracy"]
+
+
 def test_model_is_whole_again_after_a_cached_fit():
     model = tiny_model("bert", num_layers=3)
     modules_before = [type(m) for m in model.modules()]

@@ -297,6 +297,22 @@ def index_batches(n: int, batch_size: int, shuffle: bool = False, seed: int = 0,
         yield order[start:start + batch_size]
 
 
+def real_lengths(attention_mask) -> "torch.Tensor":
+    """Each row's width up to and including its last real token, on the CPU. A batch needs no column past its
+    widest row's: the padding after it is masked out, so dropping it changes nothing but the work (left padding,
+    whose real tokens end in the last column, keeps every column).
+
+    >>> import torch
+    >>> mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 0], [0, 1, 1, 1]])
+    >>> real_lengths(mask).tolist()
+    [2, 3, 4]
+    """
+    import torch
+
+    mask = attention_mask.detach().cpu().bool()
+    return (mask * torch.arange(1, mask.shape[1] + 1)).amax(1)
+
+
 def batches_per_epoch(examples: int, batch_size: int, world_size: int = 1) -> int:
     """Optimizer steps in one epoch: each process takes its share of the examples, rounded up, in batches
     (as many as :func:`index_batches` yields).

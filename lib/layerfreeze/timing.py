@@ -30,8 +30,11 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .data import real_lengths
 from .layers import LayerGroup, layer_groups
 from .runtime import autocast, resolve_precision
+
+TOLERANCE = 0.10  # a ratio whose interquartile range is wider than this, relative to its median, is noisy
 
 # --- per-step times ------------------------------------------------------------------------------------------------
 
@@ -141,7 +144,7 @@ class Interleaved:
 
 
 def interleave(runs: dict[str, Callable[[], list[float]]], ratios: list[tuple[str, str]], *, warmup: int = 1,
-               min_rounds: int = 3, max_rounds: int = 30, max_seconds: float = 60.0, tolerance: float = 0.10,
+               min_rounds: int = 3, max_rounds: int = 30, max_seconds: float = 60.0, tolerance: float = TOLERANCE,
                clock: Callable[[], float] = time.perf_counter) -> Interleaved:
     """Time configurations in rounds, each round running every configuration once in turn (A, B, A, B ...).
 
@@ -262,7 +265,8 @@ def _profile_pass(model: nn.Module, batch: tuple, steps: int, warmup: int, devic
 def profile_groups(model: nn.Module, batch: tuple[torch.Tensor, ...], steps: int = 5, warmup: int = 2,
                    precision: str = "auto", clock: Callable[[], float] = time.perf_counter) -> GroupCosts:
     """Measure each group's forward and backward time once, on a copy of ``model`` and one training ``batch``
-    (``(input_ids, attention_mask, labels)``): once with everything trainable, once with only the embeddings
+    (``(input_ids, attention_mask, labels)``, without the padding columns after its widest row, as ``fit`` trains):
+    once with everything trainable, once with only the embeddings
     trainable (so every block above passes input gradients only), once with nothing trainable (a frozen prefix's
     forward, which records no graph). Medians over ``steps`` after ``warmup``; precision
     as :func:`~layerfreeze.fit` resolves it (bf16 or fp16 autocast on CUDA, fp32 on the CPU); ``clock`` as
@@ -277,7 +281,8 @@ def profile_groups(model: nn.Module, batch: tuple[torch.Tensor, ...], steps: int
     model = copy.deepcopy(model)
     device = next(model.parameters()).device
     precision = resolve_precision(precision, device)
-    batch = tuple(t.to(device) for t in batch)
+    width = int(real_lengths(batch[1]).max())
+    batch = (batch[0][:, :width].to(device), batch[1][:, :width].to(device), *(t.to(device) for t in batch[2:]))
     model.train()
     names = [g.name for g in layer_groups(model)]
     blocks = names[1:-1]

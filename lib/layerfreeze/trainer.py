@@ -11,8 +11,8 @@ Usage::
 
     schedule = gradual_unfreezing([g.name for g in layer_groups(model)], every=50, total_steps=400, lrs=rates)
     optimizer, scheduler = schedule_optimizer(model, schedule)
-    Trainer(model=model, args=args, train_dataset=TrainerDataset(train), optimizers=(optimizer, scheduler),
-            callbacks=[UnfreezingCallback(schedule)]).train()
+    Trainer(model=model, args=args, train_dataset=TrainerDataset(train), data_collator=collate_trimmed,
+            optimizers=(optimizer, scheduler), callbacks=[UnfreezingCallback(schedule)]).train()
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
-from .data import as_tensors
+from .data import as_tensors, real_lengths
 from .layers import layer_groups
 from .optim import follow_schedule, fused_available, parameter_groups
 from .runtime import resolve_precision
@@ -39,6 +39,20 @@ class TrainerDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         return {"input_ids": self.input_ids[i], "attention_mask": self.attention_mask[i], "labels": self.labels[i]}
+
+
+def collate_trimmed(rows: list[dict]) -> dict:
+    """The Trainer's ``data_collator`` for :class:`TrainerDataset`: the rows stacked, without the padding columns
+    after the batch's widest row, as :func:`~layerfreeze.fit` does, so that both do the same work.
+
+    >>> rows = [{"input_ids": torch.tensor([5, 6, 0]), "attention_mask": torch.tensor([1, 1, 0]),
+    ...          "labels": torch.tensor(1)}] * 2
+    >>> {key: tuple(value.shape) for key, value in collate_trimmed(rows).items()}
+    {'input_ids': (2, 2), 'attention_mask': (2, 2), 'labels': (2,)}
+    """
+    batch = {key: torch.stack([row[key] for row in rows]) for key in rows[0]}
+    width = int(real_lengths(batch["attention_mask"]).max())
+    return {**batch, "input_ids": batch["input_ids"][:, :width], "attention_mask": batch["attention_mask"][:, :width]}
 
 
 def schedule_optimizer(model: nn.Module, schedule: Schedule, weight_decay: float = 0.01):

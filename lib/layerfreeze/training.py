@@ -28,7 +28,7 @@ from torch import nn
 
 from . import cache as feature_cache
 from .checks import check_choice, check_int, check_number, check_rates
-from .data import as_tensors, batches_per_epoch, index_batches
+from .data import as_tensors, batches_per_epoch, index_batches, real_lengths
 from .freezing import count_parameters
 from .layers import LayerGroup, layer_groups
 from .memory import MiB, PeakMemory
@@ -128,10 +128,15 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
 
 # --- evaluate ------------------------------------------------------------------------------------------------------
 
-def _forward(model, input_ids, attention_mask, labels, stand_in, cached, index, device):
+def _forward(model, inputs, lengths, index, stand_in, cached, device):
+    """The model on one batch, ``index`` (on the CPU) into ``inputs``, cut to the batch's widest row
+    (:func:`~layerfreeze.data.real_lengths`); with a cache, its frozen prefix replayed for those rows."""
+    width = int(lengths[index].max())
+    on_device = index.to(device)
+    input_ids, attention_mask, labels = inputs[0][on_device, :width], inputs[1][on_device, :width], inputs[2][on_device]
     if stand_in is None:
         return model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
-    stand_in.value = cached[index.to(cached.device)].to(device, non_blocking=True)
+    stand_in.value = cached[index.to(cached.device), :width].to(device, non_blocking=True)
     try:
         return model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
     finally:
@@ -150,16 +155,15 @@ def evaluate(model: nn.Module, data, batch_size: int = 256, device: torch.device
     """
     device = device or next(model.parameters()).device
     precision = resolve_precision(precision, device)
-    input_ids, attention_mask, labels = (t.to(device) for t in as_tensors(data))
+    inputs = tuple(t.to(device) for t in as_tensors(data))
+    lengths, labels = real_lengths(inputs[1]), inputs[2]
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     with eval_mode(model), torch.no_grad(), autocast(precision, device):
         for index in index_batches(len(labels), batch_size):
-            index = index.to(device)
-            out = _forward(model, input_ids[index], attention_mask[index], labels[index], _stand_in, _cached, index,
-                           device)
+            out = _forward(model, inputs, lengths, index, _stand_in, _cached, device)
             total_loss += out.loss.float() * len(index)
-            correct += (out.logits.argmax(-1) == labels[index]).sum()
+            correct += (out.logits.argmax(-1) == labels[index.to(device)]).sum()
     return {"loss": total_loss.item() / len(labels), "accuracy": correct.item() / len(labels)}
 
 
@@ -356,6 +360,7 @@ class _Run:
     rank: int
     world_size: int
     inputs: tuple  # (input_ids, attention_mask, labels), on the device
+    lengths: torch.Tensor  # each row's width without its trailing padding, on the CPU
     evaluation: tuple | None
     groups: list[LayerGroup]
     plan: Schedule
@@ -393,9 +398,9 @@ def _start_run(model: nn.Module, train_data, eval_data, options: _Options) -> _R
     prefix = _cache_prefix(model, groups, plan, options, world_size)
     if prefix:
         cache.compute(prefix, history)
-    return _Run(model, options, device, precision, rank, world_size, inputs, evaluation, groups, plan, optimizer,
-                history, cache, grad_scaler(precision, device), active=set(plan.trainable_at(0)),
-                clipped=_optimized_parameters(optimizer), change_steps=set(plan.change_steps()))
+    return _Run(model, options, device, precision, rank, world_size, inputs, real_lengths(inputs[1]), evaluation,
+                groups, plan, optimizer, history, cache, grad_scaler(precision, device),
+                active=set(plan.trainable_at(0)), clipped=_optimized_parameters(optimizer), change_steps=set(plan.change_steps()))
 
 
 def _optimized_parameters(optimizer) -> list[nn.Parameter]:
@@ -427,10 +432,8 @@ def _set_learning_rates(run: _Run) -> None:
 
 def _optimizer_step(run: _Run, index: torch.Tensor) -> torch.Tensor:
     """Forward, backward (scaled under fp16), clip, step, clear the gradients; returns the detached loss."""
-    input_ids, attention_mask, labels = run.inputs
     with autocast(run.precision, run.device):
-        out = _forward(run.trained, input_ids[index], attention_mask[index], labels[index], run.cache.stand_in,
-                       run.cache.train, index, run.device)
+        out = _forward(run.trained, run.inputs, run.lengths, index, run.cache.stand_in, run.cache.train, run.device)
     loss, scaler, optimizer = out.loss, run.scaler, run.optimizer
     if scaler is not None:
         scaler.scale(loss).backward()
@@ -469,7 +472,7 @@ def _train_epoch(run: _Run, epoch: int, on_step_end) -> tuple[torch.Tensor, floa
         if run.step in run.change_steps:
             _change_trainable_set(run)
         _set_learning_rates(run)
-        loss = _optimizer_step(run, index.to(run.device))
+        loss = _optimizer_step(run, index)
         running_loss += loss.float()
         run.step += 1
         if run.plan.observe(run.step, run.model, run.groups):  # a plan that decides as it goes
