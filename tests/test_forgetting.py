@@ -3,7 +3,8 @@ import torch
 
 from layerfreeze import Strategy, evaluate, layer_groups, tiny_model
 from layerfreeze.forgetting import (backward_transfer, cka_by_layer, embedding_agreement, forgetting, learning,
-                                    linear_cka, sequential_run, train_task_a, with_new_head)
+                                    linear_cka, sequential_run, train_task_a, tuned_sequential_run,
+                                    with_new_head)
 from layerfreeze.plans import Plan
 from tests.test_training import toy_task
 
@@ -150,6 +151,21 @@ def test_sequential_protocol_runs_the_llm_methods(strategy):
         assert len(result.phases) > 1
     if strategy.name == "lisa":
         assert len(result.phases) == 4
+
+
+def test_tuned_run_keeps_the_rates_that_bs_validation_prefers():
+    pretrained = tiny_model("bert", num_layers=2, seed=0)
+    a_train, a_eval = toy_task(48, seed=1), toy_task(32, seed=2)
+    b_ids, b_mask, _ = toy_task(48, seed=3)
+    b_train = (b_ids, b_mask, b_ids[:, 0] % 3)
+    b_validation = tuple(t[:32] for t in b_train)
+    model_a = train_task_a(pretrained, a_train, a_eval, epochs=1, batch_size=16, progress=False)
+    grid = [(1e-9, 1e-9), (1e-2, 1e-2)]  # a rate that cannot learn B, and one that can
+    run = tuned_sequential_run(model_a, Strategy("all", "all"), grid, b_train, a_eval, b_validation, 3, epochs=3,
+                               batch_size=16, progress=False)
+    scores = run["validation_by_lr"]
+    assert set(scores) == {str(rates) for rates in grid} and str(run["lr"]) == max(scores, key=scores.get)
+    assert run["b_validation_final"] == max(scores.values()) > min(scores.values())
 
 
 def test_lora_adapts_gpt2s_conv1d_projections():

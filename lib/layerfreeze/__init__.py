@@ -16,7 +16,8 @@ The public API, by concept (``docs/architecture.md`` says which module holds eac
 * schedules: :class:`Schedule`, :func:`gradual_unfreezing`, :func:`chain_thaw`, :func:`discriminative_lrs`,
   :func:`head_and_body_lrs`, :func:`plot_schedule`
 * strategies: :class:`Strategy` (a preset, a plan, a schedule or an adapter), :func:`apply_strategy`,
-  :func:`prepare_strategy`, :func:`run_strategy`, :func:`add_cache_timing`
+  :func:`prepare_strategy`, :func:`run_strategy`, :func:`add_cache_timing`, :func:`describe_cache_speedup`,
+  :func:`cache_speedup_is_clear`
 * plans and signals: :class:`Plan`, :func:`factory_plan`, :func:`lisa`, :func:`adaptive_freezing`,
   :func:`expand_blocks`, :func:`probe_by_layer`, :func:`gradient_norms`, :func:`spectrum_snr` and the plans they
   propose (:func:`plan_from_probe`, :func:`plan_from_gradients`, :func:`plan_from_snr`)
@@ -61,8 +62,8 @@ from .schedules import (Schedule, chain_thaw, constant_schedule, discriminative_
                         head_and_body_lrs, layerwise_decay, lr_multiplier, spread_lrs)
 from .signals import (gradient_norms, linear_probe, matrix_snr, plan_from_gradients, plan_from_probe, plan_from_snr,
                       probe_by_layer, spectrum_snr)
-from .strategies import (PRESETS, Strategy, add_cache_timing, apply_preset, apply_strategy, fresh_copy,
-                         measure_cache_speedup, prepare_strategy, run_strategy)
+from .strategies import (PRESETS, Strategy, add_cache_timing, apply_preset, apply_strategy, cache_speedup_is_clear,
+                         describe_cache_speedup, fresh_copy, measure_cache_speedup, prepare_strategy, run_strategy)
 from .timing import (GroupCosts, Spread, StepTimer, ideal_cache_speedup, ideal_step_seconds, interleave,
                      profile_groups, steady_step_seconds)
 from .training import History, enable_gradient_checkpointing, evaluate, fit
@@ -98,8 +99,8 @@ __all__ = [
     # schedules, strategies, plans, signals
     "Schedule", "chain_thaw", "constant_schedule", "discriminative_lrs", "gradual_unfreezing", "head_and_body_lrs",
     "layerwise_decay", "lr_multiplier", "spread_lrs",
-    "PRESETS", "Strategy", "add_cache_timing", "apply_preset", "apply_strategy", "fresh_copy", "measure_cache_speedup",
-    "prepare_strategy", "run_strategy",
+    "PRESETS", "Strategy", "add_cache_timing", "apply_preset", "apply_strategy", "cache_speedup_is_clear",
+    "describe_cache_speedup", "fresh_copy", "measure_cache_speedup", "prepare_strategy", "run_strategy",
     "Plan", "adaptive_freezing", "apply_plan", "expand_blocks", "factory_plan", "lisa",
     "gradient_norms", "linear_probe", "matrix_snr", "plan_from_gradients", "plan_from_probe", "plan_from_snr",
     "probe_by_layer", "spectrum_snr",

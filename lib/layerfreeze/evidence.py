@@ -117,6 +117,16 @@ def verdict(interval: Interval, threshold: float = 0.0) -> str:
     return "within noise"
 
 
+def direction(interval: Interval) -> str:
+    """Which way a difference went: *higher* or *lower* when the whole interval lies on one side of zero, else
+    *within noise*.
+
+    >>> [direction(Interval(0.0, low, high)) for low, high in ((0.01, 0.03), (-0.03, -0.01), (-0.01, 0.02))]
+    ['higher', 'lower', 'within noise']
+    """
+    return {"holds": "higher", "does not hold": "lower", "within noise": "within noise"}[verdict(interval)]
+
+
 # --- did training finish? ------------------------------------------------------------------------------------------
 
 def still_improving(curve: Sequence[float], tolerance: float = 0.005) -> bool:

@@ -17,6 +17,7 @@ Metrics, for an accuracy matrix ``R`` where ``R[i][j]`` is the accuracy on task 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -26,7 +27,7 @@ import torch
 from torch import nn
 
 from .data import as_tensors, batches_per_epoch
-from .evidence import Interval, correct_per_example, difference_interval
+from .evidence import Interval, choose_learning_rate, correct_per_example, difference_interval
 from .freezing import freeze
 from .layers import layer_groups, replace_module
 from .memory import MiB, estimate_memory
@@ -276,21 +277,37 @@ def sequential_run(model_a: nn.Module, strategy: Strategy, data_b, eval_a, eval_
     return result
 
 
+def tuned_sequential_run(model_a: nn.Module, strategy: Strategy, grid, data_b, eval_a, eval_b, num_labels_b: int,
+                         **options) -> dict:
+    """:func:`sequential_run` at each ``(lr, head_lr)`` pair of ``grid``, and the run whose final accuracy on B's
+    validation data (``eval_b``, never a test set) is highest, as its summary, with the pair chosen (``lr``) and each
+    pair's score (``validation_by_lr``). Every method of a comparison gets its rates this way, from the same grid.
+    ``options`` are :func:`sequential_run`'s (``epochs``, ``batch_size``, ``seed``, ``probe``, ``test_b``...).
+    """
+    def run(rates):
+        tuned = dataclasses.replace(strategy, lr=rates[0], head_lr=rates[1])
+        return sequential_run(model_a, tuned, data_b, eval_a, eval_b, num_labels_b, **options).summary()
+
+    rates, summary, scores = choose_learning_rate(run, grid, score="b_validation_final")
+    return {**summary, "lr": rates, "validation_by_lr": {str(r): score for r, score in scores.items()}}
+
+
 # --- many runs: per-example measures, seeds, intervals --------------------------------------------------------
 
-MEASURES = {"forgetting": ("a_before", "a_after"), "learning": ("b_after", "b_before")}
+MEASURES = {"forgetting": ("a_before", "a_after"), "learning": ("b_after", "b_before"), "b_accuracy": ("b_after", None)}
 
 
 def per_example(runs: list[dict], strategy: str, measure: str) -> np.ndarray:
     """``[seeds, examples]``: per test example, A's loss of correctness (``forgetting``: right after A, wrong after
-    B is 1) or B's gain (``learning``), from the ``summary()`` rows of :func:`sequential_run` for ``strategy``."""
+    B is 1), B's gain (``learning``) or B's correctness at the end (``b_accuracy``), from the ``summary()`` rows of
+    :func:`sequential_run` for ``strategy``."""
     if measure not in MEASURES:
         raise ValueError(f"measure must be one of {sorted(MEASURES)}; got {measure!r}")
     first, second = MEASURES[measure]
     rows = [run["correct"] for run in runs if run["strategy"] == strategy]
     if not rows:
         raise ValueError(f"no runs of strategy {strategy!r}; have {sorted({run['strategy'] for run in runs})}")
-    return np.array([np.subtract(row[first], row[second]) for row in rows], dtype=float)
+    return np.array([np.subtract(row[first], 0 if second is None else row[second]) for row in rows], dtype=float)
 
 
 def compare_strategies(runs: list[dict], first: str, second: str, measure: str, seed: int = 0) -> Interval:

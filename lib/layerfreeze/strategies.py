@@ -36,7 +36,7 @@ from .layers import layer_groups, num_blocks
 from .memory import MiB, estimate_memory
 from .plans import Plan, adaptive_freezing, apply_plan, lisa
 from .schedules import Schedule, gradual_unfreezing, head_and_body_lrs
-from .timing import StepTimer, interleave
+from .timing import TOLERANCE, StepTimer, interleave
 from .training import fit
 
 PRESETS = ("head", "top", "bottom", "all", "bitfit")
@@ -184,6 +184,37 @@ def measure_cache_speedup(base, strategy, train_data, steps, batch_size, seed=0,
     return {"step_seconds_uncached": result.step(False).median, "step_seconds_cached": result.step(True).median,
             "cache_speedup": speedup.median, "cache_speedup_low": speedup.low, "cache_speedup_high": speedup.high,
             "cache_speedup_noisy": result.noisy[False, True], "timing_rounds": result.rounds}
+
+
+def cache_speedup_is_clear(row) -> bool:
+    """Whether a measured cache speed-up can show anything: its range stayed narrow, and the ideal gain is larger
+    than what the timer resolves. ``row`` as for :func:`describe_cache_speedup`."""
+    return not row["cache_speedup_noisy"] and row["ideal_cache_speedup"] >= 1 + TOLERANCE
+
+
+def describe_cache_speedup(name: str, row) -> str:
+    """One strategy's measured cache speed-up in words: the median with its interquartile range and its share of
+    the ideal, and why it shows nothing when it cannot (a *noisy* range, or an ideal gain below what the timer
+    resolves). ``row`` holds :func:`measure_cache_speedup`'s fields and ``ideal_cache_speedup``.
+
+    >>> row = dict(cache_speedup=1.5, cache_speedup_low=1.4, cache_speedup_high=1.6, ideal_cache_speedup=1.6,
+    ...            cache_speedup_noisy=False)
+    >>> describe_cache_speedup("top 2", row)
+    'top 2 **1.5x** [1.4-1.6], 94% of the ideal 1.6x'
+    """
+    ratio, ideal = row["cache_speedup"], row["ideal_cache_speedup"]
+    text = (f"{name} **{ratio:.1f}x** [{row['cache_speedup_low']:.1f}-{row['cache_speedup_high']:.1f}], "
+            f"{ratio / ideal:.0%} of the ideal {ideal:.1f}x")
+    if row["cache_speedup_noisy"]:
+        return text + (f" (*noisy*: its range stayed wider than {TOLERANCE:.0%} of the median, so it shows nothing "
+                       "either way)")
+    if ideal < 1 + TOLERANCE:
+        return text + (f" (*within noise*: the cache can save at most {ideal - 1:.0%} here, less than the "
+                       f"{TOLERANCE:.0%} this timer resolves)")
+    if ratio < 1:
+        return text + (" (*slower with the cache*, which the ideal does not predict: rerun on a quieter machine to "
+                       "tell a fault from noise)")
+    return text
 
 
 def add_cache_timing(row: dict, base: nn.Module, strategy: Strategy, train_data, steps: int, batch_size: int,
