@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from layerfreeze import data as data_module
-from layerfreeze import encode, generate_task, load_task, num_labels
+from layerfreeze import encode, load_task, num_labels
+from layerfreeze.data import generate_task
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 

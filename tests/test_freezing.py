@@ -6,8 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from layerfreeze import (assert_frozen_unchanged, bitfit, changed_parameters, count_parameters, fingerprint, freeze,
-                         freeze_to, frozen, frozen_in_eval, layer_groups, release_eval_mode, select_parameters,
-                         tiny_model, train_only, trainable_state, unfreeze)
+                         freeze_to, frozen, layer_groups, release_eval_mode, tiny_model, train_only, trainable_state,
+                         unfreeze)
+from layerfreeze.freezing import frozen_in_eval, select_parameters
 
 
 def trainable_groups(model):

@@ -3,7 +3,8 @@ import hashlib
 import pytest
 import torch
 
-from layerfreeze import MINILM_SHA256, layer_groups, load_model, resolve_model_source, tiny_model
+from layerfreeze import layer_groups, load_model, tiny_model
+from layerfreeze.models import MINILM_SHA256, resolve_model_source
 from layerfreeze import models
 
 

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from layerfreeze import PRESETS, Strategy, apply_preset, fresh_copy, layer_groups, run_strategy, tiny_model
+from layerfreeze import Strategy, apply_preset, fresh_copy, layer_groups, run_strategy, tiny_model
+from layerfreeze.strategies import PRESETS
 
 
 def states(model):

@@ -4,8 +4,9 @@ the ideal step time's arithmetic."""
 import pytest
 import torch
 
-from layerfreeze import (GroupCosts, Spread, StepTimer, freeze_to, ideal_cache_speedup, ideal_step_seconds,
-                         interleave, layer_groups, profile_groups, steady_step_seconds, tiny_model)
+from layerfreeze import (Spread, StepTimer, freeze_to, ideal_cache_speedup, ideal_step_seconds, interleave,
+                         layer_groups, profile_groups, tiny_model)
+from layerfreeze.timing import GroupCosts, steady_step_seconds
 
 
 class FakeMachine:

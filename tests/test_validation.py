@@ -10,8 +10,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from layerfreeze import (chain_thaw, discriminative_lrs, encode, generate_task, gradual_unfreezing, layer_groups,
-                         load_model, load_task, lr_multiplier, spread_lrs, tiny_model)
+from layerfreeze import (chain_thaw, discriminative_lrs, encode, gradual_unfreezing, layer_groups, load_model,
+                         load_task, lr_multiplier, spread_lrs, tiny_model)
+from layerfreeze.data import generate_task
 from layerfreeze.training import fit
 from tests.test_training import toy_task
 

@@ -42,17 +42,16 @@ from .cli import check_before_import as _check_command_line
 
 _check_command_line()  # under `python -m layerfreeze`: --help and a bad flag answer before torch is imported
 from .course import resolve_profile, save_figure, save_metrics
-from .data import batches_per_epoch, encode, generate_task, load_task, num_labels
+from .data import batches_per_epoch, encode, load_task, num_labels
 from .evidence import (choose_learning_rate, combine_verdicts, correct_per_example, curve_shape, describe_curves,
                        difference_interval, likely_reason, still_improving, verdict)
 from .freezing import (assert_frozen_unchanged, bitfit, changed_parameters, count_parameters, freeze, freeze_to,
-                       frozen, frozen_in_eval, fingerprint, release_eval_mode, restore_trainable, select_parameters,
-                       train_only, trainable_state, unfreeze)
+                       frozen, fingerprint, release_eval_mode, restore_trainable, train_only, trainable_state, unfreeze)
 from .inspection import group_table, parameter_table, run_order_table
-from .layers import LayerGroup, find_blocks_path, layer_groups, num_blocks, shared_parameters, tied_weights
+from .layers import LayerGroup, layer_groups, num_blocks, shared_parameters, tied_weights
 from .memory import estimate_memory
-from .models import MINILM_SHA256, load_model, resolve_model_source, tiny_model
-from .optim import follow_schedule, make_optimizer
+from .models import load_model, tiny_model
+from .optim import make_optimizer
 from .plans import Plan, adaptive_freezing, apply_plan, expand_blocks, factory_plan, lisa
 from .plots import (label_points, legend_outside, memory_is_measured, plot_accuracy_vs, plot_cache_speedup, plot_cka,
                     plot_epoch_curves, plot_measured_vs_estimated_memory, plot_memory, plot_parameter_groups,
@@ -62,10 +61,9 @@ from .schedules import (Schedule, chain_thaw, constant_schedule, discriminative_
                         head_and_body_lrs, layerwise_decay, lr_multiplier, spread_lrs)
 from .signals import (gradient_norms, linear_probe, matrix_snr, plan_from_gradients, plan_from_probe, plan_from_snr,
                       probe_by_layer, spectrum_snr)
-from .strategies import (PRESETS, Strategy, add_cache_timing, apply_preset, apply_strategy, cache_speedup_is_clear,
+from .strategies import (Strategy, add_cache_timing, apply_preset, apply_strategy, cache_speedup_is_clear,
                          describe_cache_speedup, fresh_copy, measure_cache_speedup, prepare_strategy, run_strategy)
-from .timing import (GroupCosts, Spread, StepTimer, ideal_cache_speedup, ideal_step_seconds, interleave,
-                     profile_groups, steady_step_seconds)
+from .timing import Spread, StepTimer, ideal_cache_speedup, ideal_step_seconds, interleave, profile_groups
 from .training import History, enable_gradient_checkpointing, evaluate, fit
 
 __version__ = "0.1.0"
@@ -86,27 +84,24 @@ __all__ = [
     # runtime and the course's notebook contract
     "MiB", "describe_device", "pick_device", "seed_everything", "resolve_profile", "save_figure", "save_metrics",
     # models, layers, inspection, memory
-    "MINILM_SHA256", "load_model", "resolve_model_source", "tiny_model",
-    "LayerGroup", "find_blocks_path", "layer_groups", "num_blocks", "shared_parameters", "tied_weights",
+    "load_model", "tiny_model", "LayerGroup", "layer_groups", "num_blocks", "shared_parameters", "tied_weights",
     "group_table", "parameter_table", "run_order_table", "estimate_memory",
     # freezing
     "assert_frozen_unchanged", "bitfit", "changed_parameters", "count_parameters", "freeze", "freeze_to", "frozen",
-    "frozen_in_eval", "fingerprint", "release_eval_mode", "restore_trainable", "select_parameters", "train_only",
-    "trainable_state", "unfreeze",
+    "fingerprint", "release_eval_mode", "restore_trainable", "train_only", "trainable_state", "unfreeze",
     # data and training
-    "batches_per_epoch", "encode", "generate_task", "load_task", "num_labels",
-    "History", "enable_gradient_checkpointing", "evaluate", "fit", "follow_schedule", "make_optimizer",
+    "batches_per_epoch", "encode", "load_task", "num_labels",
+    "History", "enable_gradient_checkpointing", "evaluate", "fit", "make_optimizer",
     # schedules, strategies, plans, signals
     "Schedule", "chain_thaw", "constant_schedule", "discriminative_lrs", "gradual_unfreezing", "head_and_body_lrs",
     "layerwise_decay", "lr_multiplier", "spread_lrs",
-    "PRESETS", "Strategy", "add_cache_timing", "apply_preset", "apply_strategy", "cache_speedup_is_clear",
+    "Strategy", "add_cache_timing", "apply_preset", "apply_strategy", "cache_speedup_is_clear",
     "describe_cache_speedup", "fresh_copy", "measure_cache_speedup", "prepare_strategy", "run_strategy",
     "Plan", "adaptive_freezing", "apply_plan", "expand_blocks", "factory_plan", "lisa",
     "gradient_norms", "linear_probe", "matrix_snr", "plan_from_gradients", "plan_from_probe", "plan_from_snr",
     "probe_by_layer", "spectrum_snr",
     # timing and evidence
-    "GroupCosts", "Spread", "StepTimer", "ideal_cache_speedup", "ideal_step_seconds", "interleave", "profile_groups",
-    "steady_step_seconds",
+    "Spread", "StepTimer", "ideal_cache_speedup", "ideal_step_seconds", "interleave", "profile_groups",
     "choose_learning_rate", "combine_verdicts", "correct_per_example", "curve_shape", "describe_curves",
     "difference_interval", "likely_reason", "still_improving", "verdict",
     # plots the notebooks draw with
