@@ -141,16 +141,19 @@ def still_improving(curve: Sequence[float], tolerance: float = 0.005) -> bool:
     return len(curve) == 1 or curve[-1] > max(curve[:-1]) + tolerance
 
 
-def curve_shape(curve: Sequence[float], tolerance: float = 0.005) -> str:
-    """One of ``"still rising"``, ``"plateau"`` (the last epoch within ``tolerance`` of the best) or ``"fell back"``
-    (the best epoch came earlier and the last one is more than ``tolerance`` below it).
+def curve_shape(curve: Sequence[float], tolerance: float = 0.005, noise: float = 0.0) -> str:
+    """One of ``"still rising"`` (as :func:`still_improving` says, with ``tolerance``), ``"fell back"`` (the best
+    epoch came earlier and the last one is below it by more than ``tolerance`` and more than ``noise``, the
+    validation set's sampling noise) or ``"plateau"``.
 
     >>> [curve_shape(c) for c in ([0.6, 0.8, 0.9], [0.6, 0.9, 0.9], [0.6, 0.95, 0.9])]
     ['still rising', 'plateau', 'fell back']
+    >>> curve_shape([0.6, 0.95, 0.9], noise=0.08)  # a drop within the noise is not a fall
+    'plateau'
     """
     if still_improving(curve, tolerance):
         return "still rising"
-    return "fell back" if max(curve) - curve[-1] > tolerance else "plateau"
+    return "fell back" if max(curve) - curve[-1] > max(tolerance, noise) else "plateau"
 
 
 def describe_curves(curves: dict[str, Sequence[float]], tolerance: float = 0.005) -> str:
