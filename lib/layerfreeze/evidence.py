@@ -208,6 +208,20 @@ def likely_reason(word: str, curves: dict[str, Sequence[float]], otherwise: str,
     return f"likely reason: {otherwise}"
 
 
+def finding(text: str, interval: Interval, curves: dict[str, Sequence[float]], otherwise: str) -> dict:
+    """One row of a notebook's table of findings: the claim, the difference with its interval, the verdict, and the
+    likely reason where it does not hold (:func:`likely_reason`, from ``curves`` or ``otherwise``).
+
+    >>> finding("a beats b", Interval(0.05, 0.02, 0.08), {}, "the test set is small")["verdict"]
+    'holds'
+    >>> finding("a beats b", Interval(0.01, -0.02, 0.04), {"a": [0.7, 0.8]}, "the test set is small")["likely reason"]
+    'likely reason: a still rising at the last epoch'
+    """
+    word = verdict(interval)
+    return {"finding": text, "difference (95% CI)": interval.points(), "verdict": word,
+            "likely reason": likely_reason(word, curves, otherwise)}
+
+
 # --- a fair learning rate ------------------------------------------------------------------------------------------
 
 def choose_learning_rate(run: Callable[[float], dict], grid: Sequence[float], score: str = "best_accuracy"):

@@ -72,7 +72,7 @@ def verdict_table(results: dict) -> pd.DataFrame:
                                for a in metrics.get("anchors", []) if a.get("verdict") in ("holds", "does not hold",
                                                                                            "within noise")]
         for row in verdicts:
-            finding = row.get("finding", row.get("ULMFiT finding", ""))
+            finding = row.get("finding", row.get("ULMFiT finding", ""))  # 03's results before 2026-11-27 (GPU page)
             rows.append({"notebook": stem[:2], "finding": finding, "verdict": row.get("verdict", ""),
                          "likely reason": row.get("likely reason", "")})
     return pd.DataFrame(rows, columns=["notebook", "finding", "verdict", "likely reason"])
