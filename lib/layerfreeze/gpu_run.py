@@ -167,14 +167,8 @@ def _run_course_part(paths, build, out, log, summary, deadline, started) -> None
 
 
 def _environment(precision: str) -> dict:
-    """The child's environment: ``auto`` leaves the choice to the device, anything else forces it. Without CUDA
-    (the rehearsal) each notebook gets one torch thread unless told otherwise: beside another job on a 2-core
-    machine, OpenMP threads that spin waiting for a core took a smoke notebook to 515 s of its 600 s bound."""
-    import torch
-
+    """The child's environment: ``auto`` leaves the choice to the device, anything else forces it."""
     env = {k: v for k, v in os.environ.items() if k != FORCE_VARIABLE}
-    if not torch.cuda.is_available():
-        env.setdefault("OMP_NUM_THREADS", "1")
     return env if precision == "auto" else {**env, FORCE_VARIABLE: precision}
 
 
