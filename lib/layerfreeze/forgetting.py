@@ -294,7 +294,8 @@ def tuned_sequential_run(model_a: nn.Module, strategy: Strategy, grid, data_b, e
 
 # --- many runs: per-example measures, seeds, intervals --------------------------------------------------------
 
-MEASURES = {"forgetting": ("a_before", "a_after"), "learning": ("b_after", "b_before"), "b_accuracy": ("b_after", None)}
+MEASURES = {"forgetting": ("a_before", "a_after"), "learning": ("b_after", "b_before"),
+            "b_accuracy": ("b_after", None)}
 
 
 def per_example(runs: list[dict], strategy: str, measure: str) -> np.ndarray:

@@ -400,7 +400,8 @@ def _start_run(model: nn.Module, train_data, eval_data, options: _Options) -> _R
         cache.compute(prefix, history)
     return _Run(model, options, device, precision, rank, world_size, inputs, real_lengths(inputs[1]), evaluation,
                 groups, plan, optimizer, history, cache, grad_scaler(precision, device),
-                active=set(plan.trainable_at(0)), clipped=_optimized_parameters(optimizer), change_steps=set(plan.change_steps()))
+                active=set(plan.trainable_at(0)), clipped=_optimized_parameters(optimizer),
+                change_steps=set(plan.change_steps()))
 
 
 def _optimized_parameters(optimizer) -> list[nn.Parameter]:
