@@ -46,6 +46,7 @@ DEFAULT_EXPECTED_SECONDS = {"full": 60}
 HANG_BOUND_SECONDS = 600
 ARCHIVE, SUMMARY, LOG = "gpu_run.tar.gz", "gpu_run.json", "gpu_run.log"
 CELL_TIMEOUT_EXIT = 124  # what `timeout` returns: a cell ran past its limit
+ERROR_TAIL = 2000  # characters of a failed notebook's output kept in the summary
 CARRY_LIMIT = 64 * MiB  # what goes along with a device command: the working tree plus .carry/
 
 
@@ -159,11 +160,22 @@ def _run_course_part(paths, build, out, log, summary, deadline, started) -> None
             print(f"  {path.name} ({entry['precision']}): up to {limit:.0f} s ...", end=" ", flush=True)
             log.write(f"\n===== {path.name} (limit {limit:.0f} s) =====\n".encode()); log.flush()
             # papermill stops a cell at the limit; the process-group kill 30 s later catches everything else
+            begins = log.tell()
             status, seconds = run_limited(_notebook_command(path, build, profile, limit), limit + 30, log, env)
             entry.update(status=status, seconds=round(seconds, 1), limit_seconds=round(limit))
+            if status != "ok":  # the summary comes back even when the log is cut short: keep why it ended
+                entry["error"] = _tail_since(log, begins)
         print(f"{entry['status']} ({entry['seconds']:.0f} s) {entry.get('reason', '')}", flush=True)
         summary["notebooks"].append(entry)
         _save_progress(summary, build, out, started)
+
+
+def _tail_since(log, begins: int, characters: int = ERROR_TAIL) -> str:
+    """The last ``characters`` of what the log received after byte ``begins``."""
+    log.flush()
+    with open(log.name, "rb") as written:
+        written.seek(max(begins, log.tell() - 4 * characters))
+        return written.read().decode(errors="replace")[-characters:]
 
 
 def _environment(precision: str) -> dict:
