@@ -238,18 +238,39 @@ def _check_plan_flags(args) -> None:
 
 
 def _train(args) -> None:
-    import torch.distributed as dist
-
-    import layerfreeze as lf
-    from .data import batches_per_epoch
     from .models import check_model_arguments
-    from .runtime import distributed_context, process_device
+    from .runtime import distributed_context
 
     check_model_arguments(args.model)  # before the data loads
     _check_plan_flags(args)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
     rank, world_size = distributed_context()
+    _train_and_report(args, rank, world_size)
+    if world_size > 1:
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """Free what still holds the process group, wait for every rank, then destroy the group. A gloo group that
+    is still held (by a DDP wrapper awaiting collection) when the interpreter exits can abort the process with
+    'terminate called without an active exception', after a run that succeeded."""
+    import gc
+
+    import torch.distributed as dist
+
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def _train_and_report(args, rank: int, world_size: int) -> None:
+    import torch.distributed as dist
+
+    import layerfreeze as lf
+    from .data import batches_per_epoch
+    from .runtime import process_device
+
     device = process_device(rank)
     lf.seed_everything(args.seed)
     splits = lf.load_task(args.task, limit={"train": args.train_limit, "validation": args.eval_limit})
@@ -271,8 +292,6 @@ def _train(args) -> None:
     history = lf.fit(model, train, validation, epochs=args.epochs, lr=rates, batch_size=args.batch_size,
                      curve=args.curve, schedule=schedule, seed=args.seed, device=device, progress=rank == 0)
     _report(args, history, lf.fingerprint(model), rank, world_size, dist)
-    if world_size > 1:
-        dist.destroy_process_group()
 
 
 def _report(args, history, digests: dict, rank: int, world_size: int, dist) -> None:
