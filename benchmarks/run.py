@@ -5,9 +5,9 @@ All three loops train the same model with the same frozen set, data, batch size,
 0.01, linear schedule, clipping at 1.0) and precision, in one process on one device. Timing uses the kit's
 noise-surviving timer (`layerfreeze.timing`): every run records the time of each step and drops the warm-up steps;
 the configurations run interleaved (fit, hand-written, Trainer, fit with the cache, then again), so that a burst
-of load from other jobs hits every member of a round; each ratio is the median of the per-round ratios with its
-interquartile range, rounds are added until every range is within 10% of its median or the time cap is reached,
-and a ratio whose range stays wider is marked noisy and kept out of the verdicts. On the CPU, torch runs one thread
+of load from other jobs hits every member of a round; each ratio is the median of the per-round ratios with a 90%
+confidence interval for that median (order statistics), rounds are added until every interval is within 10% of its
+median or the time cap is reached, and a ratio whose interval stays wider is marked noisy and kept out of the verdicts. On the CPU, torch runs one thread
 and steps are timed by this process's CPU time, which other jobs barely change (benchmarks/README.md says why).
 
 The ideal: each layer group's forward and backward time is measured once (`layerfreeze.profile_groups`), and each
@@ -41,7 +41,7 @@ from layerfreeze.memory import PeakMemory
 from layerfreeze.optim import fused_available
 from layerfreeze.runtime import grad_scaler, resolve_precision
 from layerfreeze.schedules import lr_multiplier
-from layerfreeze.timing import Spread
+from layerfreeze.timing import CONFIDENCE, TOLERANCE, Spread
 from layerfreeze.trainer import TrainerDataset, collate_trimmed
 
 CONFIGURATIONS = {"full": ("all", None), "top half": ("top", "half"), "top 2 blocks": ("top", 2),
@@ -49,13 +49,12 @@ CONFIGURATIONS = {"full": ("all", None), "top half": ("top", "half"), "top 2 blo
 PLANS = {  # steps per timed run; the first `warmup` step times of each run are dropped
     "smoke": dict(batch_size=8, examples=32, seq_len=16, steps=4, warmup=1, min_rounds=2, max_rounds=2,
                   max_seconds=5),
-    "cpu": dict(batch_size=16, examples=256, seq_len=32, steps=6, warmup=1, min_rounds=3, max_rounds=10,
+    "cpu": dict(batch_size=16, examples=256, seq_len=32, steps=6, warmup=1, min_rounds=5, max_rounds=12,
                 max_seconds=30),
     "full": dict(batch_size=32, examples=4000, seq_len=64, steps=40, warmup=5, min_rounds=5, max_rounds=30,
                  max_seconds=60),
 }
 CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}  # on CUDA, events time the steps whatever this says
-TOLERANCE = 0.10  # a ratio's interquartile range, relative to its median, beyond which it is noisy
 PAIRS = {"fit / hand-written": ("fit", "hand-written"), "Trainer / fit": ("Trainer", "fit"),
          "cache speed-up": ("fit", "fit cached")}
 
@@ -300,8 +299,9 @@ def markdown_tables(payload):
     lines = [f"Benchmarks on {payload['device']} ({payload['precision']}, size {payload['size']}, "
              f"{payload['cpu_threads']} CPU threads, {payload['clock']} time); load average "
              f"{load['start'][0]:.2f} at the start, {load['end'][0]:.2f} at the end. Times are medians over rounds; "
-             f"ratios are medians of per-round ratios with their interquartile range [low-high], noisy when that "
-             f"range is wider than {payload['tolerance']:.0%} of the median. Memory: "
+             f"ratios are medians of per-round ratios with a {CONFIDENCE:.0%} confidence interval for the median "
+             f"[low-high] (order statistics; below 5 rounds the full range, which covers less), noisy when that "
+             f"interval is wider than {payload['tolerance']:.0%} of the median. Memory: "
              + ("estimate / CUDA peak allocated." if cuda else "not measured on the CPU.") + "", "",
              "| " + " | ".join(speed) + " |", "|" + " --- |" * len(speed)]
     for row in rows:
@@ -314,7 +314,7 @@ def markdown_tables(payload):
 
 
 def compare(first, second):
-    """A table of each ratio in two runs, and whether their interquartile ranges overlap."""
+    """A table of each ratio in two runs, and whether their confidence intervals overlap."""
     lines = [f"| configuration | ratio | run 1 (load {first['load_average']['start'][0]:.1f}) | "
              f"run 2 (load {second['load_average']['start'][0]:.1f}) | agree |", "| --- | --- | --- | --- | --- |"]
     agree = total = 0
@@ -327,7 +327,7 @@ def compare(first, second):
             agree, total = agree + ok, total + 1
             lines.append(f"| {a['configuration']} | {label} | {cell(a, label)} | {cell(b, label)} | "
                          f"{'yes' if ok else 'no'} |")
-    return "\n".join(lines) + f"\n\n{agree} of {total} ratios agree within their ranges.\n"
+    return "\n".join(lines) + f"\n\n{agree} of {total} ratios agree within their confidence intervals.\n"
 
 
 if __name__ == "__main__":

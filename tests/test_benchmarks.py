@@ -38,7 +38,7 @@ def test_benchmarks_write_ratios_beside_the_ideal(tmp_path):
     shifted = json.loads(json_file.read_text())  # the same run with one ratio moved outside its range
     for key in ("fit / hand-written", "fit / hand-written low", "fit / hand-written high"):
         shifted["rows"][0][key] += 10
-    assert "13 of 14 ratios agree within their ranges" in benchmark_script().compare(payload, shifted)
+    assert "13 of 14 ratios agree within their confidence intervals" in benchmark_script().compare(payload, shifted)
 
 
 def benchmark_script():

@@ -1,6 +1,8 @@
 """The noise-surviving timer's statistics, on synthetic step times and a fake clock (no real time is asserted), and
 the ideal step time's arithmetic."""
 
+import math
+
 import pytest
 import torch
 
@@ -44,13 +46,25 @@ def test_steady_step_drops_the_warm_up():
         steady_step_seconds([1.0, 2.0], warmup=2)
 
 
-def test_spread_is_the_median_and_interquartile_range():
+def test_spread_is_the_median_with_a_confidence_interval_for_it():
     spread = Spread.of([4.0, 1.0, 3.0, 2.0, 5.0])
-    assert (spread.median, spread.low, spread.high, spread.count) == (3.0, 2.0, 4.0, 5)
-    assert spread.width == pytest.approx(2 / 3)
-    assert Spread.of([2.0]).width == 0
-    assert spread.overlaps(Spread(4.5, 4.0, 5.0, 3)) and not spread.overlaps(Spread(6.0, 5.0, 7.0, 3))
-    assert f"{spread:.1f}" == "3.0 [2.0-4.0]"
+    assert (spread.median, spread.low, spread.high, spread.count) == (3.0, 1.0, 5.0, 5)
+    assert spread.width == pytest.approx(4 / 3) and spread.coverage == pytest.approx(1 - 2 / 32)
+    eight = Spread.of([8.0, 1.0, 7.0, 2.0, 6.0, 3.0, 5.0, 4.0])  # 2nd smallest to 2nd largest: 93% of the time
+    assert (eight.low, eight.high) == (2.0, 7.0) and eight.coverage == pytest.approx(1 - 2 * 9 / 256)
+    assert Spread.of([2.0]).width == 0 and Spread.of([2.0]).coverage == 1
+    assert spread.overlaps(Spread(5.5, 5.0, 6.0, 3)) and not spread.overlaps(Spread(6.0, 5.5, 7.0, 3))
+    assert f"{spread:.1f}" == "3.0 [1.0-5.0]"
+
+
+def test_the_interval_covers_the_median_as_often_as_it_says():
+    """Many samples of a skewed noise: the interval encloses the true median at least 90% of the time."""
+    generator = torch.Generator().manual_seed(0)
+    for count in (5, 8, 12):
+        draws = torch.empty(4000, count).exponential_(generator=generator)  # true median: ln 2
+        spreads = [Spread.of(row.tolist()) for row in draws]
+        hits = sum(s.low <= math.log(2) <= s.high for s in spreads) / len(spreads)
+        assert hits >= 0.9 - 0.015 and hits == pytest.approx(spreads[0].coverage, abs=0.015)
 
 
 def test_configurations_run_interleaved():

@@ -172,8 +172,8 @@ def _timed_fit(base, strategy, tensors, steps, batch_size, seed, cache, fit_opti
 def measure_cache_speedup(base, strategy, train_data, steps, batch_size, seed=0, max_seconds=30.0,
                           **fit_options) -> dict:
     """Per-step time with and without the frozen-prefix cache, from short runs interleaved (uncached, cached,
-    uncached ...), and the speed-up as the median of the per-pair ratios with its interquartile range; noisy when
-    that range stays wider than 10% of the median (see :func:`~layerfreeze.timing.interleave`). Each run trains
+    uncached ...), and the speed-up as the median of the per-pair ratios with a confidence interval for it; noisy
+    when that interval stays wider than 10% of the median (see :func:`~layerfreeze.timing.interleave`). Each run trains
     ``steps`` measured steps after a first one that is not (its one-off costs)."""
     tensors = as_tensors(train_data)
     steps = min(steps + 1, len(tensors[0]) // batch_size)
@@ -193,7 +193,7 @@ def cache_speedup_is_clear(row) -> bool:
 
 
 def describe_cache_speedup(name: str, row) -> str:
-    """One strategy's measured cache speed-up in words: the median with its interquartile range and its share of
+    """One strategy's measured cache speed-up in words: the median with its confidence interval and its share of
     the ideal, and why it shows nothing when it cannot (a *noisy* range, or an ideal gain below what the timer
     resolves). ``row`` holds :func:`measure_cache_speedup`'s fields and ``ideal_cache_speedup``.
 

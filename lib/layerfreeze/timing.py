@@ -6,7 +6,8 @@ of them and turns noise into a "result". The timer here instead
 * records the time of every step (:class:`StepTimer`: the gaps between marks; on CUDA, events read after one
   synchronisation) and drops the warm-up steps (:func:`steady_step_seconds`, the median of the rest);
 * runs the configurations interleaved, A, B, A, B ... (:func:`interleave`), so that a burst hits both members of a
-  pair, and reports each ratio as the median of the per-pair ratios with its interquartile range (:class:`Spread`);
+  pair, and reports each ratio as the median of the per-pair ratios with a confidence interval for that median
+  (:class:`Spread`: order statistics, no assumption about the noise's distribution);
 * adds pairs until every range is narrow (``tolerance``) or a time cap is reached, and marks a ratio whose range
   stays wide as *noisy*: it is reported, and kept out of verdicts.
 
@@ -22,6 +23,7 @@ measured time divided by that ideal says how close the code comes to what the ar
 from __future__ import annotations
 
 import copy
+import math
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -34,7 +36,8 @@ from .data import real_lengths
 from .layers import LayerGroup, layer_groups
 from .runtime import autocast, resolve_precision
 
-TOLERANCE = 0.10  # a ratio whose interquartile range is wider than this, relative to its median, is noisy
+TOLERANCE = 0.10  # a ratio whose interval is wider than this, relative to its median, is noisy
+CONFIDENCE = 0.90  # what a Spread's interval covers from 5 samples on (with fewer, it is their full range)
 
 # --- per-step times ------------------------------------------------------------------------------------------------
 
@@ -89,13 +92,34 @@ def steady_step_seconds(step_seconds: list[float], warmup: int = 1) -> float:
 # --- ratios with their range ---------------------------------------------------------------------------------------
 
 
+def _interval_rank(count: int) -> int:
+    """The largest ``k`` for which the ``k``-th smallest and ``k``-th largest of ``count`` samples enclose their
+    median with probability at least :data:`CONFIDENCE`, whatever the distribution: the median falls outside when
+    fewer than ``k`` samples lie on one side of it, a binomial(``count``, 1/2) tail. ``1`` (the full range) when no
+    ``k`` reaches the confidence.
+
+    >>> [_interval_rank(n) for n in (3, 5, 8, 12, 20)]
+    [1, 1, 2, 3, 6]
+    """
+    k = 1
+    while k + 1 <= (count + 1) // 2 and _coverage(count, k + 1) >= CONFIDENCE:
+        k += 1
+    return k
+
+
+def _coverage(count: int, k: int) -> float:
+    return 1 - 2 * sum(math.comb(count, i) for i in range(k)) / 2 ** count
+
+
 @dataclass(frozen=True)
 class Spread:
-    """A median with its interquartile range (``low``, ``high``) over ``count`` samples.
+    """A median over ``count`` samples with a confidence interval for it (``low``, ``high``): order statistics
+    that enclose the median with probability :attr:`coverage`, at least 90% from 5 samples on. With fewer samples
+    the interval is their full range, which covers less (75% with 3); two runs agree when their intervals overlap.
 
     >>> s = Spread.of([1.9, 2.0, 2.1, 2.0, 3.0])
-    >>> s.median, s.low, s.high, round(s.width, 3)
-    (2.0, 2.0, 2.1, 0.05)
+    >>> s.median, s.low, s.high, round(s.width, 3), round(s.coverage, 3)
+    (2.0, 1.9, 3.0, 0.55, 0.938)
     """
 
     median: float
@@ -109,16 +133,21 @@ class Spread:
             raise ValueError("Spread.of needs at least one value")
         if len(values) == 1:
             return cls(values[0], values[0], values[0], 1)
-        low, median, high = statistics.quantiles(values, n=4, method="inclusive")
-        return cls(median, low, high, len(values))
+        ordered, k = sorted(values), _interval_rank(len(values))
+        return cls(statistics.median(ordered), ordered[k - 1], ordered[-k], len(values))
 
     @property
     def width(self) -> float:
-        """The interquartile range relative to the median."""
+        """The interval's width relative to the median."""
         return (self.high - self.low) / abs(self.median) if self.median else float("inf")
 
+    @property
+    def coverage(self) -> float:
+        """How likely the interval is to enclose the true median (1 for a single sample, which has no spread)."""
+        return _coverage(self.count, _interval_rank(self.count)) if self.count > 1 else 1.0
+
     def overlaps(self, other: "Spread") -> bool:
-        """Whether the two interquartile ranges share a value: the two measurements agree within their ranges."""
+        """Whether the two intervals share a value: the two measurements agree within their uncertainty."""
         return self.low <= other.high and other.low <= self.high
 
     def __format__(self, spec: str) -> str:
@@ -151,7 +180,7 @@ def interleave(runs: dict[str, Callable[[], list[float]]], ratios: list[tuple[st
     Each of ``runs`` runs one configuration from scratch and returns its per-step times (e.g. a
     :class:`StepTimer`'s); the steady step time of that run is their median after ``warmup`` steps. For each
     ``(a, b)`` in ``ratios`` the ratio ``a / b`` is taken within each round. Rounds continue from ``min_rounds``
-    until every ratio's interquartile range is within ``tolerance`` of its median, or ``max_rounds`` or
+    until every ratio's interval (:class:`Spread`) is within ``tolerance`` of its median, or ``max_rounds`` or
     ``max_seconds`` is reached; a ratio still wider than that is marked noisy.
 
     >>> clock = [0.0]
