@@ -50,7 +50,7 @@ PLANS = {  # steps per timed run; the first `warmup` step times of each run are 
     "smoke": dict(batch_size=8, examples=32, seq_len=16, steps=4, warmup=1, min_rounds=2, max_rounds=2,
                   max_seconds=5),
     "cpu": dict(batch_size=16, examples=256, seq_len=32, steps=6, warmup=1, min_rounds=5, max_rounds=12,
-                max_seconds=30),
+                max_seconds=60),
     "full": dict(batch_size=32, examples=4000, seq_len=64, steps=40, warmup=5, min_rounds=5, max_rounds=30,
                  max_seconds=60),
 }
