@@ -313,10 +313,17 @@ def markdown_tables(payload):
     return "\n".join(lines) + "\n"
 
 
+def _load_range(payload) -> str:
+    """The one-minute load average at the start and at the end of a run (it lags: a job started just before the
+    run shows at its end)."""
+    load = payload["load_average"]
+    return f"{load['start'][0]:.1f} to {load['end'][0]:.1f}"
+
+
 def compare(first, second):
     """A table of each ratio in two runs, and whether their confidence intervals overlap."""
-    lines = [f"| configuration | ratio | run 1 (load {first['load_average']['start'][0]:.1f}) | "
-             f"run 2 (load {second['load_average']['start'][0]:.1f}) | agree |", "| --- | --- | --- | --- | --- |"]
+    lines = [f"| configuration | ratio | run 1 (load {_load_range(first)}) | run 2 (load {_load_range(second)}) "
+             "| agree |", "| --- | --- | --- | --- | --- |"]
     agree = total = 0
     for a, b in zip(first["rows"], second["rows"]):
         for label in PAIRS:
