@@ -83,6 +83,7 @@ def test_a_failed_notebook_keeps_its_error_in_the_summary(tmp_path):
                          notebook_dir=notebooks)
     [entry] = summary["notebooks"]
     assert entry["status"] == "failed" and "ValueError: broken on purpose" in entry["error"]
+    assert "\x1b" not in entry["error"], "terminal colour codes are noise in a JSON file"
     assert len(entry["error"]) <= gr.ERROR_TAIL and summary["bench"]["status"] == "skipped"
 
 

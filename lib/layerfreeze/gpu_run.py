@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -171,11 +172,13 @@ def _run_course_part(paths, build, out, log, summary, deadline, started) -> None
 
 
 def _tail_since(log, begins: int, characters: int = ERROR_TAIL) -> str:
-    """The last ``characters`` of what the log received after byte ``begins``."""
+    """The last ``characters`` of what the log received after byte ``begins``, without terminal colour codes
+    (some papermill versions colour their tracebacks)."""
     log.flush()
     with open(log.name, "rb") as written:
-        written.seek(max(begins, log.tell() - 4 * characters))
-        return written.read().decode(errors="replace")[-characters:]
+        written.seek(max(begins, log.tell() - 8 * characters))
+        text = re.sub(r"\x1b\[[0-9;]*m", "", written.read().decode(errors="replace"))
+    return text[-characters:]
 
 
 def _environment(precision: str) -> dict:
