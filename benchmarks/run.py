@@ -7,8 +7,9 @@ noise-surviving timer (`layerfreeze.timing`): every run records the time of each
 the configurations run interleaved (fit, hand-written, Trainer, fit with the cache, then again), so that a burst
 of load from other jobs hits every member of a round; each ratio is the median of the per-round ratios with a 90%
 confidence interval for that median (order statistics), rounds are added until every interval is within 10% of its
-median or the time cap is reached, and a ratio whose interval stays wider is marked noisy and kept out of the verdicts. On the CPU, torch runs one thread
-and steps are timed by this process's CPU time, which other jobs barely change (benchmarks/README.md says why).
+median or the time cap is reached, and a ratio whose interval stays wider is marked noisy and kept out of the
+verdicts. On the CPU, torch runs one thread and steps are timed by this process's CPU time, which other jobs
+barely change (benchmarks/README.md says why).
 
 The ideal: each layer group's forward and backward time is measured once (`layerfreeze.profile_groups`), and each
 configuration's ideal step time is what its step must run (`layerfreeze.ideal_step_seconds`). Goals, reported and

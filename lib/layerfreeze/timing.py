@@ -8,8 +8,8 @@ of them and turns noise into a "result". The timer here instead
 * runs the configurations interleaved, A, B, A, B ... (:func:`interleave`), so that a burst hits both members of a
   pair, and reports each ratio as the median of the per-pair ratios with a confidence interval for that median
   (:class:`Spread`: order statistics, no assumption about the noise's distribution);
-* adds pairs until every range is narrow (``tolerance``) or a time cap is reached, and marks a ratio whose range
-  stays wide as *noisy*: it is reported, and kept out of verdicts.
+* adds pairs until every interval is narrow (``tolerance``) or a time cap is reached, and marks a ratio whose
+  interval stays wide as *noisy*: it is reported, and kept out of verdicts.
 
 A ratio of two positive times is positive, and one taken within a pair cannot be pushed below 1 by a burst that hit
 only one run, which subtracting two separately timed runs could (a "speed-up" of -0.86 once).
@@ -37,7 +37,7 @@ from .layers import LayerGroup, layer_groups
 from .runtime import autocast, resolve_precision
 
 TOLERANCE = 0.10  # a ratio whose interval is wider than this, relative to its median, is noisy
-CONFIDENCE = 0.90  # what a Spread's interval covers from 5 samples on (with fewer, it is their full range)
+CONFIDENCE = 0.90  # what a Spread's interval covers from 5 samples on (with fewer, its full range covers less)
 
 # --- per-step times ------------------------------------------------------------------------------------------------
 
