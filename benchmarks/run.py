@@ -3,7 +3,7 @@ the ideal step time that the model's own forward and backward passes allow.
 
 All three loops train the same model with the same frozen set, data, batch size, optimizer (AdamW, weight decay
 0.01, linear schedule, clipping at 1.0) and precision, in one process on one device. Timing uses the kit's
-noise-surviving timer (`layerfreeze.timing`): every run records the time of each step and drops the warm-up steps;
+noise-surviving timer (`layerfreeze.study.timing`): every run records the time of each step and drops the warm-up steps;
 the configurations run interleaved (fit, hand-written, Trainer, fit with the cache, then again), so that a burst
 of load from other jobs hits every member of a round; each ratio is the median of the per-round ratios with a 90%
 confidence interval for that median (order statistics), rounds are added until every interval is within 10% of its
@@ -37,13 +37,13 @@ from pathlib import Path
 import torch
 
 import layerfreeze as lf
-from layerfreeze.data import real_lengths
-from layerfreeze.memory import PeakMemory
-from layerfreeze.optim import fused_available
-from layerfreeze.runtime import grad_scaler, resolve_precision
-from layerfreeze.schedules import lr_multiplier
-from layerfreeze.timing import CONFIDENCE, TOLERANCE, Spread
-from layerfreeze.trainer import TrainerDataset, collate_trimmed
+from layerfreeze.core.data import real_lengths
+from layerfreeze.core.memory import PeakMemory
+from layerfreeze.core.optim import fused_available
+from layerfreeze.core.runtime import grad_scaler, resolve_precision
+from layerfreeze.core.schedules import lr_multiplier
+from layerfreeze.study.timing import CONFIDENCE, TOLERANCE, Spread
+from layerfreeze.core.trainer import TrainerDataset, collate_trimmed
 
 CONFIGURATIONS = {"full": ("all", None), "top half": ("top", "half"), "top 2 blocks": ("top", 2),
                   "top 1 block": ("top", 1), "head only": ("head", None)}

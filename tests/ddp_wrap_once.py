@@ -1,7 +1,7 @@
 """Runs the CLI with DDP wrapped only once (the naive way), to show that the replica check catches the drift."""
 
 if __name__ == "__main__":
-    import layerfreeze.training as training
+    import layerfreeze.core.training as training
     from layerfreeze.__main__ import main
 
     original, wrapped = training._wrap, {}

@@ -1,5 +1,7 @@
-"""The library's shape, read from its source with ``ast`` (nothing is imported): each module imports only from its
-own layer or the layers below it (``docs/architecture.md`` draws them), and no function grows past 60 lines."""
+"""The library's shape, read from its source with ``ast`` (nothing is imported): three folders by layer (``core``,
+the concepts; ``study``, the tools that measure and report; ``course``, the machinery), each importing only from
+its own layer or the ones below; no import cycle between modules; no function past 60 lines
+(``docs/architecture.md`` draws the layers and counts their lines)."""
 
 import ast
 from pathlib import Path
@@ -7,57 +9,90 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lib" / "layerfreeze"
-MODULES = sorted(PACKAGE.glob("*.py"))
-
-# Bottom to top. A module may import from its own layer and the ones below, never from one above.
-LAYERS = [
-    ("runtime", {"runtime", "checks"}),
-    ("models and layers", {"models", "layers", "data", "schedules", "evidence"}),
-    ("freezing, memory, inspection", {"freezing", "memory", "inspection", "plans", "cache", "timing", "optim",
-                                      "adapters"}),
-    ("training", {"training", "trainer"}),
-    ("strategies, forgetting, widgets", {"strategies", "forgetting", "widgets", "signals", "plots"}),
-    ("course", {"course", "publish", "gpu_run", "takeaways", "colab", "cli", "__init__", "__main__"}),
-]
-LAYER_OF = {module: index for index, (_, modules) in enumerate(LAYERS) for module in modules}
+LAYERS = ["core", "study", "course", ""]  # bottom to top; "" is the package's own __init__ and __main__
+MODULES = sorted(PACKAGE.rglob("*.py"))
 MAX_FUNCTION_LINES = 60
 
 
+def name_of(path: Path) -> str:
+    """``core.freezing``, ``course`` (a folder's ``__init__``), ``__init__`` (the package's)."""
+    parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
+    if parts[-1] == "__init__" and len(parts) > 1:
+        parts.pop()
+    return ".".join(parts)
+
+
+def layer_of(module: str) -> int:
+    top = module.split(".")[0]
+    return LAYERS.index(top) if top in LAYERS else len(LAYERS) - 1
+
+
+def _resolve(path: Path, node: ast.ImportFrom) -> list[str]:
+    """The package's modules an ``from ... import`` names, as ``layer.module`` (or a layer's package)."""
+    if node.level == 0:
+        if not (node.module or "").startswith("layerfreeze"):
+            return []
+        base = node.module.split(".")[1:]
+    else:
+        here = list(path.relative_to(PACKAGE).parent.parts)
+        base = here[:len(here) - (node.level - 1)] + (node.module.split(".") if node.module else [])
+    if node.module is None or (node.level == 0 and len(base) < 2) or (node.level and len(base) < 2):
+        candidates = [".".join(base + [alias.name]) for alias in node.names]
+        return [c for c in candidates if (PACKAGE / (c.replace(".", "/") + ".py")).exists()] or [".".join(base)]
+    return [".".join(base)]
+
+
 def imported_modules(path: Path) -> set[str]:
-    """The package's own modules that ``path`` imports, at the top or inside a function."""
+    """The package's own modules that ``path`` imports, at the top or inside a function (``""``: the package)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
-            found.update([node.module.split(".")[0]] if node.module else [alias.name for alias in node.names])
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "layerfreeze":
-            found.add(node.module.split(".")[1] if "." in node.module else "__init__")
+        if isinstance(node, ast.ImportFrom):
+            found.update(_resolve(path, node))
         elif isinstance(node, ast.Import):
-            found.update(alias.name.split(".")[1] if "." in alias.name else "__init__"
-                         for alias in node.names if alias.name.split(".")[0] == "layerfreeze")
+            found.update(".".join(alias.name.split(".")[1:]) for alias in node.names
+                         if alias.name.split(".")[0] == "layerfreeze")
     return found
 
 
-def test_every_module_has_a_layer():
-    unplaced = [path.stem for path in MODULES if path.stem not in LAYER_OF]
-    assert not unplaced, f"place {unplaced} in a layer of LAYERS (and in docs/architecture.md)"
+def test_every_module_sits_in_a_layer_folder():
+    loose = [name_of(p) for p in MODULES if p.parent == PACKAGE and p.stem not in ("__init__", "__main__")]
+    assert not loose, f"put {loose} in core/, study/ or course/ (and in docs/architecture.md)"
 
 
-@pytest.mark.parametrize("path", MODULES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", MODULES, ids=name_of)
 def test_no_module_imports_a_layer_above_its_own(path):
-    layer = LAYER_OF[path.stem]
-    above = sorted(m for m in imported_modules(path) if LAYER_OF.get(m, -1) > layer)
-    assert not above, (f"{path.stem} ({LAYERS[layer][0]}) imports {above} from a layer above it: move the shared "
-                       "piece down, or the importing code up")
+    mine = layer_of(name_of(path))
+    above = sorted(m for m in imported_modules(path) if layer_of(m) > mine)
+    assert not above, (f"{name_of(path)} ({LAYERS[mine] or 'package'}) imports {above} from a layer above it: move "
+                       "the shared piece down, or the importing code up")
 
 
-def test_the_core_never_imports_the_course_layer():
-    course = LAYERS[-1][1]
-    core = [path for path in MODULES if LAYER_OF.get(path.stem, len(LAYERS)) <= LAYER_OF["training"]]
-    assert core and not {path.stem: imported_modules(path) & course for path in core
-                         if imported_modules(path) & course}
+def test_no_module_imports_the_package_itself():
+    """``import layerfreeze as lf`` inside the library runs back up through ``__init__``."""
+    offenders = [name_of(p) for p in MODULES if p.parent != PACKAGE and "" in imported_modules(p)]
+    assert not offenders
 
 
-@pytest.mark.parametrize("path", MODULES, ids=lambda p: p.stem)
+def test_no_import_cycle_between_modules():
+    graph = {name_of(p): {m for m in imported_modules(p) if m} for p in MODULES if p.parent != PACKAGE}
+    state: dict[str, int] = {}
+
+    def visit(node, trail):
+        if state.get(node) == 1:
+            raise AssertionError("import cycle: " + " -> ".join(trail + [node]))
+        if state.get(node) == 2:
+            return
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if nxt in graph and nxt != node.split(".")[0]:
+                visit(nxt, trail + [node])
+        state[node] = 2
+
+    for node in sorted(graph):
+        visit(node, [])
+
+
+@pytest.mark.parametrize("path", MODULES, ids=name_of)
 def test_no_function_is_longer_than_60_lines(path):
     long = []
     for node in ast.walk(ast.parse(path.read_text())):
@@ -69,6 +104,8 @@ def test_no_function_is_longer_than_60_lines(path):
 
 
 def test_the_checks_read_imports():
-    """The layering check itself: it sees relative, absolute and in-function imports."""
-    assert {"runtime", "optim", "data"} <= imported_modules(PACKAGE / "training.py")
-    assert "__init__" in imported_modules(PACKAGE / "cli.py")  # `import layerfreeze as lf`, inside a function
+    """The layering check itself: it sees relative imports in and across folders, and in-function imports."""
+    assert {"core.runtime", "core.optim", "core.data"} <= imported_modules(PACKAGE / "core" / "training.py")
+    assert {"core.training", "study.evidence"} <= imported_modules(PACKAGE / "study" / "sequential.py")
+    assert "course.runner" in imported_modules(PACKAGE / "course" / "cli.py")  # inside a function
+    assert layer_of("study.plots") > layer_of("core.layers") and layer_of("course.cli") > layer_of("study.plots")

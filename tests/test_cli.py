@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from layerfreeze import cli
+from layerfreeze.course import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,9 +79,9 @@ def test_a_bad_output_path_is_refused_before_training(tmp_path):
 @pytest.mark.parametrize("model, message", [("/missing/dir", "model directory '/missing/dir' does not exist"),
                                             ("tiny:gpt5", "unknown tiny family 'gpt5'")])
 def test_a_bad_model_is_one_line_before_the_data_loads(model, message, monkeypatch, capsys):
-    import layerfreeze.data
+    import layerfreeze.core.data
 
-    monkeypatch.setattr(layerfreeze.data, "load_task", lambda *a, **k: pytest.fail("the data loaded first"))
+    monkeypatch.setattr(layerfreeze.core.data, "load_task", lambda *a, **k: pytest.fail("the data loaded first"))
     with pytest.raises(SystemExit) as exit_:
         cli.main(["train", "--model", model])
     assert exit_.value.code == 2
@@ -108,7 +108,7 @@ def test_the_notebooks_default_to_the_checkout_from_anywhere(tmp_path, monkeypat
 
 
 def test_plan_and_output_types(tmp_path):
-    from layerfreeze.strategies import PRESETS
+    from layerfreeze.study.strategies import PRESETS
 
     assert set(cli.PRESETS_WITH_K + cli.PRESETS_WITHOUT_K) == set(PRESETS)
     assert cli.plan("bottom:3") == ("bottom", 3) and cli.plan("bitfit") == ("bitfit", None)

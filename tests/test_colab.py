@@ -8,7 +8,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from layerfreeze.course import notebook_paths
+from layerfreeze.course.runner import notebook_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = notebook_paths(ROOT / "notebooks")
@@ -54,7 +54,7 @@ def test_on_colab_the_cell_installs_the_kit_from_kit_source(tmp_path):
 
 
 def test_the_cell_defaults_to_what_was_uploaded():
-    from layerfreeze.colab import DEFAULT_KIT_SOURCE, UPLOADED_WHEELS
+    from layerfreeze.course.colab import DEFAULT_KIT_SOURCE, UPLOADED_WHEELS
 
     cell = first_code_cell(NOTEBOOKS[0])
     assert f'"{DEFAULT_KIT_SOURCE}"' in cell and f'"{UPLOADED_WHEELS}"' in cell

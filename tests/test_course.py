@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from layerfreeze import resolve_profile, save_metrics
-from layerfreeze.course import PROFILES
+from layerfreeze.course.contract import PROFILES
 
 
 def test_auto_profile_follows_the_device(monkeypatch):
@@ -41,7 +41,7 @@ def test_key_tables_keep_their_index_and_columns(tmp_path):
 
 def _fake_run(build, figure_bytes=1000, device="cpu: 2 cores"):
     """A course run's files as run_course and save_metrics leave them, for one notebook."""
-    from layerfreeze.course import environment
+    from layerfreeze.course.contract import environment
     save_metrics({"model_name": "m", "seed": 0}, build / "results", "01_x", key_tables={"t": [{"a": 1}]},
                  key_figures=["01_fig"])
     (build / "figures").mkdir(parents=True)
@@ -52,7 +52,7 @@ def _fake_run(build, figure_bytes=1000, device="cpu: 2 cores"):
 
 
 def test_publish_refuses_oversized_figures_and_missing_runs(tmp_path):
-    from layerfreeze.publish import publish_results
+    from layerfreeze.course.publish import publish_results
     with pytest.raises(FileNotFoundError, match="make course"):
         publish_results(tmp_path / "nothing", tmp_path / "docs")
     _fake_run(tmp_path / "build", figure_bytes=400_000)
@@ -61,7 +61,7 @@ def test_publish_refuses_oversized_figures_and_missing_runs(tmp_path):
 
 
 def test_publish_replaces_old_figures_and_scales_no_time_to_another_card(tmp_path):
-    from layerfreeze.publish import publish_results
+    from layerfreeze.course.publish import publish_results
     _fake_run(tmp_path / "build", device="cuda: NVIDIA H100 80GB HBM3")
     (tmp_path / "docs" / "figures").mkdir(parents=True)
     (tmp_path / "docs" / "figures" / "stale.png").write_bytes(b"old")

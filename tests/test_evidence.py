@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from layerfreeze import tiny_model
-from layerfreeze.evidence import (Interval, choose_learning_rate, combine_verdicts, correct_per_example, curve_shape,
+from layerfreeze.study.evidence import (Interval, choose_learning_rate, combine_verdicts, correct_per_example, curve_shape,
                                   difference_interval, likely_reason, still_improving, verdict)
-from layerfreeze.training import evaluate
+from layerfreeze.core.training import evaluate
 
 
 def test_correct_per_example_averages_to_evaluate_accuracy():

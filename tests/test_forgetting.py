@@ -2,10 +2,10 @@ import pytest
 import torch
 
 from layerfreeze import Strategy, evaluate, layer_groups, tiny_model
-from layerfreeze.forgetting import (backward_transfer, cka_by_layer, embedding_agreement, forgetting, learning,
-                                    linear_cka, sequential_run, train_task_a, tuned_sequential_run,
-                                    with_new_head)
-from layerfreeze.plans import Plan
+from layerfreeze.core.forgetting import (backward_transfer, cka_by_layer, embedding_agreement, forgetting, learning,
+                                         linear_cka)
+from layerfreeze.study.sequential import sequential_run, train_task_a, tuned_sequential_run, with_new_head
+from layerfreeze.core.plans import Plan
 from tests.test_training import toy_task
 
 
@@ -115,8 +115,9 @@ def test_sequential_protocol(strategy):
 def test_decoder_forgetting_code_path():
     """Tiny random GPT-2: the numbers mean nothing, the code path is what is tested (perplexity from real losses)."""
     from layerfreeze import load_task
-    from layerfreeze.forgetting import decoder_forgetting, lm_data, perplexity
-    from layerfreeze.models import load_model
+    from layerfreeze.core.forgetting import perplexity
+    from layerfreeze.study.sequential import decoder_forgetting, lm_data
+    from layerfreeze.core.models import load_model
 
     model, tokenizer = load_model("tiny:gpt2", task="causal-lm")
     texts = load_task("a", limit={"train": 48, "test": 16})

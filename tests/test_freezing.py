@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from layerfreeze import (assert_frozen_unchanged, bitfit, changed_parameters, count_parameters, fingerprint, freeze,
                          freeze_to, frozen, layer_groups, release_eval_mode, tiny_model, train_only, trainable_state,
                          unfreeze)
-from layerfreeze.freezing import frozen_in_eval, select_parameters
+from layerfreeze.core.freezing import frozen_in_eval, select_parameters
 
 
 def trainable_groups(model):

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 import layerfreeze as lf
-from layerfreeze import gpu_run as gr
-from layerfreeze.course import notebook_paths
-from layerfreeze.runtime import FORCE_VARIABLE
+from layerfreeze.course import gpu_run as gr
+from layerfreeze.course.runner import notebook_paths
+from layerfreeze.core.runtime import FORCE_VARIABLE
 
 ROOT = Path(__file__).resolve().parents[1]
 WHEELS_ALLOWANCE = 10 * 2 ** 20  # pack.sh's wheels for the GPU machine: about 6 MB when last packed
@@ -101,7 +101,7 @@ def test_forced_precision_trains_on_the_cpu(monkeypatch, precision):
 
 
 def test_the_trainer_gets_the_same_precision(monkeypatch):
-    from layerfreeze.trainer import trainer_precision
+    from layerfreeze.core.trainer import trainer_precision
     monkeypatch.setenv(FORCE_VARIABLE, "fp16")
     assert trainer_precision(torch.device("cpu")) == {"bf16": False, "fp16": True, "use_cpu": True}
 
@@ -111,7 +111,7 @@ def test_the_carry_fits_under_the_limit():
     size = gr.carry_bytes(ROOT)
     if not (ROOT / ".carry" / "minilm-fp16").exists():
         from safetensors import safe_open
-        from layerfreeze.models import resolve_model_source
+        from layerfreeze.core.models import resolve_model_source
         source = Path(resolve_model_source("minilm"))
         with safe_open(source / "model.safetensors", "pt") as weights:  # halved to fp16 by pack.sh
             size += sum(2 * math.prod(weights.get_slice(k).get_shape()) for k in weights.keys())

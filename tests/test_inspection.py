@@ -4,7 +4,7 @@ import torch
 
 from layerfreeze import (count_parameters, estimate_memory, freeze, freeze_to, group_table, layer_groups,
                          parameter_table, tiny_model, train_only)
-from layerfreeze.memory import block_activation_bytes
+from layerfreeze.core.memory import block_activation_bytes
 
 
 def test_parameter_table_totals_match_the_model(family_model):

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from layerfreeze import count_parameters, layer_groups, shared_parameters, tiny_model
-from layerfreeze.layers import find_blocks_path
+from layerfreeze.core.layers import find_blocks_path
 
 HEAD_MODULES = {  # what "head" means per family (classification models)
     "bert": {"bert.pooler", "dropout", "classifier"},

@@ -10,8 +10,8 @@ import pytest
 import torch
 import transformers
 
-from layerfreeze.course import notebook_paths, run_course
-from layerfreeze.publish import publish_results
+from layerfreeze.course.runner import notebook_paths, run_course
+from layerfreeze.course.publish import publish_results
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = notebook_paths(ROOT / "notebooks")

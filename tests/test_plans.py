@@ -8,7 +8,7 @@ import torch
 from layerfreeze import (adaptive_freezing, apply_plan, evaluate, expand_blocks, factory_plan, fingerprint, fit,
                          layer_groups, lisa, tiny_model, train_only)
 from layerfreeze.__main__ import main
-from layerfreeze.plans import plateaued
+from layerfreeze.core.plans import plateaued
 
 from .test_training import toy_task
 

@@ -6,7 +6,7 @@ import torch
 from layerfreeze import (Schedule, assert_frozen_unchanged, chain_thaw, changed_parameters, discriminative_lrs,
                          enable_gradient_checkpointing, fingerprint, fit, freeze, freeze_to, gradual_unfreezing,
                          layer_groups, layerwise_decay, lr_multiplier, make_optimizer, spread_lrs, tiny_model)
-from layerfreeze.optim import follow_schedule
+from layerfreeze.core.optim import follow_schedule
 from tests.test_training import toy_task
 
 NAMES = ["embeddings", "block.0", "block.1", "block.2", "block.3", "head"]

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from layerfreeze import Strategy, apply_preset, fresh_copy, layer_groups, run_strategy, tiny_model
-from layerfreeze.strategies import PRESETS
+from layerfreeze.study.strategies import PRESETS
 
 
 def states(model):

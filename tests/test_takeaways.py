@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from layerfreeze.takeaways import checklist, decision_guide, load_results, verdict_table
+from layerfreeze.study.takeaways import checklist, decision_guide, load_results, verdict_table
 
 
 def _summary(name, forgetting, learning, params):

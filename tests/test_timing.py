@@ -8,7 +8,7 @@ import torch
 
 from layerfreeze import (Spread, StepTimer, freeze_to, ideal_cache_speedup, ideal_step_seconds, interleave,
                          layer_groups, profile_groups, tiny_model)
-from layerfreeze.timing import GroupCosts, steady_step_seconds
+from layerfreeze.study.timing import GroupCosts, steady_step_seconds
 
 
 class FakeMachine:

@@ -6,7 +6,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from layerfreeze import (changed_parameters, discriminative_lrs, fingerprint, gradual_unfreezing, layer_groups,
                          tiny_model)
-from layerfreeze.trainer import TrainerDataset, UnfreezingCallback, schedule_optimizer
+from layerfreeze.core.trainer import TrainerDataset, UnfreezingCallback, schedule_optimizer
 from tests.test_training import toy_task
 
 

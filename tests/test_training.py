@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from layerfreeze import (assert_frozen_unchanged, fingerprint, freeze, freeze_to, tiny_model, train_only)
-from layerfreeze.cache import cache_device
-from layerfreeze.runtime import resolve_precision
-from layerfreeze.schedules import lr_multiplier
-from layerfreeze.training import History, evaluate, fit, make_optimizer
+from layerfreeze.core.cache import cache_device
+from layerfreeze.core.runtime import resolve_precision
+from layerfreeze.core.schedules import lr_multiplier
+from layerfreeze.core.training import History, evaluate, fit, make_optimizer
 
 
 def toy_task(n=64, seq=8, seed=0):

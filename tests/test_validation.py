@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from layerfreeze import (chain_thaw, discriminative_lrs, encode, gradual_unfreezing, layer_groups, load_model,
                          load_task, lr_multiplier, spread_lrs, tiny_model)
-from layerfreeze.data import generate_task
-from layerfreeze.training import fit
+from layerfreeze.core.data import generate_task
+from layerfreeze.core.training import fit
 from tests.test_training import toy_task
 
 NAMES = ["embeddings", "block.0", "block.1", "head"]

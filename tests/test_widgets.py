@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from layerfreeze import count_parameters, layer_groups, tiny_model
-from layerfreeze.widgets import LayerPicker, choice_summary
+from layerfreeze.study.widgets import LayerPicker, choice_summary
 from tests.test_training import toy_task
 
 

@@ -54,4 +54,4 @@ for name in os.listdir(src):
 if os.path.isdir(os.path.join(src, "1_Pooling")):
     shutil.copytree(os.path.join(src, "1_Pooling"), os.path.join(dst, "1_Pooling"), dirs_exist_ok=True)
 PY
-"$py" -c "from layerfreeze.gpu_run import check_carry; print(f'carry: {check_carry() / 2 ** 20:.1f} MiB (limit 64)')"
+"$py" -c "from layerfreeze.course.gpu_run import check_carry; print(f'carry: {check_carry() / 2 ** 20:.1f} MiB (limit 64)')"

@@ -38,45 +38,49 @@ Face ``Trainer``), ``lf.adapters`` (LoRA).
 
 import importlib
 
-from .cli import check_before_import as _check_command_line
+from .course.cli import check_before_import as _check_command_line
 
 _check_command_line()  # under `python -m layerfreeze`: --help and a bad flag answer before torch is imported
-from .course import resolve_profile, save_figure, save_metrics
-from .data import batches_per_epoch, encode, load_task, num_labels
-from .evidence import (choose_learning_rate, combine_verdicts, correct_per_example, curve_shape, describe_curves,
+from .course.contract import resolve_profile, save_figure, save_metrics
+from .core.data import batches_per_epoch, encode, load_task, num_labels
+from .study.evidence import (choose_learning_rate, combine_verdicts, correct_per_example, curve_shape, describe_curves,
                        difference_interval, likely_reason, still_improving, verdict)
-from .freezing import (assert_frozen_unchanged, bitfit, changed_parameters, count_parameters, freeze, freeze_to,
+from .core.freezing import (assert_frozen_unchanged, bitfit, changed_parameters, count_parameters, freeze, freeze_to,
                        frozen, fingerprint, release_eval_mode, restore_trainable, train_only, trainable_state, unfreeze)
-from .inspection import group_table, parameter_table, run_order_table
-from .layers import LayerGroup, layer_groups, num_blocks, shared_parameters, tied_weights
-from .memory import estimate_memory
-from .models import load_model, tiny_model
-from .optim import make_optimizer
-from .plans import Plan, adaptive_freezing, apply_plan, expand_blocks, factory_plan, lisa
-from .plots import (label_points, legend_outside, memory_is_measured, plot_accuracy_vs, plot_cache_speedup, plot_cka,
+from .core.inspection import group_table, parameter_table, run_order_table
+from .core.layers import LayerGroup, layer_groups, num_blocks, shared_parameters, tied_weights
+from .core.memory import estimate_memory
+from .core.models import load_model, tiny_model
+from .core.optim import make_optimizer
+from .core.plans import Plan, adaptive_freezing, apply_plan, expand_blocks, factory_plan, lisa
+from .study.plots import (label_points, legend_outside, memory_is_measured, plot_accuracy_vs, plot_cache_speedup, plot_cka,
                     plot_epoch_curves, plot_measured_vs_estimated_memory, plot_memory, plot_parameter_groups,
                     plot_schedule)
-from .runtime import MiB, describe_device, pick_device, seed_everything
-from .schedules import (Schedule, chain_thaw, constant_schedule, discriminative_lrs, gradual_unfreezing,
+from .core.runtime import MiB, describe_device, pick_device, seed_everything
+from .core.schedules import (Schedule, chain_thaw, constant_schedule, discriminative_lrs, gradual_unfreezing,
                         head_and_body_lrs, layerwise_decay, lr_multiplier, spread_lrs)
-from .signals import (gradient_norms, linear_probe, matrix_snr, plan_from_gradients, plan_from_probe, plan_from_snr,
+from .core.signals import (gradient_norms, linear_probe, matrix_snr, plan_from_gradients, plan_from_probe, plan_from_snr,
                       probe_by_layer, spectrum_snr)
-from .strategies import (Strategy, add_cache_timing, apply_preset, apply_strategy, cache_speedup_is_clear,
+from .study.strategies import (Strategy, add_cache_timing, apply_preset, apply_strategy, cache_speedup_is_clear,
                          describe_cache_speedup, fresh_copy, measure_cache_speedup, prepare_strategy, run_strategy)
-from .timing import Spread, StepTimer, ideal_cache_speedup, ideal_step_seconds, interleave, profile_groups
-from .training import History, enable_gradient_checkpointing, evaluate, fit
+from .study.timing import Spread, StepTimer, ideal_cache_speedup, ideal_step_seconds, interleave, profile_groups
+from .core.training import History, enable_gradient_checkpointing, evaluate, fit
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("adapters", "cache", "course", "forgetting", "plots", "publish", "schedules", "takeaways", "trainer",
-               "widgets")
+# lf.forgetting, lf.plots ...: each module by its own name, wherever its layer keeps it
+_SUBMODULES = {name: f"{layer}.{name}" for layer, names in {
+    "core": ("adapters", "cache", "data", "forgetting", "freezing", "inspection", "layers", "memory", "models", "optim",
+             "plans", "runtime", "schedules", "signals", "trainer", "training"),
+    "study": ("evidence", "plots", "sequential", "strategies", "takeaways", "timing", "widgets"),
+    "course": ("publish",)}.items() for name in names}
 
 
 def __getattr__(name: str):
     """``lf.forgetting``, ``lf.widgets`` ...: a submodule, imported when first named (ipywidgets, the Trainer and
     peft load only where they are used)."""
     if name in _SUBMODULES:
-        return importlib.import_module(f".{name}", __name__)
+        return importlib.import_module(f".{_SUBMODULES[name]}", __name__)
     raise AttributeError(f"module 'layerfreeze' has no attribute {name!r}")
 
 

@@ -1,6 +1,6 @@
-"""``python -m layerfreeze``: the command line, in :mod:`layerfreeze.cli`."""
+"""``python -m layerfreeze``: the command line, in :mod:`layerfreeze.course.cli`."""
 
-from .cli import main
+from .course.cli import main
 
 if __name__ == "__main__":
     main()

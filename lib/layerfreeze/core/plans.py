@@ -1,7 +1,7 @@
 """Freezing plans as practitioners write them today, and the plans that change while training runs.
 
 * :class:`Plan`: a named selection of what trains, with the reason for it, applied by :func:`apply_plan`.
-  :mod:`layerfreeze.signals` proposes plans from measurements; :func:`factory_plan` writes one the way
+  :mod:`layerfreeze.core.signals` proposes plans from measurements; :func:`factory_plan` writes one the way
   LLaMA-Factory's ``freeze`` fine-tuning does (``freeze_trainable_layers``, ``freeze_trainable_modules``,
   ``freeze_extra_modules``).
 * :func:`lisa`: LISA (Pan et al. 2024, LMFlow's ``DynamicLayerActivationCallback``): every ``every`` steps, sample

@@ -31,9 +31,10 @@ import tarfile
 import time
 from pathlib import Path
 
-from .course import environment, notebook_paths, write_course_timing
+from .contract import environment
+from .runner import notebook_paths, write_course_timing
 from .publish import publish_results
-from .runtime import FORCE_VARIABLE, PRECISIONS, MiB
+from ..core.runtime import FORCE_VARIABLE, PRECISIONS, MiB
 
 PRIORITY = ("04", "02", "03", "05", "01")
 TAKEAWAYS = "07"  # run at import, over the results of every window
@@ -86,7 +87,7 @@ def precisions(precision: str) -> list[str]:
 
 def check_arguments(profile: str, budget: float, course_budget: float | None, precision: str) -> None:
     """Refuse bad arguments before anything runs."""
-    from .course import PROFILES
+    from .contract import PROFILES
     if profile not in PROFILES:
         raise ValueError(f"profile={profile!r}; valid: {', '.join(PROFILES)}")
     precisions(precision)
@@ -113,14 +114,14 @@ def run_limited(command: list[str], limit: float, log, env: dict | None = None) 
 
 def _notebook_command(path: Path, build: Path, profile: str, cell_timeout: float) -> list[str]:
     """One notebook in a fresh Python process: :func:`run_one_notebook` (this module run as a script)."""
-    return [sys.executable, "-m", "layerfreeze.gpu_run", str(path), str(build), profile, str(int(cell_timeout))]
+    return [sys.executable, "-m", "layerfreeze.course.gpu_run", str(path), str(build), profile, str(int(cell_timeout))]
 
 
 def run_one_notebook(path: str, build: str, profile: str, cell_timeout: str) -> int:
     """Execute one notebook into ``build``; the exit code says how it ended (0, 1, or 124 for a cell timeout)."""
     from nbclient.exceptions import CellTimeoutError
 
-    from .course import run_notebook
+    from .runner import run_notebook
     build = Path(build)
     try:
         run_notebook(path, build / "notebooks", build / "results", build / "figures", profile, int(cell_timeout))
@@ -189,7 +190,7 @@ def _environment(precision: str) -> dict:
 
 def _run_benchmarks(build, out, log, summary, deadline, started, minimum: float = 60) -> None:
     left = deadline - time.perf_counter()
-    script = Path(__file__).resolve().parents[2] / "benchmarks" / "run.py"
+    script = Path(__file__).resolve().parents[3] / "benchmarks" / "run.py"
     if left < minimum or not script.exists():
         why = f"{left:.0f} s left, needs {minimum:.0f}" if script.exists() else f"{script} not found"
         summary["bench"] = {"status": "skipped", "reason": why}
@@ -282,7 +283,7 @@ def _unpack_all(archives: list[Path], build: Path) -> dict:
 def _run_takeaways(notebook_dir: Path, build: Path, timing: dict) -> None:
     """The takeaways notebook over every result that came back. It measures nothing, so its own time is left out
     of the device's time table."""
-    from .course import run_notebook
+    from .runner import run_notebook
     for path in notebook_paths(notebook_dir):
         if path.name.startswith(TAKEAWAYS):
             run_notebook(path, build / "notebooks", build / "results", build / "figures", timing["profile"])

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pandas as pd
+import torch
 from torch import nn
 
 from .layers import LayerGroup, layer_groups, module_run_order, shared_parameters
+from .runtime import eval_mode
 
 
 def parameter_table(model: nn.Module, groups: list[LayerGroup] | None = None) -> pd.DataFrame:
@@ -112,3 +114,29 @@ def relative_step_time(model: nn.Module, cache_prefix: bool = False, groups: lis
         if i >= lowest:
             cost += 1 + (1 if trains[i] else 0)
     return cost / (3 * len(blocks))
+
+
+def _base_model(model: nn.Module) -> nn.Module:
+    """The encoder/decoder stack inside a task model (``model.bert``, ``model.model`` ...), for hidden states."""
+    prefix = getattr(model, "base_model_prefix", "")
+    return getattr(model, prefix, model) if prefix else model
+
+
+@torch.no_grad()
+def hidden_states(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  batch_size: int = 128) -> list[torch.Tensor]:
+    """Mean-pooled hidden states after the embeddings and after each block: one ``[examples, hidden]`` per layer."""
+    device = next(model.parameters()).device
+    layers: list[list[torch.Tensor]] = []
+    with eval_mode(model):
+        for start in range(0, len(input_ids), batch_size):
+            ids = input_ids[start:start + batch_size].to(device)
+            mask = attention_mask[start:start + batch_size].to(device)
+            out = _base_model(model)(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+            weights = mask.unsqueeze(-1).float()
+            pooled = [(h.float() * weights).sum(1) / weights.sum(1) for h in out.hidden_states]
+            if not layers:
+                layers = [[] for _ in pooled]
+            for store, value in zip(layers, pooled):
+                store.append(value.cpu())
+    return [torch.cat(chunks) for chunks in layers]

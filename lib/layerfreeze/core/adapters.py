@@ -1,6 +1,6 @@
 """Adapters: new trainable parameters beside a frozen pretrained body. Here LoRA (low-rank adapters, via ``peft``)
 on every projection inside the blocks; block expansion (LLaMA Pro) lives with the other plans in
-:mod:`layerfreeze.plans`.
+:mod:`layerfreeze.core.plans`.
 
 >>> from layerfreeze import tiny_model
 >>> lora_size(tiny_model("bert", num_layers=1, hidden_size=32), 8)

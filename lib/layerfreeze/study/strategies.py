@@ -28,16 +28,16 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from .adapters import add_lora
-from .data import as_tensors
+from ..core.adapters import add_lora
+from ..core.data import as_tensors
 from .evidence import correct_per_example
-from .freezing import FreezeReport, bitfit, freeze_to, train_only
-from .layers import layer_groups, num_blocks
-from .memory import MiB, estimate_memory
-from .plans import Plan, adaptive_freezing, apply_plan, lisa
-from .schedules import Schedule, gradual_unfreezing, head_and_body_lrs
+from ..core.freezing import FreezeReport, bitfit, freeze_to, train_only
+from ..core.layers import layer_groups, num_blocks
+from ..core.memory import MiB, estimate_memory
+from ..core.plans import Plan, adaptive_freezing, apply_plan, lisa
+from ..core.schedules import Schedule, gradual_unfreezing, head_and_body_lrs
 from .timing import TOLERANCE, StepTimer, interleave
-from .training import fit
+from ..core.training import fit
 
 PRESETS = ("head", "top", "bottom", "all", "bitfit")
 SCHEDULES = ("gradual", "lisa", "adaptive")

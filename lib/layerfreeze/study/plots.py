@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from .inspection import group_table
-from .memory import MemoryEstimate
+from ..core.inspection import group_table
+from ..core.memory import MemoryEstimate
 
 TRAINABLE_COLOR, FROZEN_COLOR = "#2a9d8f", "#b0b7bf"
 MEMORY_COLORS = {"weights": "#264653", "gradients": "#e9c46a", "optimizer state": "#f4a261",

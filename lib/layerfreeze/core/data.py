@@ -203,7 +203,7 @@ def data_dir() -> Path | None:
     """The folder with the generated task files: ``$LAYERFREEZE_DATA_DIR`` or the repository's ``data/``."""
     if os.environ.get(DATA_DIR_ENV_VAR):
         return Path(os.environ[DATA_DIR_ENV_VAR])
-    repo_data = Path(__file__).resolve().parents[2] / "data"
+    repo_data = Path(__file__).resolve().parents[3] / "data"
     return repo_data if (repo_data / "task_a").is_dir() else None
 
 
@@ -345,7 +345,7 @@ def encode(split, tokenizer, max_length: int = 64):
     with ``text`` and ``label`` columns), or a list of ``{"text", "label"}`` rows as :func:`generate_task` returns.
 
     >>> from transformers import AutoTokenizer
-    >>> from layerfreeze.models import resolve_model_source
+    >>> from layerfreeze.core.models import resolve_model_source
     >>> tokenizer = AutoTokenizer.from_pretrained(resolve_model_source("minilm"))
     >>> [t.shape for t in encode(generate_task("a", 3), tokenizer, max_length=8).tensors]
     [torch.Size([3, 8]), torch.Size([3, 8]), torch.Size([3])]

@@ -1,17 +1,9 @@
-"""Catastrophic forgetting, measured: sequential tasks, forgetting metrics and representation drift.
+"""Task A, then task B: the forgetting experiment, and the statistics over its runs.
 
 The protocol (:func:`sequential_run`): start from the pretrained model; train task A with head A; then train task B
 with head B under a strategy, and after every epoch of B evaluate A *with head A*, which never trains during B. The
-two heads share every module below them, so any loss on A comes from the shared layers alone.
-
-Metrics, for an accuracy matrix ``R`` where ``R[i][j]`` is the accuracy on task ``j`` after training task ``i``:
-
-* **forgetting** (Chaudhry et al. 2018): for each earlier task, the best accuracy it ever had minus its final one;
-* **backward transfer, BWT** (Lopez-Paz & Ranzato 2017): ``1/(T-1) * sum_i (R[T-1][i] - R[i][i])`` over the
-  earlier tasks (negative when the model forgets);
-* **learning**: the accuracy gained on the new task;
-* **drift without labels**: linear CKA (Kornblith et al. 2019) between the model after task A and the same model
-  after task B, layer by layer, and the cosine agreement of their sentence embeddings: what training B moved.
+two heads share every module below them, so any loss on A comes from the shared layers alone. The metrics it reports
+are :mod:`layerfreeze.core.forgetting`'s.
 """
 
 from __future__ import annotations
@@ -26,123 +18,18 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .data import as_tensors, batches_per_epoch
+from ..core.data import as_tensors, batches_per_epoch
+from ..core.forgetting import backward_transfer, drift, forgetting, learning, perplexity
+from ..core.freezing import freeze
+from ..core.layers import layer_groups, replace_module
+from ..core.memory import MiB, estimate_memory
+from ..core.optim import follow_schedule
+from ..core.plans import expand_blocks
+from ..core.runtime import eval_mode
+from ..core.schedules import head_and_body_lrs
+from ..core.training import evaluate, fit
 from .evidence import Interval, choose_learning_rate, correct_per_example, difference_interval
-from .freezing import freeze
-from .layers import layer_groups, replace_module
-from .memory import MiB, estimate_memory
-from .optim import follow_schedule
-from .plans import expand_blocks
-from .runtime import eval_mode
-from .schedules import head_and_body_lrs
 from .strategies import Strategy, apply_preset, prepare_strategy
-from .training import evaluate, fit
-
-# --- metrics on an accuracy matrix ---------------------------------------------------------------------------------
-
-
-def _matrix(R) -> list[list[float]]:
-    rows = [list(map(float, row)) for row in R]
-    if not rows or any(len(row) != len(rows) for row in rows):
-        raise ValueError("R must be a square T x T matrix: R[i][j] is the accuracy on task j after training task i")
-    return rows
-
-
-def forgetting(R) -> dict:
-    """Chaudhry et al. 2018: per earlier task ``j``, ``max_{l < T-1} R[l][j] - R[T-1][j]``; and their mean.
-
-    >>> forgetting([[0.9, 0.1], [0.6, 0.8]])
-    {'per_task': [0.30000000000000004], 'mean': 0.30000000000000004}
-    """
-    R = _matrix(R)
-    T = len(R)
-    if T < 2:
-        raise ValueError("forgetting needs at least two tasks")
-    per_task = [max(R[l][j] for l in range(T - 1)) - R[T - 1][j] for j in range(T - 1)]
-    return {"per_task": per_task, "mean": sum(per_task) / len(per_task)}
-
-
-def backward_transfer(R) -> float:
-    """Lopez-Paz & Ranzato 2017: ``1/(T-1) * sum_{i < T-1} (R[T-1][i] - R[i][i])``.
-
-    >>> round(backward_transfer([[0.9, 0.0, 0.0], [0.7, 0.8, 0.0], [0.6, 0.9, 0.95]]), 3)
-    -0.1
-    """
-    R = _matrix(R)
-    T = len(R)
-    if T < 2:
-        raise ValueError("backward transfer needs at least two tasks")
-    return sum(R[T - 1][i] - R[i][i] for i in range(T - 1)) / (T - 1)
-
-
-def learning(before: float, after: float) -> float:
-    """Accuracy gained on the new task: after training it, minus before."""
-    return after - before
-
-
-# --- representation drift ------------------------------------------------------------------------------------------
-
-def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Linear centered kernel alignment between two ``[examples, features]`` matrices (Kornblith et al. 2019).
-
-    1 for identical representations, unchanged by an orthogonal transform or an isotropic scaling of either.
-
-    >>> x = torch.randn(50, 8, dtype=torch.float64)
-    >>> round(linear_cka(x, x), 6), round(linear_cka(x, 3 * x @ torch.linalg.qr(torch.randn(8, 8, dtype=torch.float64))[0]), 6)
-    (1.0, 1.0)
-    """
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"CKA compares the same examples: got {x.shape[0]} and {y.shape[0]} rows")
-    x = x.double() - x.double().mean(0, keepdim=True)
-    y = y.double() - y.double().mean(0, keepdim=True)
-    cross = torch.linalg.matrix_norm(y.T @ x) ** 2
-    norm = torch.linalg.matrix_norm(x.T @ x) * torch.linalg.matrix_norm(y.T @ y)
-    return float(cross / norm) if norm > 0 else float("nan")
-
-
-def _base_model(model: nn.Module) -> nn.Module:
-    """The encoder/decoder stack inside a task model (``model.bert``, ``model.model`` ...), for hidden states."""
-    prefix = getattr(model, "base_model_prefix", "")
-    return getattr(model, prefix, model) if prefix else model
-
-
-@torch.no_grad()
-def hidden_states(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                  batch_size: int = 128) -> list[torch.Tensor]:
-    """Mean-pooled hidden states after the embeddings and after each block: one ``[examples, hidden]`` per layer."""
-    device = next(model.parameters()).device
-    layers: list[list[torch.Tensor]] = []
-    with eval_mode(model):
-        for start in range(0, len(input_ids), batch_size):
-            ids = input_ids[start:start + batch_size].to(device)
-            mask = attention_mask[start:start + batch_size].to(device)
-            out = _base_model(model)(input_ids=ids, attention_mask=mask, output_hidden_states=True)
-            weights = mask.unsqueeze(-1).float()
-            pooled = [(h.float() * weights).sum(1) / weights.sum(1) for h in out.hidden_states]
-            if not layers:
-                layers = [[] for _ in pooled]
-            for store, value in zip(layers, pooled):
-                store.append(value.cpu())
-    return [torch.cat(chunks) for chunks in layers]
-
-
-def drift(original: nn.Module, tuned: nn.Module, input_ids, attention_mask) -> tuple[list[float], float]:
-    """Both drift measures from one pass of each model: per-layer CKA and sentence-embedding agreement."""
-    before = hidden_states(original, input_ids, attention_mask)
-    after = hidden_states(tuned, input_ids, attention_mask)
-    agreement = float(torch.nn.functional.cosine_similarity(before[-1], after[-1], dim=-1).mean())
-    return [linear_cka(a, b) for a, b in zip(before, after)], agreement
-
-
-def cka_by_layer(original: nn.Module, tuned: nn.Module, input_ids, attention_mask) -> list[float]:
-    """Linear CKA between the two models' representations, for the embeddings output and each block's output."""
-    return drift(original, tuned, input_ids, attention_mask)[0]
-
-
-def embedding_agreement(original: nn.Module, tuned: nn.Module, input_ids, attention_mask) -> float:
-    """Mean cosine similarity between the two models' sentence embeddings (mean-pooled last hidden state)."""
-    return drift(original, tuned, input_ids, attention_mask)[1]
-
 
 # --- two heads over one body ---------------------------------------------------------------------------------------
 
@@ -234,7 +121,7 @@ def sequential_run(model_a: nn.Module, strategy: Strategy, data_b, eval_a, eval_
     ``eval_b`` is B's validation data (the learning-rate grid chooses on it); ``test_b``, where given, B's test data
     for the final accuracy. ``probe`` is ``(input_ids, attention_mask)`` of held-out text for CKA and embedding
     agreement between ``model_a`` and the model after B: what training B moved. The result keeps which test examples
-    each model gets right (``correct``), for intervals (:mod:`layerfreeze.evidence`).
+    each model gets right (``correct``), for intervals (:mod:`layerfreeze.study.evidence`).
     """
     original_a, model_a = model_a, copy.deepcopy(model_a)
     if strategy.adapter == "expansion":  # both heads read the expanded body; it is model A's function at init
@@ -381,25 +268,6 @@ def lm_data(texts: list[str], tokenizer, max_length: int = 64) -> tuple[torch.Te
     batch = tokenizer(list(texts), padding="longest", truncation=True, max_length=max_length, return_tensors="pt")
     labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
     return batch["input_ids"], batch["attention_mask"], labels
-
-
-@torch.no_grad()
-def perplexity(model: nn.Module, data, batch_size: int = 32) -> float:
-    """exp of the mean next-token loss over every real (non-padding) token of ``data``."""
-    device = next(model.parameters()).device
-    input_ids, attention_mask, labels = data
-    total, tokens = 0.0, 0
-    with eval_mode(model):
-        for start in range(0, len(input_ids), batch_size):
-            rows = slice(start, start + batch_size)
-            ids, mask, target = input_ids[rows].to(device), attention_mask[rows].to(device), labels[rows].to(device)
-            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-            shifted = target[:, 1:]
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), shifted.reshape(-1),
-                                                     ignore_index=-100, reduction="sum")
-            total += loss.item()
-            tokens += int((shifted != -100).sum())
-    return float(torch.exp(torch.tensor(total / max(tokens, 1))))
 
 
 def decoder_forgetting(model: nn.Module, domain_train, general_eval, domain_eval, preset: str = "all",

@@ -10,10 +10,10 @@ Two things decide a run's learning rates and trainable set, and ``fit`` takes th
 (:class:`~layerfreeze.schedules.Schedule`: gradual unfreezing, chain-thaw, LISA), which carries its own curve. Either
 way ``fit`` first turns them into one plan (a fixed set is a schedule with one phase, as fastai's ``fit_one_cycle``
 builds its schedule before it hands it to the loop), then runs one loop over small named steps: change the trainable
-set when the plan says so (:mod:`layerfreeze.optim` adds the new groups to the live optimizer), set the rates, take an
+set when the plan says so (:mod:`layerfreeze.core.optim` adds the new groups to the live optimizer), set the rates, take an
 optimizer step, record the epoch. Under ``torchrun`` it trains with DistributedDataParallel and re-wraps the model
 whenever the trainable set changes, because DDP registers the parameters that need gradients when it is built. The
-frozen-prefix cache lives in :mod:`layerfreeze.cache`, the peak-memory measurement in :mod:`layerfreeze.memory`.
+frozen-prefix cache lives in :mod:`layerfreeze.core.cache`, the peak-memory measurement in :mod:`layerfreeze.core.memory`.
 """
 
 from __future__ import annotations
@@ -298,7 +298,7 @@ def _start_optimizer(model: nn.Module, plan: Schedule, groups: list[LayerGroup],
 
 
 class _PrefixCache:
-    """The frozen prefix's outputs, computed once (:mod:`layerfreeze.cache`), and the stand-in that replays them
+    """The frozen prefix's outputs, computed once (:mod:`layerfreeze.core.cache`), and the stand-in that replays them
     while the loop runs (entered as a context)."""
 
     def __init__(self, model: nn.Module, groups: list[LayerGroup], inputs: tuple, evaluation: tuple | None,
@@ -528,7 +528,7 @@ def fit(model: nn.Module, train_data, eval_data=None, *, epochs: int = 3, lr: fl
     (:class:`~layerfreeze.plans.AdaptiveFreezing`) is asked after every step through its ``observe``; the cache then
     takes over a prefix it freezes for good. (A curve name given as ``schedule``, as before the two were apart, is
     still read as the curve.) ``cache_prefix=True`` computes the frozen prefix's output once
-    (:mod:`layerfreeze.cache`), ``cache_prefix=k`` caches exactly the first ``k`` groups; either refuses, with the
+    (:mod:`layerfreeze.core.cache`), ``cache_prefix=k`` caches exactly the first ``k`` groups; either refuses, with the
     reason, where caching would change the result. ``on_epoch_end(epoch)`` runs after each epoch's evaluation; a
     dict it returns joins that epoch's row in the history. ``on_step_end(step, loss)`` runs after every optimizer
     step with the loss as a tensor (reading it with ``.item()`` waits for the device).

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .data import as_tensors, index_batches
-from .forgetting import hidden_states
+from .inspection import hidden_states
 from .freezing import restore_trainable, trainable_state, unfreeze
 from .layers import layer_groups
 from .plans import Plan

@@ -31,15 +31,15 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .data import as_tensors, batches_per_epoch
-from .freezing import count_parameters, freeze, restore_trainable, trainable_state, unfreeze
-from .inspection import group_table, relative_step_time
-from .layers import layer_groups, num_blocks
-from .memory import MiB, estimate_memory
-from .schedules import head_and_body_lrs
+from ..core.data import as_tensors, batches_per_epoch
+from ..core.freezing import count_parameters, freeze, restore_trainable, trainable_state, unfreeze
+from ..core.inspection import group_table, relative_step_time
+from ..core.layers import layer_groups, num_blocks
+from ..core.memory import MiB, estimate_memory
+from ..core.schedules import head_and_body_lrs
 from .strategies import PRESETS, Strategy, apply_strategy, fresh_copy
 from .timing import StepTimer, steady_step_seconds
-from .training import fit
+from ..core.training import fit
 
 
 def _human(count: int) -> str:

@@ -16,7 +16,7 @@ Three special cases (``docs/layer_groups.md`` explains them):
 * **shared blocks** (ALBERT runs one block for every layer): one group per *distinct* block, a warning, and a note;
 * **tied weights** (a causal LM's ``lm_head`` is its input embedding): the tensor sits in ``embeddings`` and in
   ``head``; :func:`tied_weights` lists such ties, counts never include them twice, and freezing refuses to train
-  one side silently (see :mod:`layerfreeze.freezing`).
+  one side silently (see :mod:`layerfreeze.core.freezing`).
 
 What "head" means, family by family:
 

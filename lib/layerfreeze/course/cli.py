@@ -24,10 +24,10 @@ import os
 import sys
 from pathlib import Path
 
-from .course import DEFAULT_CELL_TIMEOUT, PROFILES
+from .contract import DEFAULT_CELL_TIMEOUT, PROFILES
 from .gpu_run import BUDGET_SECONDS, COURSE_BUDGET_SECONDS
-from .data import TASK_NAMES
-from .schedules import CURVES
+from ..core.data import TASK_NAMES
+from ..core.schedules import CURVES
 
 # strategies.PRESETS, which imports torch; tests/test_cli.py keeps the two in step.
 PRESETS_WITH_K, PRESETS_WITHOUT_K = ("top", "bottom"), ("head", "all", "bitfit")
@@ -94,7 +94,7 @@ def output_file(text: str) -> Path:
 def _checkout_notebooks() -> Path:
     """``notebooks/`` here, else the checkout's (an editable install); an installed wheel has none."""
     here = Path("notebooks")
-    beside_package = Path(__file__).resolve().parents[2] / "notebooks"
+    beside_package = Path(__file__).resolve().parents[3] / "notebooks"
     return here if here.is_dir() or not beside_package.is_dir() else beside_package
 
 
@@ -106,7 +106,7 @@ def _notebooks_missing(notebook_dir: Path) -> str:
 
 
 def _course(args) -> None:
-    from .course import notebook_paths, run_course
+    from .runner import notebook_paths, run_course
 
     if not notebook_paths(args.notebook_dir):
         raise FileNotFoundError(_notebooks_missing(args.notebook_dir))
@@ -238,8 +238,8 @@ def _check_plan_flags(args) -> None:
 
 
 def _train(args) -> None:
-    from .models import check_model_arguments
-    from .runtime import distributed_context
+    from ..core.models import check_model_arguments
+    from ..core.runtime import distributed_context
 
     check_model_arguments(args.model)  # before the data loads
     _check_plan_flags(args)
@@ -267,31 +267,37 @@ def _leave_process_group() -> None:
 def _train_and_report(args, rank: int, world_size: int) -> None:
     import torch.distributed as dist
 
-    import layerfreeze as lf
-    from .data import batches_per_epoch
-    from .runtime import process_device
+    from ..core.data import batches_per_epoch, encode, load_task, num_labels
+    from ..core.freezing import fingerprint
+    from ..core.layers import layer_groups
+    from ..core.models import load_model
+    from ..core.plans import factory_plan
+    from ..core.runtime import process_device, seed_everything
+    from ..core.schedules import chain_thaw, discriminative_lrs, gradual_unfreezing
+    from ..core.training import fit
+    from ..study.strategies import Strategy, apply_strategy
 
     device = process_device(rank)
-    lf.seed_everything(args.seed)
-    splits = lf.load_task(args.task, limit={"train": args.train_limit, "validation": args.eval_limit})
-    model, tokenizer = lf.load_model(args.model, num_labels=lf.num_labels(splits))
+    seed_everything(args.seed)
+    splits = load_task(args.task, limit={"train": args.train_limit, "validation": args.eval_limit})
+    model, tokenizer = load_model(args.model, num_labels=num_labels(splits))
     model.to(device)
-    train = lf.encode(splits["train"], tokenizer, args.max_length)
-    validation = lf.encode(splits["validation"], tokenizer, args.max_length)
-    names = [g.name for g in lf.layer_groups(model)]
-    rates = (lf.discriminative_lrs(names, args.lr, args.discriminative) if args.discriminative else args.lr)
+    train = encode(splits["train"], tokenizer, args.max_length)
+    validation = encode(splits["validation"], tokenizer, args.max_length)
+    names = [g.name for g in layer_groups(model)]
+    rates = (discriminative_lrs(names, args.lr, args.discriminative) if args.discriminative else args.lr)
     steps = args.epochs * batches_per_epoch(len(train), args.batch_size, world_size)
     schedule = None
     if args.schedule != "none":
-        unfreezing = lf.gradual_unfreezing if args.schedule == "gradual" else lf.chain_thaw
+        unfreezing = gradual_unfreezing if args.schedule == "gradual" else chain_thaw
         schedule = unfreezing(names, args.every, steps, rates, curve=args.curve)
     else:
-        plan = None if args.trainable_layers is None else lf.factory_plan(
+        plan = None if args.trainable_layers is None else factory_plan(
             model, args.trainable_layers, args.trainable_modules, args.extra_modules)
-        lf.apply_strategy(model, lf.Strategy("command line", *args.plan, plan=plan))
-    history = lf.fit(model, train, validation, epochs=args.epochs, lr=rates, batch_size=args.batch_size,
-                     curve=args.curve, schedule=schedule, seed=args.seed, device=device, progress=rank == 0)
-    _report(args, history, lf.fingerprint(model), rank, world_size, dist)
+        apply_strategy(model, Strategy("command line", *args.plan, plan=plan))
+    history = fit(model, train, validation, epochs=args.epochs, lr=rates, batch_size=args.batch_size,
+                curve=args.curve, schedule=schedule, seed=args.seed, device=device, progress=rank == 0)
+    _report(args, history, fingerprint(model), rank, world_size, dist)
 
 
 def _report(args, history, digests: dict, rank: int, world_size: int, dist) -> None:
@@ -353,5 +359,5 @@ def check_before_import() -> None:
     command = getattr(sys, "orig_argv", [])
     if sys.argv[:1] == ["-m"] and "-m" in command:
         module = command.index("-m") + 1
-        if command[module:module + 1] == [__package__]:
+        if command[module:module + 1] == [__package__.split(".")[0]]:
             build_parser().parse_args(command[module + 1:])
