@@ -37,10 +37,10 @@ from pathlib import Path
 import torch
 
 import layerfreeze as lf
-from layerfreeze.core.data import real_lengths
+from layerfreeze.base.data import real_lengths
 from layerfreeze.core.memory import PeakMemory
 from layerfreeze.core.optim import fused_available
-from layerfreeze.core.runtime import grad_scaler, resolve_precision
+from layerfreeze.base.runtime import grad_scaler, resolve_precision
 from layerfreeze.core.schedules import lr_multiplier
 from layerfreeze.study.timing import CONFIDENCE, TOLERANCE, Spread
 from layerfreeze.core.trainer import TrainerDataset, collate_trimmed

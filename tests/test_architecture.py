@@ -1,4 +1,4 @@
-"""The library's shape, read from its source with ``ast`` (nothing is imported): three folders by layer (``core``,
+"""The library's shape, read from its source with ``ast`` (nothing is imported): four folders by layer (``base``, loading and runtime; ``core``,
 the concepts; ``study``, the tools that measure and report; ``course``, the machinery), each importing only from
 its own layer or the ones below; no import cycle between modules; no function past 60 lines
 (``docs/architecture.md`` draws the layers and counts their lines)."""
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lib" / "layerfreeze"
-LAYERS = ["core", "study", "course", ""]  # bottom to top; "" is the package's own __init__ and __main__
+LAYERS = ["base", "core", "study", "course", ""]  # bottom to top; "" is the package's own __init__ and __main__
 MODULES = sorted(PACKAGE.rglob("*.py"))
 MAX_FUNCTION_LINES = 60
 
@@ -56,7 +56,7 @@ def imported_modules(path: Path) -> set[str]:
 
 def test_every_module_sits_in_a_layer_folder():
     loose = [name_of(p) for p in MODULES if p.parent == PACKAGE and p.stem not in ("__init__", "__main__")]
-    assert not loose, f"put {loose} in core/, study/ or course/ (and in docs/architecture.md)"
+    assert not loose, f"put {loose} in base/, core/, study/ or course/ (and in docs/architecture.md)"
 
 
 @pytest.mark.parametrize("path", MODULES, ids=name_of)
@@ -105,7 +105,7 @@ def test_no_function_is_longer_than_60_lines(path):
 
 def test_the_checks_read_imports():
     """The layering check itself: it sees relative imports in and across folders, and in-function imports."""
-    assert {"core.runtime", "core.optim", "core.data"} <= imported_modules(PACKAGE / "core" / "training.py")
+    assert {"base.runtime", "core.optim", "base.data"} <= imported_modules(PACKAGE / "core" / "training.py")
     assert {"core.training", "study.evidence"} <= imported_modules(PACKAGE / "study" / "sequential.py")
     assert "course.runner" in imported_modules(PACKAGE / "course" / "cli.py")  # inside a function
     assert layer_of("study.plots") > layer_of("core.layers") and layer_of("course.cli") > layer_of("study.plots")

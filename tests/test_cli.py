@@ -79,9 +79,9 @@ def test_a_bad_output_path_is_refused_before_training(tmp_path):
 @pytest.mark.parametrize("model, message", [("/missing/dir", "model directory '/missing/dir' does not exist"),
                                             ("tiny:gpt5", "unknown tiny family 'gpt5'")])
 def test_a_bad_model_is_one_line_before_the_data_loads(model, message, monkeypatch, capsys):
-    import layerfreeze.core.data
+    import layerfreeze.base.data
 
-    monkeypatch.setattr(layerfreeze.core.data, "load_task", lambda *a, **k: pytest.fail("the data loaded first"))
+    monkeypatch.setattr(layerfreeze.base.data, "load_task", lambda *a, **k: pytest.fail("the data loaded first"))
     with pytest.raises(SystemExit) as exit_:
         cli.main(["train", "--model", model])
     assert exit_.value.code == 2

@@ -7,9 +7,9 @@ import datasets
 import pytest
 import torch
 
-from layerfreeze.core import data as data_module
+from layerfreeze.base import data as data_module
 from layerfreeze import encode, load_task, num_labels
-from layerfreeze.core.data import generate_task
+from layerfreeze.base.data import generate_task
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 

@@ -10,7 +10,7 @@ import layerfreeze as lf
 import layerfreeze.core.cache
 from layerfreeze.core.inspection import run_order_table
 from layerfreeze.core.layers import tied_weights
-from layerfreeze.core.models import DECODER_FAMILIES, ENCODER_DECODER_FAMILIES, TINY_FAMILIES, tiny_tokenizer
+from layerfreeze.base.models import DECODER_FAMILIES, ENCODER_DECODER_FAMILIES, TINY_FAMILIES, tiny_tokenizer
 
 VOCAB = len(tiny_tokenizer())
 CASES = [(f, "classification") for f in TINY_FAMILIES] + [(f, "causal-lm") for f in DECODER_FAMILIES]

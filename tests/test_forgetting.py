@@ -117,7 +117,7 @@ def test_decoder_forgetting_code_path():
     from layerfreeze import load_task
     from layerfreeze.core.forgetting import perplexity
     from layerfreeze.study.sequential import decoder_forgetting, lm_data
-    from layerfreeze.core.models import load_model
+    from layerfreeze.base.models import load_model
 
     model, tokenizer = load_model("tiny:gpt2", task="causal-lm")
     texts = load_task("a", limit={"train": 48, "test": 16})

@@ -17,7 +17,7 @@ import torch
 import layerfreeze as lf
 from layerfreeze.course import gpu_run as gr
 from layerfreeze.course.runner import notebook_paths
-from layerfreeze.core.runtime import FORCE_VARIABLE
+from layerfreeze.base.runtime import FORCE_VARIABLE
 
 ROOT = Path(__file__).resolve().parents[1]
 WHEELS_ALLOWANCE = 10 * 2 ** 20  # pack.sh's wheels for the GPU machine: about 6 MB when last packed
@@ -111,7 +111,7 @@ def test_the_carry_fits_under_the_limit():
     size = gr.carry_bytes(ROOT)
     if not (ROOT / ".carry" / "minilm-fp16").exists():
         from safetensors import safe_open
-        from layerfreeze.core.models import resolve_model_source
+        from layerfreeze.base.models import resolve_model_source
         source = Path(resolve_model_source("minilm"))
         with safe_open(source / "model.safetensors", "pt") as weights:  # halved to fp16 by pack.sh
             size += sum(2 * math.prod(weights.get_slice(k).get_shape()) for k in weights.keys())

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from layerfreeze import layer_groups, load_model, tiny_model
-from layerfreeze.core.models import MINILM_SHA256, resolve_model_source
+from layerfreeze.base.models import MINILM_SHA256, resolve_model_source
 from layerfreeze import models
 
 
@@ -105,7 +105,7 @@ def test_tiny_models_run(family, task):  # every family: tests/test_family_matri
 
 
 def test_tiny_tokenizer_is_built_in_code():
-    from layerfreeze.core.models import CLS_ID, PAD_ID, SEP_ID, tiny_tokenizer
+    from layerfreeze.base.models import CLS_ID, PAD_ID, SEP_ID, tiny_tokenizer
 
     tokenizer = tiny_tokenizer()
     encoded = tokenizer(["The soup was not bad", "ok"], padding=True)

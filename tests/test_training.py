@@ -5,7 +5,7 @@ import torch
 
 from layerfreeze import (assert_frozen_unchanged, fingerprint, freeze, freeze_to, tiny_model, train_only)
 from layerfreeze.core.cache import cache_device
-from layerfreeze.core.runtime import resolve_precision
+from layerfreeze.base.runtime import resolve_precision
 from layerfreeze.core.schedules import lr_multiplier
 from layerfreeze.core.training import History, evaluate, fit, make_optimizer
 

@@ -42,7 +42,7 @@ from .course.cli import check_before_import as _check_command_line
 
 _check_command_line()  # under `python -m layerfreeze`: --help and a bad flag answer before torch is imported
 from .course.contract import resolve_profile, save_figure, save_metrics
-from .core.data import batches_per_epoch, encode, load_task, num_labels
+from .base.data import batches_per_epoch, encode, load_task, num_labels
 from .study.evidence import (choose_learning_rate, combine_verdicts, correct_per_example, curve_shape, describe_curves,
                        difference_interval, likely_reason, still_improving, verdict)
 from .core.freezing import (assert_frozen_unchanged, bitfit, changed_parameters, count_parameters, freeze, freeze_to,
@@ -50,13 +50,13 @@ from .core.freezing import (assert_frozen_unchanged, bitfit, changed_parameters,
 from .core.inspection import group_table, parameter_table, run_order_table
 from .core.layers import LayerGroup, layer_groups, num_blocks, shared_parameters, tied_weights
 from .core.memory import estimate_memory
-from .core.models import load_model, tiny_model
+from .base.models import load_model, tiny_model
 from .core.optim import make_optimizer
 from .core.plans import Plan, adaptive_freezing, apply_plan, expand_blocks, factory_plan, lisa
 from .study.plots import (label_points, legend_outside, memory_is_measured, plot_accuracy_vs, plot_cache_speedup, plot_cka,
                     plot_epoch_curves, plot_measured_vs_estimated_memory, plot_memory, plot_parameter_groups,
                     plot_schedule)
-from .core.runtime import MiB, describe_device, pick_device, seed_everything
+from .base.runtime import MiB, describe_device, pick_device, seed_everything
 from .core.schedules import (Schedule, chain_thaw, constant_schedule, discriminative_lrs, gradual_unfreezing,
                         head_and_body_lrs, layerwise_decay, lr_multiplier, spread_lrs)
 from .core.signals import (gradient_norms, linear_probe, matrix_snr, plan_from_gradients, plan_from_probe, plan_from_snr,
@@ -70,8 +70,9 @@ __version__ = "0.1.0"
 
 # lf.forgetting, lf.plots ...: each module by its own name, wherever its layer keeps it
 _SUBMODULES = {name: f"{layer}.{name}" for layer, names in {
-    "core": ("adapters", "cache", "data", "forgetting", "freezing", "inspection", "layers", "memory", "models", "optim",
-             "plans", "runtime", "schedules", "signals", "trainer", "training"),
+    "base": ("checks", "data", "models", "runtime"),
+    "core": ("adapters", "cache", "forgetting", "freezing", "inspection", "layers", "memory", "optim", "plans",
+             "schedules", "signals", "trainer", "training"),
     "study": ("evidence", "plots", "sequential", "strategies", "takeaways", "timing", "widgets"),
     "course": ("publish",)}.items() for name in names}
 

@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from .freezing import frozen_in_eval
-from .data import index_batches
+from ..base.data import index_batches
 from .layers import LayerGroup, layer_groups
-from .runtime import autocast, eval_mode
+from ..base.runtime import autocast, eval_mode
 
 
 class _StopForward(Exception):

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .inspection import hidden_states
-from .runtime import eval_mode
+from ..base.runtime import eval_mode
 
 # --- metrics on an accuracy matrix ---------------------------------------------------------------------------------
 

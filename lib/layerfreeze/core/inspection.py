@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from .layers import LayerGroup, layer_groups, module_run_order, shared_parameters
-from .runtime import eval_mode
+from ..base.runtime import eval_mode
 
 
 def parameter_table(model: nn.Module, groups: list[LayerGroup] | None = None) -> pd.DataFrame:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .layers import LayerGroup, layer_groups
-from .runtime import MiB
+from ..base.runtime import MiB
 
 OPTIMIZER_STATES_PER_PARAM = {"adamw": 2, "adam": 2, "sgd-momentum": 1, "sgd": 0}
 

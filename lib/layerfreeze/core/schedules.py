@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from .checks import check_choice, check_int, check_number, check_rates
+from ..base.checks import check_choice, check_int, check_number, check_rates
 
 CURVES = ("linear", "cosine", "constant", "stlr", "one-cycle")
 

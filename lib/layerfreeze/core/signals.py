@@ -27,12 +27,12 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .data import as_tensors, index_batches
+from ..base.data import as_tensors, index_batches
 from .inspection import hidden_states
 from .freezing import restore_trainable, trainable_state, unfreeze
 from .layers import layer_groups
 from .plans import Plan
-from .runtime import eval_mode
+from ..base.runtime import eval_mode
 
 # --- the linear probe ----------------------------------------------------------------------------------------------
 

@@ -21,10 +21,10 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
-from .data import as_tensors, real_lengths
+from ..base.data import as_tensors, real_lengths
 from .layers import layer_groups
 from .optim import follow_schedule, fused_available, parameter_groups
-from .runtime import resolve_precision
+from ..base.runtime import resolve_precision
 from .schedules import Schedule
 
 

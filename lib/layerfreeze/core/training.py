@@ -27,13 +27,13 @@ import torch
 from torch import nn
 
 from . import cache as feature_cache
-from .checks import check_choice, check_int, check_number, check_rates
-from .data import as_tensors, batches_per_epoch, index_batches, real_lengths
+from ..base.checks import check_choice, check_int, check_number, check_rates
+from ..base.data import as_tensors, batches_per_epoch, index_batches, real_lengths
 from .freezing import count_parameters
 from .layers import LayerGroup, layer_groups
 from .memory import MiB, PeakMemory
 from .optim import drop_stale_gradients, follow_schedule, make_optimizer
-from .runtime import autocast, distributed_context, eval_mode, grad_scaler, resolve_precision, seed_everything
+from ..base.runtime import autocast, distributed_context, eval_mode, grad_scaler, resolve_precision, seed_everything
 from .schedules import CURVES, Schedule, constant_schedule
 
 # --- history -------------------------------------------------------------------------------------------------------

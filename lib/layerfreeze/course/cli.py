@@ -26,7 +26,7 @@ from pathlib import Path
 
 from .contract import DEFAULT_CELL_TIMEOUT, PROFILES
 from .gpu_run import BUDGET_SECONDS, COURSE_BUDGET_SECONDS
-from ..core.data import TASK_NAMES
+from ..base.data import TASK_NAMES
 from ..core.schedules import CURVES
 
 # strategies.PRESETS, which imports torch; tests/test_cli.py keeps the two in step.
@@ -238,8 +238,8 @@ def _check_plan_flags(args) -> None:
 
 
 def _train(args) -> None:
-    from ..core.models import check_model_arguments
-    from ..core.runtime import distributed_context
+    from ..base.models import check_model_arguments
+    from ..base.runtime import distributed_context
 
     check_model_arguments(args.model)  # before the data loads
     _check_plan_flags(args)
@@ -267,12 +267,12 @@ def _leave_process_group() -> None:
 def _train_and_report(args, rank: int, world_size: int) -> None:
     import torch.distributed as dist
 
-    from ..core.data import batches_per_epoch, encode, load_task, num_labels
+    from ..base.data import batches_per_epoch, encode, load_task, num_labels
     from ..core.freezing import fingerprint
     from ..core.layers import layer_groups
-    from ..core.models import load_model
+    from ..base.models import load_model
     from ..core.plans import factory_plan
-    from ..core.runtime import process_device, seed_everything
+    from ..base.runtime import process_device, seed_everything
     from ..core.schedules import chain_thaw, discriminative_lrs, gradual_unfreezing
     from ..core.training import fit
     from ..study.strategies import Strategy, apply_strategy

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-from ..core.runtime import describe_device, pick_device, seed_everything
+from ..base.runtime import describe_device, pick_device, seed_everything
 
 if TYPE_CHECKING:
     import torch

@@ -34,7 +34,7 @@ from pathlib import Path
 from .contract import environment
 from .runner import notebook_paths, write_course_timing
 from .publish import publish_results
-from ..core.runtime import FORCE_VARIABLE, PRECISIONS, MiB
+from ..base.runtime import FORCE_VARIABLE, PRECISIONS, MiB
 
 PRIORITY = ("04", "02", "03", "05", "01")
 TAKEAWAYS = "07"  # run at import, over the results of every window

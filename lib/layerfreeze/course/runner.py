@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from .contract import DEFAULT_CELL_TIMEOUT, environment, resolve_profile
-from ..core.runtime import describe_device
+from ..base.runtime import describe_device
 
 
 def notebook_paths(notebook_dir: str | Path = "notebooks") -> list[Path]:

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core.data import as_tensors
-from ..core.runtime import eval_mode
+from ..base.data import as_tensors
+from ..base.runtime import eval_mode
 
 VERDICTS = ("holds", "does not hold", "within noise")
 

@@ -18,14 +18,14 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..core.data import as_tensors, batches_per_epoch
+from ..base.data import as_tensors, batches_per_epoch
 from ..core.forgetting import backward_transfer, drift, forgetting, learning, perplexity
 from ..core.freezing import freeze
 from ..core.layers import layer_groups, replace_module
 from ..core.memory import MiB, estimate_memory
 from ..core.optim import follow_schedule
 from ..core.plans import expand_blocks
-from ..core.runtime import eval_mode
+from ..base.runtime import eval_mode
 from ..core.schedules import head_and_body_lrs
 from ..core.training import evaluate, fit
 from .evidence import Interval, choose_learning_rate, correct_per_example, difference_interval

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..core.adapters import add_lora
-from ..core.data import as_tensors
+from ..base.data import as_tensors
 from .evidence import correct_per_example
 from ..core.freezing import FreezeReport, bitfit, freeze_to, train_only
 from ..core.layers import layer_groups, num_blocks

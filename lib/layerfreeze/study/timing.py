@@ -32,9 +32,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..core.data import real_lengths
+from ..base.data import real_lengths
 from ..core.layers import LayerGroup, layer_groups
-from ..core.runtime import autocast, resolve_precision
+from ..base.runtime import autocast, resolve_precision
 
 TOLERANCE = 0.10  # a ratio whose interval is wider than this, relative to its median, is noisy
 CONFIDENCE = 0.90  # what a Spread's interval covers from 5 samples on (with fewer, its full range covers less)

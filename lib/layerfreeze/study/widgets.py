@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..core.data import as_tensors, batches_per_epoch
+from ..base.data import as_tensors, batches_per_epoch
 from ..core.freezing import count_parameters, freeze, restore_trainable, trainable_state, unfreeze
 from ..core.inspection import group_table, relative_step_time
 from ..core.layers import layer_groups, num_blocks

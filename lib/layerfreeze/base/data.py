@@ -345,7 +345,7 @@ def encode(split, tokenizer, max_length: int = 64):
     with ``text`` and ``label`` columns), or a list of ``{"text", "label"}`` rows as :func:`generate_task` returns.
 
     >>> from transformers import AutoTokenizer
-    >>> from layerfreeze.core.models import resolve_model_source
+    >>> from layerfreeze.base.models import resolve_model_source
     >>> tokenizer = AutoTokenizer.from_pretrained(resolve_model_source("minilm"))
     >>> [t.shape for t in encode(generate_task("a", 3), tokenizer, max_length=8).tensors]
     [torch.Size([3, 8]), torch.Size([3, 8]), torch.Size([3])]
