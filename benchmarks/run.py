@@ -64,7 +64,7 @@ def configure(model, name):
     preset, k = CONFIGURATIONS[name]
     if k == "half":
         k = lf.num_blocks(model) // 2
-    lf.apply_preset(model, preset, k)
+    lf.strategy.apply_preset(model, preset, k)
     return model
 
 
@@ -145,8 +145,8 @@ RUNNERS = {"fit": fit_loop, "hand-written": hand_written_loop, "Trainer": traine
 def timed_run(runner, base, config, data, plan, lr, precision, device, clock):
     """A run from scratch (a fresh copy of the model) that returns its per-step times."""
     def run():
-        model = configure(lf.fresh_copy(base), config)
-        timer = lf.StepTimer(device, clock)
+        model = configure(lf.runs.fresh_copy(base), config)
+        timer = lf.timing.StepTimer(device, clock)
         runner(model, data, plan["steps"], plan["batch_size"], lr, precision, device, timer.mark)
         return timer.seconds()
     return run
@@ -156,7 +156,7 @@ def memory(base, config, data, batch_size, lr, precision, device):
     """Estimated / measured memory that training adds on top of the weights (CUDA only; None elsewhere)."""
     if device.type != "cuda":
         return None
-    model = configure(lf.fresh_copy(base), config)
+    model = configure(lf.runs.fresh_copy(base), config)
     history = lf.fit(model, data, epochs=1, lr=lr, batch_size=batch_size, precision=precision, progress=False,
                      device=device)
     estimate = lf.estimate_memory(model, batch_size, data.tensors[0].shape[1],
@@ -165,8 +165,8 @@ def memory(base, config, data, batch_size, lr, precision, device):
 
 
 def ideal(base, config, costs):
-    model = configure(lf.fresh_copy(base), config)
-    return lf.ideal_step_seconds(model, costs), lf.ideal_step_seconds(model, costs, cache_prefix=True)
+    model = configure(lf.runs.fresh_copy(base), config)
+    return lf.costs.step_seconds(model, costs), lf.costs.step_seconds(model, costs, cache_prefix=True)
 
 
 def spread_fields(name, spread, noisy=None):
@@ -194,7 +194,7 @@ def measure(base, config, data, plan, lr, precision, device, costs, clock):
     names = ["fit", "hand-written", "Trainer"] + (["fit cached"] if config != "full" else [])
     runs = {name: timed_run(RUNNERS[name], base, config, data, plan, lr, precision, device, clock) for name in names}
     pairs = {label: pair for label, pair in PAIRS.items() if set(pair) <= set(names)}
-    result = lf.interleave(runs, list(pairs.values()), warmup=plan["warmup"], min_rounds=plan["min_rounds"],
+    result = lf.timing.interleave(runs, list(pairs.values()), warmup=plan["warmup"], min_rounds=plan["min_rounds"],
                            max_rounds=plan["max_rounds"], max_seconds=plan["max_seconds"], tolerance=TOLERANCE)
     row = {"configuration": config, "rounds": result.rounds, "seconds": result.seconds}
     for name in names:
@@ -230,7 +230,7 @@ def main(argv=None):
         print(compare(*(json.loads(Path(p).read_text()) for p in args.compare)))
         return 0
 
-    device = lf.pick_device()
+    device = lf.runtime.pick_device()
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
     size = args.size if args.size != "auto" else ("full" if device.type == "cuda" else "cpu")
@@ -248,7 +248,7 @@ def main(argv=None):
           f"{torch.get_num_threads()} CPU threads, {args.clock if device.type == 'cpu' else 'CUDA events'} time, "
           f"load average {load_before[0]:.2f}", flush=True)
     clock = CLOCKS[args.clock]
-    costs = lf.profile_groups(base, tuple(t[: plan["batch_size"]] for t in data.tensors), precision=precision,
+    costs = lf.timing.profile_groups(base, tuple(t[: plan["batch_size"]] for t in data.tensors), precision=precision,
                               clock=clock)
 
     stem = device_name.split(":")[0] if device.type == "cpu" else torch.cuda.get_device_name().replace(" ", "-")

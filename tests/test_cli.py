@@ -108,7 +108,7 @@ def test_the_notebooks_default_to_the_checkout_from_anywhere(tmp_path, monkeypat
 
 
 def test_plan_and_output_types(tmp_path):
-    from layerfreeze.study.strategies import PRESETS
+    from layerfreeze.core.strategy import PRESETS
 
     assert set(cli.PRESETS_WITH_K + cli.PRESETS_WITHOUT_K) == set(PRESETS)
     assert cli.plan("bottom:3") == ("bottom", 3) and cli.plan("bitfit") == ("bitfit", None)

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from layerfreeze import resolve_profile, save_metrics
+from layerfreeze.course import resolve_profile, save_metrics
 from layerfreeze.course.contract import PROFILES
 
 

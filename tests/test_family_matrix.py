@@ -108,11 +108,11 @@ def test_family(family, task):
     ids, mask, labels = batch(task=task)
     with pytest.raises(ValueError, match="freeze_to needs an int n"):
         lf.freeze_to(model, len(groups))
-    plans = [lambda: lf.apply_preset(model, "head", untie=tied), lambda: lf.freeze_to(model, 1, untie=tied),
-             lambda: lf.apply_preset(model, "top", k=1, untie=tied),
-             lambda: lf.apply_preset(model, "bottom", k=1, untie=tied)]
+    plans = [lambda: lf.strategy.apply_preset(model, "head", untie=tied), lambda: lf.freeze_to(model, 1, untie=tied),
+             lambda: lf.strategy.apply_preset(model, "top", k=1, untie=tied),
+             lambda: lf.strategy.apply_preset(model, "bottom", k=1, untie=tied)]
     if any(name.endswith("bias") for name, _ in model.named_parameters()):
-        plans.append(lambda: lf.apply_preset(model, "bitfit", untie=tied))
+        plans.append(lambda: lf.strategy.apply_preset(model, "bitfit", untie=tied))
     if tied:
         with pytest.raises(ValueError, match="untie=True"):
             lf.freeze_to(model, -1)

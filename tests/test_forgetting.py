@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from layerfreeze import Strategy, evaluate, layer_groups, tiny_model
+from layerfreeze import Adaptive, Expansion, Gradual, Lisa, Lora, Strategy, evaluate, layer_groups, tiny_model
 from layerfreeze.core.forgetting import (backward_transfer, cka_by_layer, embedding_agreement, forgetting, learning,
                                          linear_cka)
 from layerfreeze.study.sequential import sequential_run, train_task_a, tuned_sequential_run, with_new_head
@@ -83,8 +83,8 @@ def test_drift_is_zero_for_the_same_model_and_positive_after_change():
     Strategy("freeze bottom 1", "top", k=2),  # 3 blocks: the bottom one frozen, the top two train
     Strategy("head", "head"),
     Strategy("bitfit", "bitfit"),
-    Strategy("gradual", schedule="gradual"),
-    Strategy("lora", adapter="lora", rank=2),
+    Strategy("gradual", schedule=Gradual()),
+    Strategy("lora", adapter=Lora(rank=2)),
 ], ids=lambda s: s.name)
 def test_sequential_protocol(strategy):
     pretrained = tiny_model("bert", num_layers=3)
@@ -133,9 +133,9 @@ def test_decoder_forgetting_code_path():
 
 @pytest.mark.parametrize("strategy", [
     Strategy("plan", plan=Plan("top block", ["block.2", "head"])),
-    Strategy("lisa", schedule="lisa", options=dict(gamma=1, every=2)),
-    Strategy("adaptive", schedule="adaptive", options=dict(interval=2, window=1, threshold=100.0)),
-    Strategy("expansion", adapter="expansion", options=dict(every=3)),
+    Strategy("lisa", schedule=Lisa(gamma=1, every=2)),
+    Strategy("adaptive", schedule=Adaptive(interval=2, window=1, threshold=100.0)),
+    Strategy("expansion", adapter=Expansion(every=3)),
 ], ids=lambda s: s.name)
 def test_sequential_protocol_runs_the_llm_methods(strategy):
     pretrained = tiny_model("bert", num_layers=3)
@@ -172,7 +172,7 @@ def test_tuned_run_keeps_the_rates_that_bs_validation_prefers():
 def test_lora_adapts_gpt2s_conv1d_projections():
     model = tiny_model("gpt2", num_layers=2)
     data = toy_task(32)
-    result = sequential_run(model, Strategy("lora", adapter="lora", rank=2), data, data, data, 2, epochs=1,
+    result = sequential_run(model, Strategy("lora", adapter=Lora(rank=2)), data, data, data, 2, epochs=1,
                             batch_size=16, progress=False)
     assert 0 < result.trainable_params < sum(p.numel() for p in model.parameters()) / 10
 

@@ -6,8 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from layerfreeze import (assert_frozen_unchanged, bitfit, changed_parameters, count_parameters, fingerprint, freeze,
-                         freeze_to, frozen, layer_groups, release_eval_mode, tiny_model, train_only, trainable_state,
-                         unfreeze)
+                         freeze_to, layer_groups, tiny_model, train_only, unfreeze)
+from layerfreeze.core.freezing import frozen, release_eval_mode, trainable_state
 from layerfreeze.core.freezing import frozen_in_eval, select_parameters
 
 

@@ -151,7 +151,7 @@ def _window(out, device, seconds):
     """What one GPU window returns: an archive of finished notebooks' results and their course timing."""
     build = out / "build"
     for stem in seconds:
-        lf.save_metrics({"model_name": "m", "seed": 0}, build / "results", stem, key_tables={"t": [{"a": 1}]})
+        lf.course.save_metrics({"model_name": "m", "seed": 0}, build / "results", stem, key_tables={"t": [{"a": 1}]})
     (build / "results" / "course_timing.json").write_text(json.dumps(
         {"profile": "full", "resolved_profile": "full", "seconds": seconds, "total_seconds": sum(seconds.values()),
          "environment": {"device": device, "date": "d", "torch": "t", "transformers": "x", "python": "p"}}))

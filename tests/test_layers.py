@@ -2,7 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from layerfreeze import count_parameters, layer_groups, shared_parameters, tiny_model
+from layerfreeze import count_parameters, layer_groups, tiny_model
+from layerfreeze.core.layers import shared_parameters
 from layerfreeze.core.layers import find_blocks_path
 
 HEAD_MODULES = {  # what "head" means per family (classification models)

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from layerfreeze import (adaptive_freezing, apply_plan, evaluate, expand_blocks, factory_plan, fingerprint, fit,
-                         layer_groups, lisa, tiny_model, train_only)
+from layerfreeze import apply_plan, evaluate, factory_plan, fingerprint, fit, layer_groups, tiny_model, train_only
+from layerfreeze.core.plans import adaptive_freezing, expand_blocks, lisa
 from layerfreeze.__main__ import main
 from layerfreeze.core.plans import plateaued
 

@@ -6,8 +6,10 @@ import pandas as pd
 import pytest
 import torch
 
-from layerfreeze import (apply_plan, gradient_norms, linear_probe, matrix_snr, plan_from_gradients,
-                         plan_from_probe, plan_from_snr, probe_by_layer, spectrum_snr, tiny_model, trainable_state)
+from layerfreeze import apply_plan, tiny_model
+from layerfreeze.core.freezing import trainable_state
+from layerfreeze.core.signals import (gradient_norms, linear_probe, matrix_snr, plan_from_gradients, plan_from_probe,
+                                      plan_from_snr, probe_by_layer, spectrum_snr)
 
 from .test_training import toy_task
 

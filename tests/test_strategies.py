@@ -1,8 +1,10 @@
 import pytest
 import torch
 
-from layerfreeze import Strategy, apply_preset, fresh_copy, layer_groups, run_strategy, tiny_model
-from layerfreeze.study.strategies import PRESETS
+from layerfreeze import Adaptive, Expansion, Gradual, Lisa, Lora, Plan, Strategy, layer_groups, tiny_model
+from layerfreeze.core.strategy import apply_preset
+from layerfreeze.study.runs import fresh_copy, run_strategy
+from layerfreeze.core.strategy import PRESETS
 
 
 def states(model):
@@ -61,3 +63,57 @@ def test_run_strategy_row():
     assert row["epoch_seconds_uncached"] == pytest.approx(row["step_seconds_uncached"] * 4)
     assert row["trainable_params"] < row["total_params"] and row["estimated_memory_mib"] > 0
     assert all(p.requires_grad for p in base.parameters()), "run_strategy must not touch the base model"
+
+
+@pytest.mark.parametrize("strategy, trains_at_start", [
+    (Strategy("top 1", "top", k=1), ["block.2", "head"]),
+    (Strategy("plan", plan=Plan("middle", ["block.1", "head"])), ["block.1", "head"]),
+    (Strategy("ULMFiT", schedule=Gradual(every=2)), ["head"]),
+    (Strategy("LISA", schedule=Lisa(gamma=1, every=2)), None),  # one random block, embeddings and head
+    (Strategy("adaptive", schedule=Adaptive(interval=2)), ["block.0", "block.1", "block.2", "head"]),
+    (Strategy("expansion", adapter=Expansion(every=3)), ["block.3", "head"]),
+])
+def test_prepare_sets_up_every_kind_of_strategy(strategy, trains_at_start):
+    model, schedule = strategy.prepare(tiny_model("bert", num_layers=3), total_steps=12)
+    trains = [g.name for g in layer_groups(model) if g.trainable is not False]
+    assert (schedule is None) == strategy.fixed
+    if trains_at_start is None:
+        assert trains[0] == "embeddings" and trains[-1] == "head" and len(trains) == 3
+    else:
+        assert trains == trains_at_start
+    if schedule is not None:
+        assert sorted(schedule.trainable_at(0)) == sorted(trains)
+
+
+def test_prepare_wraps_lora_and_expands_only_once():
+    model, _ = Strategy("LoRA", adapter=Lora(rank=2)).prepare(tiny_model("bert", num_layers=2), 4)
+    assert hasattr(model, "get_base_model") and any("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
+    strategy, base = Strategy("expansion", adapter=Expansion(every=1)), tiny_model("bert", num_layers=2)
+    assert strategy.expand(base) == ["block.1", "block.3"]
+    strategy.prepare(base, 4)  # already expanded: the same four blocks, not eight
+    assert [g.name for g in layer_groups(base) if g.trainable] == ["block.1", "block.3", "head"]
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(schedule="gradual"), "schedule must be one of lf.Gradual"),
+    (dict(adapter="lora"), "adapter must be one of lf.Lora"),
+    (dict(schedule=Gradual(), adapter=Lora()), "sets schedule and adapter"),
+    (dict(preset="top", k=1, schedule=Gradual()), "preset and k apply only without a schedule"),
+    (dict(preset="middle"), "unknown preset 'middle'"),
+])
+def test_a_strategy_names_what_is_wrong(options, message):
+    with pytest.raises(ValueError, match=message):
+        Strategy("bad", **options)
+
+
+@pytest.mark.parametrize("strategy", [Strategy("ULMFiT", schedule=Gradual()), Strategy("LoRA", adapter=Lora(rank=2))],
+                         ids=["schedule", "adapter"])
+def test_run_strategy_runs_schedules_and_adapters(strategy):
+    from tests.test_training import toy_task
+    data = torch.utils.data.TensorDataset(*toy_task(48))
+    row = run_strategy(tiny_model("bert", num_layers=2), strategy, data, data, data, epochs=1, batch_size=16,
+                       progress=False)
+    assert row["name"] == strategy.name and 0 <= row["test_accuracy"] <= 1 and not row["cached"]
+    kind = "schedule" if strategy.schedule else "adapter"
+    assert row[kind]["kind"] == type(getattr(strategy, kind)).__name__
+    assert 0 < row["trainable_params"] <= row["total_params"]

@@ -7,8 +7,8 @@ import pytest
 from layerfreeze.study.takeaways import checklist, decision_guide, load_results, verdict_table
 
 
-def _summary(name, forgetting, learning, params):
-    return {"strategy": name, "forgetting": forgetting, "forgetting_low": forgetting - 0.02,
+def _summary(name, description, forgetting, learning, params):
+    return {"strategy": name, "description": description, "forgetting": forgetting, "forgetting_low": forgetting - 0.02,
             "forgetting_high": forgetting + 0.02, "learning": learning, "learning_low": learning - 0.03,
             "learning_high": learning + 0.03, "trainable_params": params}
 
@@ -18,20 +18,25 @@ RESULTS = {
                                                                             "stale_grad_moved_weight": True}},
     "02_freezing_early_vs_late": {
         "profile": "cpu", "still_rising": ["top 1"],
-        "strategies": [{"name": name, "test_accuracy": acc, "percent_trainable": pct, "estimated_memory_mib": mem,
+        "strategies": [{"name": name, "preset": preset, "k": k, "from_scratch": name == "from scratch",
+                        "test_accuracy": acc, "percent_trainable": pct, "estimated_memory_mib": mem,
                         "epochs": [{"eval_accuracy": acc - 0.01}]}
-                       for name, acc, pct, mem in [("head only", 0.70, 0.1, 300), ("top 1", 0.85, 7.0, 350),
-                                                   ("top 3", 0.92, 22.0, 500), ("all", 0.94, 100.0, 900),
-                                                   ("from scratch", 0.50, 100.0, 900)]],
-        "verdicts": [{"finding": "full beats head only", "verdict": "holds", "likely reason": ""}],
+                       for name, preset, k, acc, pct, mem in [
+                           ("head only", "head", None, 0.70, 0.1, 300), ("top 1", "top", 1, 0.85, 7.0, 350),
+                           ("top 3", "top", 3, 0.92, 22.0, 500), ("all", "all", None, 0.94, 100.0, 900),
+                           ("from scratch", "all", None, 0.50, 100.0, 900)]],
+        "verdicts": [{"key": "full_beats_head_only", "finding": "full beats head only", "verdict": "holds",
+                      "likely reason": ""}],
         "anchors": [{"source": "Lee et al. 2019", "claim": "the last quarter keeps >= 90% of full",
                      "verdict": "within noise"},
                     {"source": "Raschka ch. 6", "claim": "all layers: 96.7%", "verdict": "a different task"}]},
     "04_catastrophic_forgetting": {
-        "profile": "cpu", "summary": [_summary("full", 0.10, 0.75, 22_700_000), _summary("head only", 0.0, 0.5, 1000),
-                                      _summary("LoRA", 0.03, 0.74, 300_000)],
-        "verdicts": [{"finding": "LoRA learns less than full fine-tuning (Biderman et al.)", "verdict": "within noise",
-                      "likely reason": "likely reason: task B is easy"}],
+        "profile": "cpu",
+        "summary": [_summary("full", {"preset": "all"}, 0.10, 0.75, 22_700_000),
+                    _summary("head only", {"preset": "head"}, 0.0, 0.5, 1000),
+                    _summary("LoRA", {"preset": "all", "adapter": {"kind": "Lora", "rank": 8}}, 0.03, 0.74, 300_000)],
+        "verdicts": [{"key": "lora_learns_less", "finding": "LoRA learns less than full fine-tuning (Biderman et al.)",
+                      "verdict": "within noise", "likely reason": "likely reason: task B is easy"}],
         "cka": {"full": {"layer 0": 1.0, "layer 6": 0.62}}, "decoder": {"model": "tiny:gpt2", "skipped": True}},
 }
 
@@ -56,7 +61,7 @@ def test_verdicts_from_every_notebook_but_no_pattern_rows():
 def test_the_guide_cites_the_runs_numbers_and_says_what_was_not_measured():
     guide = decision_guide(RESULTS).set_index("choose")["this course's evidence"]
     freeze = guide[guide.index.str.startswith("freeze the embeddings")].iloc[0]
-    assert "top 3 92.0%" in freeze and "98% of full" in freeze and "'full beats the probe': holds" in freeze
+    assert "top 3 92.0%" in freeze and "98% of all's" in freeze and "'full beats the probe': holds" in freeze
     lora = guide[guide.index.str.startswith("LoRA")].iloc[0]
     assert "300,000" in lora and "'LoRA learns less': within noise" in lora
     keep_old_task = guide[guide.index.str.startswith("freeze the bottom")].iloc[0]
@@ -70,3 +75,18 @@ def test_the_checklist_reports_this_runs_signals():
     assert "layer 6" in checks.iloc[4] and "0.62" in checks.iloc[4]
     assert checks.iloc[6].endswith("yes")
     assert checklist({})["this course's run"].str.contains("not measured|fit's history").all()
+
+
+def test_the_guide_reads_fields_not_names():
+    """Renamed strategies and reworded findings give the same verdicts: the page reads roles and keys."""
+    renamed = json.loads(json.dumps(RESULTS))
+    for row in renamed["02_freezing_early_vs_late"]["strategies"]:
+        row["name"] = "strategy " + row["name"].upper()
+    for row in renamed["04_catastrophic_forgetting"]["summary"]:
+        row["strategy"] = "method " + row["strategy"].upper()
+    for notebook in ("02_freezing_early_vs_late", "04_catastrophic_forgetting"):
+        renamed[notebook]["verdicts"][0]["finding"] = "reworded"
+    guide = decision_guide(renamed).set_index("choose")["this course's evidence"]
+    assert "'full beats the probe': holds" in guide[guide.index.str.startswith("freeze the embeddings")].iloc[0]
+    lora = guide[guide.index.str.startswith("LoRA")].iloc[0]
+    assert "method LORA trained 300,000" in lora and "'LoRA learns less': within noise" in lora

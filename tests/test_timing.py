@@ -6,8 +6,9 @@ import math
 import pytest
 import torch
 
-from layerfreeze import (Spread, StepTimer, freeze_to, ideal_cache_speedup, ideal_step_seconds, interleave,
-                         layer_groups, profile_groups, tiny_model)
+from layerfreeze import freeze_to, layer_groups, tiny_model
+from layerfreeze.core.costs import ideal_cache_speedup, step_seconds as ideal_step_seconds
+from layerfreeze.study.timing import Spread, StepTimer, interleave, profile_groups
 from layerfreeze.study.timing import GroupCosts, steady_step_seconds
 
 

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from .freezing import frozen_in_eval
+from .freezing import frozen_in_eval, frozen_prefix
 from ..base.data import index_batches
 from .layers import LayerGroup, layer_groups
 from ..base.runtime import autocast, eval_mode
@@ -59,12 +59,7 @@ def _cached_blocks(groups: list[LayerGroup], prefix: int) -> dict[str, nn.Module
 def cacheable_prefix(model: nn.Module, groups: list[LayerGroup] | None = None) -> int:
     """How many leading groups (embeddings, block.0, ...) are fully frozen and could be cached (0 if none)."""
     groups = groups if groups is not None else layer_groups(model)
-    count = 0
-    for group in groups[:-1]:  # the head is never cached
-        if group.trainable is not False:
-            break
-        count += 1
-    return count
+    return min(frozen_prefix(groups), len(groups) - 1)  # the head is never cached
 
 
 def _check_cache(model: nn.Module, groups: list[LayerGroup], prefix: int) -> None:

@@ -366,6 +366,20 @@ def bitfit(model: nn.Module, train_head: bool = True, groups: list[LayerGroup] |
     return _apply(model, f"bitfit(train_head={train_head})", selection, groups, _only(model, False), untie, None)
 
 
+def frozen_prefix(groups: list[LayerGroup]) -> int:
+    """How many groups at the bottom have nothing trainable: the index of the lowest trainable group, or
+    ``len(groups)`` when nothing trains. Below it no gradient is needed, so no activation is kept, no backward
+    runs, and the output never changes (what the feature cache stores).
+
+    >>> from layerfreeze import tiny_model, freeze_to, layer_groups
+    >>> model = tiny_model("bert", num_layers=4)
+    >>> _ = freeze_to(model, -2)
+    >>> frozen_prefix(layer_groups(model))
+    4
+    """
+    return next((i for i, g in enumerate(groups) if any(p.requires_grad for p in g.parameters.values())), len(groups))
+
+
 def trainable_state(model: nn.Module) -> dict[str, bool]:
     """``{parameter name: requires_grad}``, to restore later with :func:`restore_trainable`."""
     return {name: p.requires_grad for name, p in model.named_parameters()}

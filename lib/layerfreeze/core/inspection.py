@@ -87,34 +87,6 @@ def run_order_table(model: nn.Module, groups: list[LayerGroup] | None = None) ->
     return table.reset_index(drop=True)
 
 
-def relative_step_time(model: nn.Module, cache_prefix: bool = False, groups: list[LayerGroup] | None = None) -> float:
-    """Expected time of one training step with the current trainable set, relative to full fine-tuning (1.0).
-
-    A cost model in units of one block's forward pass, blocks taken as equal and embeddings and head as free:
-    every block runs forward (unless it sits in a cached frozen prefix); every block at or above the lowest
-    trainable one runs backward for its input gradient (1) and, if it trains, for its weight gradients (1 more).
-    Full fine-tuning of ``n`` blocks costs ``3n``. ``benchmarks/`` measures the real ratios.
-
-    >>> from layerfreeze import tiny_model, freeze_to
-    >>> model = tiny_model("bert", num_layers=6)
-    >>> _ = freeze_to(model, -1)
-    >>> round(relative_step_time(model), 2), round(relative_step_time(model, cache_prefix=True), 2)
-    (0.33, 0.0)
-    """
-    groups = groups if groups is not None else layer_groups(model)
-    blocks = [g for g in groups if g.kind == "block"]
-    trains = [any(p.requires_grad for p in g.parameters.values()) for g in groups]
-    lowest = next((i for i, t in enumerate(trains) if t), len(groups))
-    cost = 0.0
-    for i, group in enumerate(groups):
-        if group.kind != "block":
-            continue
-        if not (cache_prefix and i < lowest):
-            cost += 1
-        if i >= lowest:
-            cost += 1 + (1 if trains[i] else 0)
-    return cost / (3 * len(blocks))
-
 
 def _base_model(model: nn.Module) -> nn.Module:
     """The encoder/decoder stack inside a task model (``model.bert``, ``model.model`` ...), for hidden states."""

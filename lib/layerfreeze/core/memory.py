@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .freezing import frozen_prefix
 from .layers import LayerGroup, layer_groups
 from ..base.runtime import MiB
 
@@ -128,11 +129,11 @@ def estimate_memory(model: nn.Module, batch_size: int = 32, seq_len: int = 128, 
     optimizer_state = OPTIMIZER_STATES_PER_PARAM[optimizer] * weights_trainable
     element = activation_bytes or (params[0].element_size() if params else 4)
 
-    lowest = next((i for i, g in enumerate(groups) if any(p.requires_grad for p in g.parameters.values())), None)
+    lowest = frozen_prefix(groups)
     per_block = block_activation_bytes(model, batch_size, seq_len, element, attention_matrices)
     hidden, _, _ = _config_sizes(model)
     acts_frozen = acts_trainable = 0
-    if lowest is not None:
+    if lowest < len(groups):
         for group in groups[lowest:]:
             if group.kind == "block":
                 size = per_block

@@ -83,7 +83,9 @@ def follow_schedule(model: nn.Module, schedule: Schedule, step: int, optimizer=N
     """Set the trainable set for ``step``. Newly trainable groups join ``optimizer`` as new parameter groups with
     their own rate; parameters it already holds keep their state; frozen ones lose any stale gradient.
 
-    >>> from layerfreeze import tiny_model, gradual_unfreezing, layer_groups, make_optimizer
+    >>> from layerfreeze import tiny_model, gradual_unfreezing, layer_groups
+
+    >>> from layerfreeze.core.optim import make_optimizer
     >>> model = tiny_model("bert", num_layers=2)
     >>> names = [g.name for g in layer_groups(model)]
     >>> schedule = gradual_unfreezing(names, every=5, total_steps=20, lrs=1e-3)

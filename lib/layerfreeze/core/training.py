@@ -7,13 +7,14 @@ clipping, ``zero_grad(set_to_none=True)``, one evaluation per epoch, and a :clas
 
 Two things decide a run's learning rates and trainable set, and ``fit`` takes them apart: the learning-rate ``curve``
 (``"linear"``, ``"cosine"``, ...) for a fixed trainable set, or an unfreezing ``schedule``
-(:class:`~layerfreeze.schedules.Schedule`: gradual unfreezing, chain-thaw, LISA), which carries its own curve. Either
-way ``fit`` first turns them into one plan (a fixed set is a schedule with one phase, as fastai's ``fit_one_cycle``
-builds its schedule before it hands it to the loop), then runs one loop over small named steps: change the trainable
-set when the plan says so (:mod:`layerfreeze.core.optim` adds the new groups to the live optimizer), set the rates, take an
-optimizer step, record the epoch. Under ``torchrun`` it trains with DistributedDataParallel and re-wraps the model
+(:class:`~layerfreeze.core.schedules.Schedule`: gradual unfreezing, chain-thaw, LISA), which carries its own curve.
+Either way ``fit`` first turns them into one schedule (a fixed set is a schedule with one phase, as fastai's
+``fit_one_cycle`` builds its schedule before it hands it to the loop), then runs one loop over small named steps:
+change the trainable set when the schedule says so (:mod:`~layerfreeze.core.optim` adds the new groups to the live
+optimizer), set the rates, take an optimizer step, record the epoch. Under ``torchrun`` it trains with DistributedDataParallel and re-wraps the model
 whenever the trainable set changes, because DDP registers the parameters that need gradients when it is built. The
-frozen-prefix cache lives in :mod:`layerfreeze.core.cache`, the peak-memory measurement in :mod:`layerfreeze.core.memory`.
+frozen-prefix cache lives in :mod:`~layerfreeze.core.cache`, the peak-memory measurement in
+:mod:`~layerfreeze.core.memory`.
 """
 
 from __future__ import annotations
@@ -269,8 +270,8 @@ def _max_positions(model: nn.Module) -> int | None:
 
 # --- fit: planning -------------------------------------------------------------------------------------------------
 
-def _plan(model: nn.Module, groups: list[LayerGroup], options: _Options, total_steps: int) -> Schedule:
-    """The one plan the loop follows: the unfreezing schedule given, or the current trainable set all along at
+def _run_schedule(model: nn.Module, groups: list[LayerGroup], options: _Options, total_steps: int) -> Schedule:
+    """The one schedule the loop follows: the unfreezing schedule given, or the current trainable set all along at
     ``lr`` on the learning-rate curve (a schedule with one phase)."""
     names = [g.name for g in groups]
     schedule = options.schedule
@@ -287,14 +288,14 @@ def _plan(model: nn.Module, groups: list[LayerGroup], options: _Options, total_s
     return constant_schedule(names, trainable_now, options.lr, total_steps, options.curve, warmup_steps)
 
 
-def _start_optimizer(model: nn.Module, plan: Schedule, groups: list[LayerGroup], options: _Options, device):
+def _start_optimizer(model: nn.Module, schedule: Schedule, groups: list[LayerGroup], options: _Options, device):
     """Set the trainable set for step 0 (a schedule's first phase; a fixed set stays as the caller left it) and
     build the optimizer over it."""
     if options.schedule is not None:
-        follow_schedule(model, plan, 0, None, options.weight_decay, groups)
+        follow_schedule(model, schedule, 0, None, options.weight_decay, groups)
     else:
         drop_stale_gradients(model)
-    return make_optimizer(model, plan.lrs, options.weight_decay, device)
+    return make_optimizer(model, schedule.lrs, options.weight_decay, device)
 
 
 class _PrefixCache:
@@ -335,12 +336,12 @@ class _PrefixCache:
         self._scope.close()
 
 
-def _cache_prefix(model: nn.Module, groups: list[LayerGroup], plan: Schedule, options: _Options,
+def _cache_prefix(model: nn.Module, groups: list[LayerGroup], schedule: Schedule, options: _Options,
                   world_size: int) -> int:
     """How many leading groups to cache: with a schedule, at most those it never unfreezes."""
     if not options.cache_prefix:
         return 0
-    never_trained = next((i for i, g in enumerate(plan.groups) if any(g in gs for _, gs in plan.phases)),
+    never_trained = next((i for i, g in enumerate(schedule.groups) if any(g in gs for _, gs in schedule.phases)),
                          len(groups))
     prefix = feature_cache.requested_prefix(model, groups, options.cache_prefix,
                                             never_trained if options.schedule is not None else None)
@@ -363,7 +364,7 @@ class _Run:
     lengths: torch.Tensor  # each row's width without its trailing padding, on the CPU
     evaluation: tuple | None
     groups: list[LayerGroup]
-    plan: Schedule
+    schedule: Schedule
     optimizer: torch.optim.Optimizer
     history: History
     cache: _PrefixCache
@@ -390,18 +391,18 @@ def _start_run(model: nn.Module, train_data, eval_data, options: _Options) -> _R
     evaluation = tuple(t.to(device) for t in as_tensors(eval_data)) if eval_data is not None else None
     groups = layer_groups(model)
     total_steps = options.epochs * batches_per_epoch(len(inputs[2]), options.batch_size, world_size)
-    plan = _plan(model, groups, options, total_steps)
-    optimizer = _start_optimizer(model, plan, groups, options, device)
-    history = History(precision=precision, phases=[(0, plan.trainable_at(0))])
+    schedule = _run_schedule(model, groups, options, total_steps)
+    optimizer = _start_optimizer(model, schedule, groups, options, device)
+    history = History(precision=precision, phases=[(0, schedule.trainable_at(0))])
     history.trainable_params, history.total_params = count_parameters(model)
     cache = _PrefixCache(model, groups, inputs, evaluation, options, device, precision)
-    prefix = _cache_prefix(model, groups, plan, options, world_size)
+    prefix = _cache_prefix(model, groups, schedule, options, world_size)
     if prefix:
         cache.compute(prefix, history)
     return _Run(model, options, device, precision, rank, world_size, inputs, real_lengths(inputs[1]), evaluation,
-                groups, plan, optimizer, history, cache, grad_scaler(precision, device),
-                active=set(plan.trainable_at(0)), clipped=_optimized_parameters(optimizer),
-                change_steps=set(plan.change_steps()))
+                groups, schedule, optimizer, history, cache, grad_scaler(precision, device),
+                active=set(schedule.trainable_at(0)), clipped=_optimized_parameters(optimizer),
+                change_steps=set(schedule.change_steps()))
 
 
 def _optimized_parameters(optimizer) -> list[nn.Parameter]:
@@ -411,13 +412,13 @@ def _optimized_parameters(optimizer) -> list[nn.Parameter]:
 # --- fit: the steps of the loop ------------------------------------------------------------------------------------
 
 def _change_trainable_set(run: _Run) -> None:
-    """The plan changes what trains at this step: new groups join the live optimizer, the cache may take over a
+    """The schedule changes what trains at this step: new groups join the live optimizer, the cache may take over a
     prefix frozen for good, and DDP is rebuilt over the new trainable set."""
-    phase = follow_schedule(run.model, run.plan, run.step, run.optimizer, run.options.weight_decay, run.groups)
+    phase = follow_schedule(run.model, run.schedule, run.step, run.optimizer, run.options.weight_decay, run.groups)
     run.history.phases.append((run.step, phase))
     run.active = set(phase)
     run.clipped = _optimized_parameters(run.optimizer)
-    if run.cache.prefix and getattr(run.plan, "freezes_for_good", False) \
+    if run.cache.prefix and getattr(run.schedule, "freezes_for_good", False) \
             and feature_cache.cacheable_prefix(run.model, run.groups) > run.cache.prefix:
         run.cache.take_over(feature_cache.requested_prefix(run.model, run.groups, True), run.history)
     run.trained = _wrap(run.model, run.device, run.world_size)
@@ -425,10 +426,10 @@ def _change_trainable_set(run: _Run) -> None:
 
 def _set_learning_rates(run: _Run) -> None:
     """Each optimizer group's rate at this step: its base rate times the curve, or 0 while its group is frozen."""
-    multiplier = run.plan.multiplier(run.step)
+    multiplier = run.schedule.multiplier(run.step)
     for group in run.optimizer.param_groups:
         name = group["layer_group"]
-        group["lr"] = run.plan.lrs[name] * multiplier if name in run.active else 0.0
+        group["lr"] = run.schedule.lrs[name] * multiplier if name in run.active else 0.0
 
 
 def _optimizer_step(run: _Run, index: torch.Tensor) -> torch.Tensor:
@@ -476,7 +477,7 @@ def _train_epoch(run: _Run, epoch: int, on_step_end) -> tuple[torch.Tensor, floa
         loss = _optimizer_step(run, index)
         running_loss += loss.float()
         run.step += 1
-        if run.plan.observe(run.step, run.model, run.groups):  # a plan that decides as it goes
+        if run.schedule.observe(run.step, run.model, run.groups):  # a schedule that decides as it goes
             run.change_steps.add(run.step)
         if on_step_end is not None:
             on_step_end(run.step, loss)

@@ -275,7 +275,7 @@ def _train_and_report(args, rank: int, world_size: int) -> None:
     from ..base.runtime import process_device, seed_everything
     from ..core.schedules import chain_thaw, discriminative_lrs, gradual_unfreezing
     from ..core.training import fit
-    from ..study.strategies import Strategy, apply_strategy
+    from ..core.strategy import Strategy
 
     device = process_device(rank)
     seed_everything(args.seed)
@@ -294,7 +294,7 @@ def _train_and_report(args, rank: int, world_size: int) -> None:
     else:
         plan = None if args.trainable_layers is None else factory_plan(
             model, args.trainable_layers, args.trainable_modules, args.extra_modules)
-        apply_strategy(model, Strategy("command line", *args.plan, plan=plan))
+        (Strategy("command line", *args.plan) if plan is None else Strategy("command line", plan=plan)).apply(model)
     history = fit(model, train, validation, epochs=args.epochs, lr=rates, batch_size=args.batch_size,
                 curve=args.curve, schedule=schedule, seed=args.seed, device=device, progress=rank == 0)
     _report(args, history, fingerprint(model), rank, world_size, dist)

@@ -208,18 +208,64 @@ def likely_reason(word: str, curves: dict[str, Sequence[float]], otherwise: str,
     return f"likely reason: {otherwise}"
 
 
-def finding(text: str, interval: Interval, curves: dict[str, Sequence[float]], otherwise: str) -> dict:
-    """One row of a notebook's table of findings: the claim, the difference with its interval, the verdict, and the
-    likely reason where it does not hold (:func:`likely_reason`, from ``curves`` or ``otherwise``).
+@dataclass
+class Finding:
+    """One claim a notebook tested, as every part of the course reads it: the notebook's table, ``save_metrics``'s
+    JSON, the results page and the takeaways (which look findings up by ``key``, never by their wording).
 
-    >>> finding("a beats b", Interval(0.05, 0.02, 0.08), {}, "the test set is small")["verdict"]
+    ``key`` is a short stable name (``"full_beats_head_only"``); ``claim`` the sentence a learner reads; ``verdict``
+    one of :data:`VERDICTS`; ``difference`` the effect with its interval, in words; ``estimate``, ``low``, ``high``
+    and ``threshold`` the numbers behind the verdict (None where the finding is not an interval); ``reason`` the
+    likely reason where it does not hold.
+
+    >>> row = Finding("a_beats_b", "a beats b", "holds", "+5.0 points", 0.05, 0.02, 0.08).record()
+    >>> Finding.from_record(row).key, row["finding"], row["verdict"]
+    ('a_beats_b', 'a beats b', 'holds')
+    """
+
+    key: str
+    claim: str
+    verdict: str
+    difference: str = ""
+    estimate: float | None = None
+    low: float | None = None
+    high: float | None = None
+    threshold: float = 0.0
+    reason: str = ""
+
+    def __post_init__(self):
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"finding {self.key!r}: verdict must be one of {', '.join(VERDICTS)}; "
+                             f"got {self.verdict!r}")
+
+    def record(self) -> dict:
+        """The finding as a results row (the column names the notebooks' tables show)."""
+        return {"key": self.key, "finding": self.claim, "difference (95% CI)": self.difference, "verdict": self.verdict,
+                "likely reason": self.reason, "estimate": self.estimate, "low": self.low, "high": self.high,
+                "threshold": self.threshold}
+
+    @classmethod
+    def from_record(cls, row: dict) -> "Finding":
+        """A finding from a results row; rows written before findings had keys get their claim as key."""
+        claim = row.get("finding", row.get("ULMFiT finding", ""))  # 03's results before 2026-11-27
+        return cls(row.get("key") or claim, claim, row.get("verdict", "within noise"),
+                   row.get("difference (95% CI)", ""), row.get("estimate"), row.get("low"), row.get("high"),
+                   row.get("threshold", 0.0) or 0.0, row.get("likely reason", ""))
+
+
+def finding(key: str, claim: str, interval: Interval, curves: dict[str, Sequence[float]], otherwise: str,
+            threshold: float = 0.0) -> Finding:
+    """A claim that a difference exceeds ``threshold``, tested on ``interval``: its verdict, and the likely reason
+    where it does not hold (:func:`likely_reason`, from ``curves`` or ``otherwise``).
+
+    >>> finding("a_beats_b", "a beats b", Interval(0.05, 0.02, 0.08), {}, "the test set is small").verdict
     'holds'
-    >>> finding("a beats b", Interval(0.01, -0.02, 0.04), {"a": [0.7, 0.8]}, "the test set is small")["likely reason"]
+    >>> finding("a_beats_b", "a beats b", Interval(0.01, -0.02, 0.04), {"a": [0.7, 0.8]}, "small").reason
     'likely reason: a still rising at the last epoch'
     """
-    word = verdict(interval)
-    return {"finding": text, "difference (95% CI)": interval.points(), "verdict": word,
-            "likely reason": likely_reason(word, curves, otherwise)}
+    word = verdict(interval, threshold)
+    return Finding(key, claim, word, interval.points(), interval.estimate, interval.low, interval.high, threshold,
+                   likely_reason(word, curves, otherwise))
 
 
 # --- a fair learning rate ------------------------------------------------------------------------------------------

@@ -22,14 +22,14 @@ from ..base.data import as_tensors, batches_per_epoch
 from ..core.forgetting import backward_transfer, drift, forgetting, learning, perplexity
 from ..core.freezing import freeze
 from ..core.layers import layer_groups, replace_module
-from ..core.memory import MiB, estimate_memory
+from ..core.memory import MiB
 from ..core.optim import follow_schedule
-from ..core.plans import expand_blocks
 from ..base.runtime import eval_mode
 from ..core.schedules import head_and_body_lrs
+from ..core.strategy import Strategy, apply_preset
 from ..core.training import evaluate, fit
 from .evidence import Interval, choose_learning_rate, correct_per_example, difference_interval
-from .strategies import Strategy, apply_preset, prepare_strategy
+from .runs import caches_prefix, memory_estimate
 
 # --- two heads over one body ---------------------------------------------------------------------------------------
 
@@ -81,6 +81,7 @@ class SequentialResult:
     memory_kind: str = ""
     estimated_memory_mib: float = 0.0  # estimate_memory's total, for the largest trainable set of the run
     phases: list = field(default_factory=list)
+    description: dict = field(default_factory=dict)  # Strategy.describe(): its preset, plan, schedule and adapter
 
     @property
     def matrix(self) -> list[list[float]]:
@@ -100,7 +101,8 @@ class SequentialResult:
                 "trainable_params": self.trainable_params, "seconds": self.seconds, "cka": self.cka,
                 "agreement": self.agreement, "correct": self.correct, "step_seconds": self.step_seconds,
                 "peak_memory_mib": self.peak_memory_mib, "memory_kind": self.memory_kind,
-                "estimated_memory_mib": self.estimated_memory_mib, "phases": self.phases}
+                "estimated_memory_mib": self.estimated_memory_mib, "phases": self.phases,
+                "description": self.description}
 
 
 def train_task_a(pretrained: nn.Module, data_a, eval_a, *, epochs: int, batch_size: int, seed: int = 0,
@@ -124,17 +126,16 @@ def sequential_run(model_a: nn.Module, strategy: Strategy, data_b, eval_a, eval_
     each model gets right (``correct``), for intervals (:mod:`layerfreeze.study.evidence`).
     """
     original_a, model_a = model_a, copy.deepcopy(model_a)
-    if strategy.adapter == "expansion":  # both heads read the expanded body; it is model A's function at init
-        expand_blocks(model_a, **strategy.options)
+    if strategy.expand(model_a):  # both heads read the expanded body; it is model A's function at init
         original_a = copy.deepcopy(model_a)  # so that CKA compares block with block
     freeze(model_a, allow_nothing_trainable=True)  # head A never trains during B; the shared body is set below
     model_b = with_new_head(model_a, num_labels_b, seed)
     final_b = eval_b if test_b is None else test_b
     correct = {"a_before": correct_per_example(model_a, eval_a), "b_before": correct_per_example(model_b, final_b)}
     result = SequentialResult(strategy.name, float(correct["a_before"].mean()), float(correct["b_before"].mean()),
-                              lr=strategy.lr)
+                              lr=strategy.lr, description=strategy.describe())
     steps = epochs * batches_per_epoch(len(as_tensors(data_b)[0]), batch_size)
-    trained, schedule = prepare_strategy(model_b, strategy, steps)
+    trained, schedule = strategy.prepare(model_b, steps)
 
     def measure_a(epoch):
         result.a_during_b.append(evaluate(model_a, eval_a)["accuracy"])
@@ -142,14 +143,14 @@ def sequential_run(model_a: nn.Module, strategy: Strategy, data_b, eval_a, eval_
 
     if schedule is not None:  # the memory estimate below is for the schedule's first trainable set
         follow_schedule(trained, schedule, 0)
-    estimates = [_estimate_mib(trained, data_b, batch_size)]
+    estimates = [memory_estimate(trained, data_b, batch_size).total / MiB]
     start = time.perf_counter()
     # a frozen prefix (embeddings and bottom blocks, in eval mode) is computed once: the same result, faster
     history = fit(trained, data_b, eval_b, epochs=epochs, lr=strategy.learning_rates, schedule=schedule,
                   batch_size=batch_size, seed=seed, progress=progress, on_epoch_end=measure_a,
-                  cache_prefix=_caches_prefix(strategy, trained))
+                  cache_prefix=caches_prefix(strategy, trained))
     result.seconds = time.perf_counter() - start
-    estimates.append(_estimate_mib(trained, data_b, batch_size))
+    estimates.append(memory_estimate(trained, data_b, batch_size).total / MiB)
     result.estimated_memory_mib = max(estimates)
     result.step_seconds, result.memory_kind, result.phases = history.step_seconds, history.memory_kind, history.phases
     result.peak_memory_mib = history.summary()["peak_memory_mib"]
@@ -217,6 +218,7 @@ def summarize_runs(runs: list[dict]) -> pd.DataFrame:
         row.update({column: float(mine[column].mean()) for column in
                     ("b_after_b", "a_after_b", "backward_transfer", "agreement", "seconds")})
         row["trainable_params"] = int(mine["trainable_params"].iloc[0])
+        row["description"] = mine["description"].iloc[0] if "description" in mine else {}
         rows.append(row)
     return pd.DataFrame(rows).set_index("strategy")
 
@@ -241,24 +243,6 @@ def cka_frame(runs: list[dict]) -> pd.DataFrame:
     layers = len(next(iter(means.values())))
     return pd.DataFrame(means, index=[f"layer {i}" for i in range(layers)])
 
-
-def _caches_prefix(strategy: Strategy, model: nn.Module) -> bool:
-    """Whether task B's run caches its frozen prefix: every fixed trainable set that leaves the embeddings frozen
-    (presets, plans, block expansion), and adaptive freezing, which starts with the embeddings frozen; never a
-    schedule that may train the embeddings, nor LoRA. Only where the cache can stand in for the embeddings (one
-    module: not GPT-2's ``wte`` + ``wpe``)."""
-    groups = layer_groups(model)
-    if hasattr(model, "get_base_model") or len(groups[0].modules) != 1:
-        return False
-    if strategy.schedule == "adaptive":
-        return True
-    return strategy.schedule is None and strategy.adapter != "lora" and groups[0].trainable is False
-
-
-def _estimate_mib(model: nn.Module, data, batch_size: int) -> float:
-    """:func:`~layerfreeze.estimate_memory`'s total for the current trainable set (a LoRA model: its base)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return estimate_memory(base, batch_size, as_tensors(data)[0].shape[1]).total / MiB
 
 
 # --- decoders: forgetting as a rise in perplexity ------------------------------------------------------------------

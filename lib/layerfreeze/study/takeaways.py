@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .evidence import VERDICTS, Finding
+
 TAKEAWAYS = "07_takeaways"
 NOTEBOOKS = {"01": "01_parameter_inspection", "02": "02_freezing_early_vs_late", "03": "03_gradual_unfreezing",
              "04": "04_catastrophic_forgetting"}
@@ -35,14 +37,39 @@ def _missing(notebook: str) -> str:
     return f"not measured: notebook {notebook} has no results in this run"
 
 
+def role(strategy: dict) -> str | None:
+    """What a results row's strategy is, read from its fields (:meth:`~layerfreeze.core.strategy.Strategy.describe`,
+    or the preset columns of notebook 02's rows), never from its name: ``full``, ``head``, ``top k``, ``bottom k``,
+    ``bitfit``, ``from scratch``, or the adapter's or schedule's kind in lower case (``lora``, ``gradual``...).
+
+    >>> role({"preset": "top", "k": 2}), role({"preset": "all", "from_scratch": True}), role({"preset": "all"})
+    ('top 2', 'from scratch', 'full')
+    >>> role({"preset": "all", "adapter": {"kind": "Lora", "rank": 8}})
+    'lora'
+    """
+    for part in ("adapter", "schedule"):
+        if strategy.get(part):
+            return strategy[part]["kind"].lower()
+    if strategy.get("plan"):
+        return None
+    if strategy.get("from_scratch"):
+        return "from scratch"
+    preset = strategy.get("preset")
+    return {"all": "full"}.get(preset, preset if strategy.get("k") is None else f"{preset} {strategy['k']}")
+
+
 def _accuracies(results: dict) -> dict[str, dict] | None:
+    """Notebook 02's rows by :func:`role`."""
     run = results.get(NOTEBOOKS["02"])
-    return None if run is None else {row["name"]: row for row in run["strategies"]}
+    return None if run is None else {role(row): row for row in run["strategies"] if role(row)}
 
 
 def _forgetting(results: dict) -> dict[str, dict] | None:
+    """Notebook 04's summary rows by :func:`role`, each with its ``strategy`` name for the text."""
     run = results.get(NOTEBOOKS["04"])
-    return None if run is None else {row["strategy"]: row for row in run["summary"]}
+    if run is None:
+        return None
+    return {role(row.get("description") or {}): row for row in run["summary"] if role(row.get("description") or {})}
 
 
 def _points(row: dict, measure: str) -> str:
@@ -50,11 +77,13 @@ def _points(row: dict, measure: str) -> str:
             f"{row[measure + '_high'] * 100:.1f})")
 
 
-def _verdict(results: dict, notebook: str, text: str) -> str:
-    """The verdict word of the first finding of ``notebook`` whose text contains ``text``, else 'not run'."""
-    for row in verdict_table(results).to_dict(orient="records"):
-        if row["notebook"] == notebook and text in row["finding"]:
-            return row["verdict"]
+def _verdict(results: dict, notebook: str, key: str) -> str:
+    """The verdict of the finding ``key`` of ``notebook`` (:class:`~layerfreeze.study.evidence.Finding`), else
+    'not run'."""
+    for row in results.get(NOTEBOOKS[notebook], {}).get("verdicts", []):
+        found = Finding.from_record(row)
+        if found.key == key:
+            return found.verdict
     return "not run"
 
 
@@ -67,36 +96,34 @@ def verdict_table(results: dict) -> pd.DataFrame:
     """
     rows = []
     for stem, metrics in results.items():
-        verdicts = metrics.get("verdicts", []) + [{"finding": f"{a['source']}: {a['claim']}", "verdict": a["verdict"],
-                                "likely reason": a.get("likely reason", "")}
-                               for a in metrics.get("anchors", []) if a.get("verdict") in ("holds", "does not hold",
-                                                                                           "within noise")]
-        for row in verdicts:
-            finding = row.get("finding", row.get("ULMFiT finding", ""))  # 03's results before 2026-11-27 (GPU page)
-            rows.append({"notebook": stem[:2], "finding": finding, "verdict": row.get("verdict", ""),
-                         "likely reason": row.get("likely reason", "")})
+        findings = [Finding.from_record(row) for row in metrics.get("verdicts", [])]
+        findings += [Finding(a["source"], f"{a['source']}: {a['claim']}", a["verdict"],
+                             reason=a.get("likely reason", "")) for a in metrics.get("anchors", [])
+                     if a.get("verdict") in VERDICTS]
+        rows += [{"notebook": stem[:2], "finding": f.claim, "verdict": f.verdict, "likely reason": f.reason}
+                 for f in findings]
     return pd.DataFrame(rows, columns=["notebook", "finding", "verdict", "likely reason"])
 
 
 def _guide_freeze(results: dict) -> str:
     acc = _accuracies(results)
-    if acc is None:
+    if acc is None or not {"head", "full"} <= set(acc):
         return _missing("02")
-    top = max((name for name in acc if name.startswith("top ")), key=lambda n: int(n.split()[1]))
-    share = acc[top]["test_accuracy"] / acc["all"]["test_accuracy"]
-    return (f"02: head only {acc['head only']['test_accuracy']:.1%}, {top} {acc[top]['test_accuracy']:.1%} "
-            f"({share:.0%} of full's {acc['all']['test_accuracy']:.1%}) with {acc[top]['percent_trainable']:.0f}% of "
-            f"the parameters trainable and {acc[top]['estimated_memory_mib']:.0f} MiB estimated against "
-            f"{acc['all']['estimated_memory_mib']:.0f} MiB; 'full beats the probe': "
-            f"{_verdict(results, '02', 'full beats head only')}")
+    top = max((r for r in acc if r.startswith("top ")), key=lambda r: int(r.split()[1]))
+    head, full, upper = acc["head"], acc["full"], acc[top]
+    return (f"02: {head['name']} {head['test_accuracy']:.1%}, {upper['name']} {upper['test_accuracy']:.1%} "
+            f"({upper['test_accuracy'] / full['test_accuracy']:.0%} of {full['name']}'s {full['test_accuracy']:.1%}) "
+            f"with {upper['percent_trainable']:.0f}% of the parameters trainable and "
+            f"{upper['estimated_memory_mib']:.0f} MiB estimated against {full['estimated_memory_mib']:.0f} MiB; "
+            f"'full beats the probe': {_verdict(results, '02', 'full_beats_head_only')}")
 
 
 def _guide_full(results: dict) -> str:
     acc, forgot = _accuracies(results), _forgetting(results)
     parts = []
-    if acc is not None:
-        best = max((n for n in acc if n != "from scratch"), key=lambda n: acc[n]["test_accuracy"])
-        parts.append(f"02: best strategy {best} ({acc[best]['test_accuracy']:.1%})")
+    if acc:
+        best = max((row for r, row in acc.items() if r != "from scratch"), key=lambda row: row["test_accuracy"])
+        parts.append(f"02: best strategy {best['name']} ({best['test_accuracy']:.1%})")
     if forgot is not None and "full" in forgot:
         parts.append(f"04: full fine-tuning learned {_points(forgot['full'], 'learning')} on task B and forgot "
                      f"{_points(forgot['full'], 'forgetting')} of task A")
@@ -107,21 +134,21 @@ def _guide_keep_old_task(results: dict) -> str:
     forgot = _forgetting(results)
     if forgot is None:
         return _missing("04")
-    order = sorted(forgot, key=lambda n: forgot[n]["forgetting"])
+    order = sorted(forgot.values(), key=lambda row: row["forgetting"])
     return ("04, forgetting of task A, least first: "
-            + "; ".join(f"{n} {_points(forgot[n], 'forgetting')}" for n in order)
-            + f"; 'more frozen layers, less forgetting': {_verdict(results, '04', 'more frozen layers')}")
+            + "; ".join(f"{row['strategy']} {_points(row, 'forgetting')}" for row in order)
+            + f"; 'more frozen layers, less forgetting': {_verdict(results, '04', 'more_frozen_less_forgetting')}")
 
 
 def _guide_lora(results: dict) -> str:
     forgot = _forgetting(results)
-    if forgot is None or "LoRA" not in forgot:
+    if forgot is None or "lora" not in forgot:
         return _missing("04")
-    lora, full = forgot["LoRA"], forgot.get("full", {})
-    return (f"04: LoRA trained {lora['trainable_params']:,} parameters against full's "
+    lora, full = forgot["lora"], forgot.get("full", {})
+    return (f"04: {lora['strategy']} trained {lora['trainable_params']:,} parameters against full's "
             f"{full.get('trainable_params', float('nan')):,}; learned {_points(lora, 'learning')}, forgot "
-            f"{_points(lora, 'forgetting')}; 'LoRA learns less': {_verdict(results, '04', 'LoRA learns less')}, "
-            f"'LoRA forgets less': {_verdict(results, '04', 'LoRA forgets less')}")
+            f"{_points(lora, 'forgetting')}; 'LoRA learns less': {_verdict(results, '04', 'lora_learns_less')}, "
+            f"'LoRA forgets less': {_verdict(results, '04', 'lora_forgets_less')}")
 
 
 def _guide_continued_pretraining(results: dict) -> str:
@@ -156,11 +183,11 @@ def decision_guide(results: dict) -> pd.DataFrame:
 
 def _check_head_plateau(results: dict) -> str:
     acc = _accuracies(results)
-    if acc is None:
+    if acc is None or not {"head", "full"} <= set(acc):
         return _missing("02")
-    head, full = (acc[n]["epochs"][-1]["eval_accuracy"] for n in ("head only", "all"))
-    rising = "head only" in results[NOTEBOOKS["02"]].get("still_rising", [])
-    return (f"02: head only ended at {head:.1%} validation accuracy "
+    head, full = (acc[r]["epochs"][-1]["eval_accuracy"] for r in ("head", "full"))
+    rising = acc["head"]["name"] in results[NOTEBOOKS["02"]].get("still_rising", [])
+    return (f"02: {acc['head']['name']} ended at {head:.1%} validation accuracy "
             f"({'still rising' if rising else 'flat'}), full fine-tuning at {full:.1%}")
 
 

@@ -14,10 +14,10 @@ of them and turns noise into a "result". The timer here instead
 A ratio of two positive times is positive, and one taken within a pair cannot be pushed below 1 by a burst that hit
 only one run, which subtracting two separately timed runs could (a "speed-up" of -0.86 once).
 
-The ideal: :func:`profile_groups` measures once how long each layer group's forward and backward pass take, and
-:func:`ideal_step_seconds` adds up what a step with the current trainable set must run (forward through every group
-the cache does not skip, backward down to the lowest trainable group, the optimizer over the trainable share). A
-measured time divided by that ideal says how close the code comes to what the arithmetic allows.
+The ideal: :func:`profile_groups` measures once how long each layer group's forward and backward pass take on this
+machine, and the step cost model (:func:`layerfreeze.core.costs.step_seconds`) adds up what a step with the current
+trainable set must run. A measured time divided by that ideal says how close the code comes to what the arithmetic
+allows.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from ..base.data import real_lengths
+from ..core.costs import GroupCosts
 from ..core.layers import LayerGroup, layer_groups
 from ..base.runtime import autocast, resolve_precision
 
@@ -214,28 +215,6 @@ def interleave(runs: dict[str, Callable[[], list[float]]], ratios: list[tuple[st
 # --- the ideal: per-group costs ------------------------------------------------------------------------------------
 
 
-@dataclass
-class GroupCosts:
-    """Seconds per step of each layer group (by name): ``forward`` when a backward pass will follow (the graph is
-    recorded); ``forward_frozen`` below the lowest trainable group, where none will; ``backward`` when the group
-    trains (input and weight gradients); ``backward_input`` when it is frozen but gradients pass through it to a
-    lower trainable group; and ``optimizer`` seconds (clipping, AdamW, zeroing) for all ``total_params``
-    parameters."""
-
-    forward: dict[str, float]
-    backward: dict[str, float]
-    backward_input: dict[str, float]
-    optimizer: float
-    total_params: int
-    forward_frozen: dict[str, float] | None = None  # None: taken as ``forward``
-
-    def table(self):
-        import pandas as pd
-
-        return pd.DataFrame({"forward": self.forward, "forward_frozen": self.forward_frozen or self.forward,
-                             "backward": self.backward, "backward_input": self.backward_input}) * 1000  # ms
-
-
 def _boundary_hooks(groups: list[LayerGroup], timer: StepTimer) -> list:
     """Marks at the end of the embeddings and of every block (forward), and when the gradient reaches each of those
     outputs (backward). The hidden state entering ``block.0`` is the embeddings' output, whatever its modules."""
@@ -335,43 +314,3 @@ def profile_groups(model: nn.Module, batch: tuple[torch.Tensor, ...], steps: int
     frozen = dict(zip(names, _profile_pass(model, batch, steps, warmup, device, precision, clock)))
     return GroupCosts(forward, backward, backward_input, full[-1], sum(p.numel() for p in model.parameters()),
                       frozen)
-
-
-def ideal_step_seconds(model: nn.Module, costs: GroupCosts, cache_prefix: bool = False) -> float:
-    """The time a step with ``model``'s current trainable set must take, from per-group ``costs``: forward through
-    every group (less the frozen prefix when ``cache_prefix``; without a graph below the lowest trainable group),
-    backward through every group above the lowest trainable one (full if it trains, input gradients only if frozen),
-    weight gradients only for the lowest, and the optimizer for the trainable share of the parameters. Training the
-    top 2 of 6 equal blocks, a block's backward twice its forward and half of that for the input gradient (which the
-    lowest trainable block skips), costs 6 + 3 forward-units uncached and 2 + 3 cached, 1.8x apart:
-
-    >>> from layerfreeze import tiny_model, freeze_to
-    >>> model = tiny_model("bert", num_layers=6)
-    >>> _ = freeze_to(model, -3)
-    >>> names = [g.name for g in layer_groups(model)]
-    >>> unit = {n: 0.0 if n in ("embeddings", "head") else 1.0 for n in names}
-    >>> costs = GroupCosts(unit, {n: 2 * c for n, c in unit.items()}, unit, 0.0, 1)
-    >>> ideal_step_seconds(model, costs), ideal_step_seconds(model, costs, cache_prefix=True)
-    (9.0, 5.0)
-    """
-    groups = layer_groups(model)
-    trains = [any(p.requires_grad for p in g.parameters.values()) for g in groups]
-    if not any(trains):
-        raise ValueError("the model has no trainable parameter: no training step to time")
-    lowest = trains.index(True)
-    skipped = lowest if cache_prefix else 0
-    below = costs.forward_frozen or costs.forward
-    seconds = sum((below if i < lowest else costs.forward)[g.name] for i, g in enumerate(groups) if i >= skipped)
-    for i, group in enumerate(groups[lowest:], start=lowest):
-        if i == lowest and i > 0:  # its input needs no gradient: the weight gradients only
-            seconds += max(costs.backward[group.name] - costs.backward_input[group.name], 0.0)
-        else:
-            seconds += costs.backward[group.name] if trains[i] else costs.backward_input[group.name]
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return seconds + costs.optimizer * trainable / max(costs.total_params, 1)
-
-
-def ideal_cache_speedup(model: nn.Module, costs: GroupCosts) -> float:
-    """How much faster the frozen-prefix cache can make a step of ``model``'s current trainable set, by
-    :func:`ideal_step_seconds` (1.0 where nothing is frozen at the bottom)."""
-    return ideal_step_seconds(model, costs) / ideal_step_seconds(model, costs, cache_prefix=True)

@@ -33,11 +33,13 @@ from torch import nn
 
 from ..base.data import as_tensors, batches_per_epoch
 from ..core.freezing import count_parameters, freeze, restore_trainable, trainable_state, unfreeze
-from ..core.inspection import group_table, relative_step_time
+from ..core.costs import relative_step_time
+from ..core.inspection import group_table
 from ..core.layers import layer_groups, num_blocks
 from ..core.memory import MiB, estimate_memory
 from ..core.schedules import head_and_body_lrs
-from .strategies import PRESETS, Strategy, apply_strategy, fresh_copy
+from ..core.strategy import PRESETS, Strategy
+from .runs import fresh_copy
 from .timing import StepTimer, steady_step_seconds
 from ..core.training import fit
 
@@ -147,7 +149,7 @@ class PickerSession:
     def apply_strategy(self, strategy: Strategy) -> None:
         """Set the choice from a strategy's preset or plan. Frozen groups are not held in eval mode: a run copies
         only the trainable flags."""
-        apply_strategy(self.model, strategy, eval_frozen=False)
+        strategy.apply(self.model, eval_frozen=False)
 
     def apply_preset(self, preset: str, k: int | None = None) -> None:
         """Set the choice from a preset (head, top k, bottom k, all, bitfit)."""
