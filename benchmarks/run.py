@@ -11,8 +11,8 @@ median or the time cap is reached, and a ratio whose interval stays wider is mar
 verdicts. On the CPU, torch runs one thread and steps are timed by this process's CPU time, which other jobs
 barely change (benchmarks/README.md says why).
 
-The ideal: each layer group's forward and backward time is measured once (`layerfreeze.profile_groups`), and each
-configuration's ideal step time is what its step must run (`layerfreeze.ideal_step_seconds`). Goals, reported and
+The ideal: each layer group's forward and backward time is measured once (`lf.timing.profile_groups`), and each
+configuration's ideal step time is what its step must run (`lf.costs.step_seconds`). Goals, reported and
 never asserted, follow from that: the cache's speed-up at least 90% of its ideal; fit at most 1.05x the
 hand-written loop; on CUDA, fit at least 1.5x faster than the Trainer for head only and the top block (where the
 Trainer's per-step overhead dominates); on CUDA, the memory estimate within +-10% of the peak allocated memory (on
@@ -41,6 +41,7 @@ from layerfreeze.base.data import real_lengths
 from layerfreeze.core.memory import PeakMemory
 from layerfreeze.core.optim import fused_available
 from layerfreeze.base.runtime import grad_scaler, resolve_precision
+from layerfreeze.course.contract import environment
 from layerfreeze.core.schedules import lr_multiplier
 from layerfreeze.study.timing import CONFIDENCE, TOLERANCE, Spread
 from layerfreeze.core.trainer import TrainerDataset, collate_trimmed
@@ -257,7 +258,7 @@ def main(argv=None):
                "load_average": {"start": load_before, "end": load_before},
                "memory_kind": PeakMemory(device).kind if device.type == "cuda" else "not measured on the CPU",
                "group_costs_ms": costs.table().round(3).to_dict(), "optimizer_ms_all_parameters": costs.optimizer * 1e3,
-               "environment": lf.course.environment(), "rows": []}
+               "environment": environment(), "rows": []}
     for config in CONFIGURATIONS:
         row = measure(base, config, data, plan, lr, precision, device, costs, clock)
         print(f"  {config}: {row['rounds']} rounds, fit/hand {row['fit / hand-written']:.3f}, "

@@ -3,10 +3,10 @@ import math
 import pytest
 import torch
 
-from layerfreeze import (Schedule, assert_frozen_unchanged, chain_thaw, changed_parameters, discriminative_lrs,
+from layerfreeze import (assert_frozen_unchanged, chain_thaw, changed_parameters, discriminative_lrs,
                          fingerprint, fit, freeze, freeze_to, gradual_unfreezing, layer_groups, tiny_model)
 from layerfreeze.core.optim import make_optimizer
-from layerfreeze.core.schedules import layerwise_decay, lr_multiplier, spread_lrs
+from layerfreeze.core.schedules import Schedule, layerwise_decay, lr_multiplier, spread_lrs
 from layerfreeze.core.training import enable_gradient_checkpointing
 from layerfreeze.core.optim import follow_schedule
 from tests.test_training import toy_task

@@ -4,12 +4,12 @@ The top level holds the concepts (``docs/architecture.md`` says which module hol
 
 * loading: :func:`load_model`, :func:`tiny_model`, :func:`load_task`, :func:`encode`, :func:`num_labels`,
   :func:`seed_everything`, :func:`describe_device`, :data:`MiB`
-* layers and freezing: :class:`LayerGroup`, :func:`layer_groups`, :func:`num_blocks`, :func:`freeze`,
+* layers and freezing: :func:`layer_groups`, :func:`num_blocks`, :func:`freeze`,
   :func:`unfreeze`, :func:`train_only`, :func:`freeze_to`, :func:`bitfit`, :func:`count_parameters`,
   :func:`fingerprint`, :func:`changed_parameters`, :func:`assert_frozen_unchanged`
 * inspection and memory: :func:`parameter_table`, :func:`group_table`, :func:`estimate_memory`
-* training and schedules: :func:`fit`, :func:`evaluate`, :class:`History`, :class:`Schedule`,
-  :func:`gradual_unfreezing`, :func:`chain_thaw`, :func:`discriminative_lrs`
+* training and schedules: :func:`fit`, :func:`evaluate`, :func:`gradual_unfreezing`, :func:`chain_thaw`,
+  :func:`discriminative_lrs`
 * plans and strategies: :class:`Plan`, :func:`apply_plan`, :func:`factory_plan`, :class:`Strategy` with its parts
   :class:`Gradual`, :class:`Lisa`, :class:`Adaptive` (schedules) and :class:`Lora`, :class:`Expansion` (adapters)
 
@@ -35,12 +35,12 @@ from .base.runtime import MiB, describe_device, seed_everything
 from .core.freezing import (assert_frozen_unchanged, bitfit, changed_parameters, count_parameters, fingerprint,
                             freeze, freeze_to, train_only, unfreeze)
 from .core.inspection import group_table, parameter_table
-from .core.layers import LayerGroup, layer_groups, num_blocks
+from .core.layers import layer_groups, num_blocks
 from .core.memory import estimate_memory
 from .core.plans import Plan, apply_plan, factory_plan
-from .core.schedules import Schedule, chain_thaw, discriminative_lrs, gradual_unfreezing
+from .core.schedules import chain_thaw, discriminative_lrs, gradual_unfreezing
 from .core.strategy import Adaptive, Expansion, Gradual, Lisa, Lora, Strategy
-from .core.training import History, evaluate, fit
+from .core.training import evaluate, fit
 
 __version__ = "0.1.0"
 
@@ -64,12 +64,12 @@ __all__ = [
     # loading
     "load_model", "tiny_model", "load_task", "encode", "num_labels", "seed_everything", "describe_device", "MiB",
     # layers and freezing
-    "LayerGroup", "layer_groups", "num_blocks", "freeze", "unfreeze", "train_only", "freeze_to", "bitfit",
+    "layer_groups", "num_blocks", "freeze", "unfreeze", "train_only", "freeze_to", "bitfit",
     "count_parameters", "fingerprint", "changed_parameters", "assert_frozen_unchanged",
     # inspection and memory
     "parameter_table", "group_table", "estimate_memory",
     # training and schedules
-    "fit", "evaluate", "History", "Schedule", "gradual_unfreezing", "chain_thaw", "discriminative_lrs",
+    "fit", "evaluate", "gradual_unfreezing", "chain_thaw", "discriminative_lrs",
     # plans and strategies
     "Plan", "apply_plan", "factory_plan", "Strategy", "Gradual", "Lisa", "Adaptive", "Lora", "Expansion",
 ]
