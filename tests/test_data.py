@@ -144,3 +144,87 @@ def test_data_card_counts_match_the_files():
             per_label = ", ".join(f"{name} {counts[i]}" for i, name in enumerate(data_module.LABEL_NAMES[task]))
             assert f"| {task} | {split} | {len(rows)} | {per_label} |" in card
     assert f"{data_module.LABEL_NOISE:.0%} of labels" in card
+
+
+# --- your own data: files, folders and Hub ids through one path -------------------------------------------------
+
+from tests.task_files import FORMATS, write_task  # noqa: E402
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_local_files_and_hub_layout_load_as_tasks(tmp_path, fmt):
+    source = write_task("b", tmp_path, fmt)
+    splits = load_task(str(source), seed=3)
+    assert set(splits) == {"train", "validation", "test"}
+    assert all(split.column_names == ["text", "label"] for split in splits.values())
+    assert num_labels(splits) == 5
+    texts = [set(split["text"]) for split in splits.values()]
+    assert not (texts[0] & texts[1]) and not (texts[0] & texts[2]) and not (texts[1] & texts[2])
+    if fmt == "hub":  # the folder's own splits, nothing made
+        assert [splits[s].num_rows for s in ("train", "validation", "test")] == [400, 100, 100]
+        assert "own train, validation and test" in splits.note
+    else:  # one table: test, then validation carved from it, seeded and reported
+        assert sum(s.num_rows for s in splits.values()) == 600
+        assert "test split made from train" in splits.note and "validation split made from train" in splits.note
+        assert load_task(str(source), seed=3)["test"]["text"] == splits["test"]["text"]
+        assert load_task(str(source), seed=4)["test"]["text"] != splits["test"]["text"]
+
+
+def test_other_columns_and_string_labels(tmp_path):
+    source = write_task("a", tmp_path, "csv", text_column="review", label_column="stars", label_names=True)
+    splits = load_task(str(source), text_column="review", label_column="stars", limit={"train": 50})
+    assert splits["train"].column_names == ["text", "label"] and splits["train"].num_rows == 50
+    assert splits["train"].features["label"].names == ["negative", "positive"]
+    names = splits["train"].features["label"].names
+    rows = data_module.generate_splits("a", sizes={"train": 400, "validation": 100, "test": 100})
+    truth = {r["text"]: data_module.LABEL_NAMES["a"][r["label"]] for split in rows.values() for r in split}
+    assert all(names[label] == truth[text] for text, label in zip(splits["train"]["text"], splits["train"]["label"]))
+
+
+def test_whole_number_labels_not_from_zero_are_renumbered_and_reported(tmp_path):
+    path = tmp_path / "stars.jsonl"
+    path.write_text("".join(json.dumps({"text": f"review {i}", "label": 1 + i % 3}) + "\n" for i in range(60)))
+    splits = load_task(str(path))
+    assert splits["train"].features["label"].names == ["1", "2", "3"] and num_labels(splits) == 3
+    assert "numbered 0 to 2" in splits.note
+    assert set(splits["train"]["label"]) == {0, 1, 2}
+
+
+def test_bad_files_and_columns_name_the_file_and_the_column(tmp_path):
+    source = write_task("a", tmp_path, "jsonl")
+    with pytest.raises(ValueError, match=r"task_a\.jsonl .*no column 'review' \(text_column\); its columns: text, label"):
+        load_task(str(source), text_column="review")
+    with pytest.raises(ValueError, match=r"no column 'stars' \(label_column\)"):
+        load_task(str(source), label_column="stars")
+    odd = tmp_path / "task.xlsx"
+    odd.write_text("x")
+    with pytest.raises(ValueError, match=r"task\.xlsx: format '\.xlsx' is not read; valid: \.csv"):
+        load_task(str(odd))
+    broken = tmp_path / "broken.parquet"
+    broken.write_text("not parquet")
+    with pytest.raises(ValueError, match=r"file .*broken\.parquet could not be read"):
+        load_task(str(broken))
+    with pytest.raises(ValueError, match="not a file or folder here, nor a Hub dataset id"):
+        load_task(str(tmp_path / "missing.csv"))
+    with pytest.raises(ValueError, match="text_column must be a column name"):
+        load_task(str(source), text_column="")
+
+
+def test_uncached_hub_id_offline_is_one_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match=r"'nobody/no-such-dataset' is not in the local cache and the Hub is offline"):
+        load_task("nobody/no-such-dataset")
+
+
+def test_suggest_max_length_cuts_only_long_data(minilm):
+    _, tokenizer = minilm
+    from layerfreeze.base.data import suggest_max_length
+    task_a = load_task("a")["train"]
+    longest = max(len(ids) for ids in tokenizer(list(task_a["text"]))["input_ids"])
+    assert suggest_max_length(task_a, tokenizer) == longest <= 64  # nothing cut: the course's numbers stay
+    long_rows = [{"text": "word " * (10 + i), "label": 0} for i in range(100)]  # 12 to 111 tokens
+    assert suggest_max_length(long_rows, tokenizer, cap=256) == 111
+    assert suggest_max_length(long_rows, tokenizer, percentile=50, cap=64) == 12 + 49
+    assert suggest_max_length(long_rows, tokenizer, percentile=95, cap=64) == 64
+    with pytest.raises(ValueError, match="percentile must be"):
+        suggest_max_length(long_rows, tokenizer, percentile=120)

@@ -21,7 +21,7 @@ import os
 import random
 from pathlib import Path
 
-from .checks import check_choice, check_int
+from .checks import check_int, check_number
 
 DATA_DIR_ENV_VAR = "LAYERFREEZE_DATA_DIR"
 DEFAULT_SEED = 1234
@@ -207,19 +207,24 @@ def data_dir() -> Path | None:
     return repo_data if (repo_data / "task_a").is_dir() else None
 
 
-def load_task(name: str = "a", *, limit: dict[str, int] | None = None, seed: int = 0):
+def load_task(name: str = "a", *, limit: dict[str, int] | None = None, seed: int = 0, text_column: str = "text",
+              label_column: str = "label"):
     """Load a task as a ``datasets.DatasetDict`` with ``train``, ``validation`` and ``test`` splits.
 
     ``name`` is ``"a"`` or ``"b"`` (the generated tasks, read from ``data/`` or generated afresh when the files are
-    absent), or a Hub dataset: ``"sst2"``, ``"ag_news"``, ``"imdb"``. Columns are ``text`` and ``label``, with
-    label names in ``features["label"].names``. ``limit={"train": 500}`` keeps a seeded random subset.
+    absent), a known Hub dataset (``"sst2"``, ``"ag_news"``, ``"imdb"``), any Hub dataset id (``"org/name"``, from
+    the local cache while ``HF_HUB_OFFLINE=1``), or a local CSV, JSON-lines or Parquet file, or a folder of them in the
+    Hub's layout (``train.csv``, ``data/train-00000-of-00001.parquet`` ...). ``text_column`` and ``label_column``
+    name the columns of a file or Hub id; they become ``text`` and ``label``, and string labels become class labels
+    with names (``features["label"].names``). A split the data lacks is carved from train (seeded, stratified) and
+    said in ``splits.note``. ``limit={"train": 500}`` keeps a seeded random subset.
 
     >>> load_task("a", limit={"train": 100})["train"].num_rows
     100
     """
     import datasets
 
-    _check_task_arguments(name, limit, seed)
+    _check_task_arguments(name, limit, seed, text_column, label_column)
     if name in _GENERATORS:
         folder = data_dir()
         if folder is not None:
@@ -229,16 +234,25 @@ def load_task(name: str = "a", *, limit: dict[str, int] | None = None, seed: int
             splits = datasets.DatasetDict({s: datasets.Dataset.from_list(rows)
                                            for s, rows in generate_splits(name).items()})
         splits = splits.cast_column("label", datasets.ClassLabel(names=LABEL_NAMES[name]))
-    elif name in HUB_DATASETS:
-        splits = _load_hub_task(name, seed)
+        splits.note = f"task {name!r}: the generated task's own train, validation and test splits"
+    else:
+        splits = _load_any_task(name, seed, text_column, label_column)
     for split, size in (limit or {}).items():
         if size < splits[split].num_rows:
             splits[split] = splits[split].shuffle(seed=seed).select(range(size))
     return splits
 
 
-def _check_task_arguments(name, limit, seed) -> None:
-    check_choice("task", name, TASK_NAMES)
+def _check_task_arguments(name, limit, seed, text_column="text", label_column="label") -> None:
+    if not isinstance(name, (str, os.PathLike)) or not str(name):
+        raise ValueError(f"task must be one of {', '.join(TASK_NAMES)}, a Hub dataset id or a CSV/JSONL/Parquet file "
+                         f"or folder; got {name!r}")
+    if not (str(name) in TASK_NAMES or Path(name).exists() or _looks_like_hub_id(str(name))):
+        raise ValueError(f"task {str(name)!r} is not a file or folder here, nor a Hub dataset id ('org/name'); "
+                         f"valid: {', '.join(TASK_NAMES)}, a Hub dataset id, or a CSV/JSONL/Parquet file or folder")
+    for argument, column in (("text_column", text_column), ("label_column", label_column)):
+        if not isinstance(column, str) or not column:
+            raise ValueError(f"{argument} must be a column name (a non-empty string), got {column!r}")
     if limit is not None and not isinstance(limit, dict):
         raise ValueError(f"limit must be a dict of split name to example count, e.g. {{'train': 500}}; got {limit!r}")
     for split, size in (limit or {}).items():
@@ -248,32 +262,155 @@ def _check_task_arguments(name, limit, seed) -> None:
     check_int("seed", seed, 0, 2 ** 32 - 1)
 
 
-def _load_hub_task(name: str, seed: int):
+def _looks_like_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~")) and not Path(name).suffix
+
+
+# --- any other task: a Hub name or id, a file or a folder, all through datasets.load_dataset -------------------
+
+FILE_FORMATS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+VALIDATION_NAMES = ("validation", "valid", "val", "dev")
+
+
+def _load_any_task(name: str, seed: int, text_column: str, label_column: str):
+    """A Hub name, Hub id, file or folder as ``train``/``validation``/``test`` with ``text`` and ``label``; what was
+    made or left out is said in the result's ``note``."""
     import datasets
 
-    hub_id, text_column, test_split = HUB_DATASETS[name]
-    raw = datasets.load_dataset(hub_id)
-    keep = lambda split: raw[split].rename_column(text_column, "text") if text_column != "text" else raw[split]
-    train = _with_class_labels(keep("train").select_columns(["text", "label"]))
-    test = _with_class_labels(keep(test_split).select_columns(["text", "label"]), train.features["label"])
-    if test_split == "validation" or "validation" not in raw:
-        # The test split is unlabelled (sst2) or there is no validation split: carve one out of train.
-        parts = train.train_test_split(test_size=min(0.1, 2000 / train.num_rows), seed=seed,
-                                       stratify_by_column="label")
-        train, validation = parts["train"], parts["test"]
-    else:
-        validation = _with_class_labels(keep("validation").select_columns(["text", "label"]), train.features["label"])
-    return datasets.DatasetDict(train=train, validation=validation, test=test)
+    source, test_split = (HUB_DATASETS[name][0], HUB_DATASETS[name][2]) if name in HUB_DATASETS else (str(name), "test")
+    text_column = HUB_DATASETS[name][1] if name in HUB_DATASETS else text_column
+    raw = dict(_read_source(source))
+    notes = []
+    if test_split != "test" and test_split in raw:  # sst2: the labelled validation split serves as test
+        notes.append(f"{test_split!r} serves as test (the Hub's test split has no labels)")
+        raw = {"train": raw["train"], "test": raw[test_split]}
+    validation = next((raw.pop(s) for s in VALIDATION_NAMES if s in raw), None)
+    found = {"train": raw.pop("train", None), "validation": validation, "test": raw.pop("test", None)}
+    if found["train"] is None:
+        raise ValueError(f"{source}: no train split (found: {', '.join(raw) or 'none'}); name a file or folder "
+                         f"with a train split, e.g. train.csv")
+    notes += [f"split {s!r} not used" for s in raw]
+    splits = {s: _text_and_label_columns(d, source, s, text_column, label_column) for s, d in found.items() if d}
+    for split in [s for s, d in splits.items() if s != "train" and _unlabelled(d)]:
+        notes.append(f"split {split!r} has no labels (-1): not used")
+        del splits[split]
+    labels = _class_labels(splits, notes)
+    splits = {s: d.cast_column("label", labels) if d.features["label"] != labels else d for s, d in splits.items()}
+    splits = _carve_missing_splits(splits, seed, notes)
+    result = datasets.DatasetDict(train=splits["train"], validation=splits["validation"], test=splits["test"])
+    result.note = f"task {str(name)!r}: " + ("; ".join(notes) if notes else "its own train, validation and test splits")
+    return result
 
 
-def _with_class_labels(split, labels=None):
-    """Give ``label`` a ClassLabel type (stratified splits and ``num_labels`` need one)."""
+def _unlabelled(split) -> bool:
+    """Hub test splits without labels hold -1 in every row."""
+    return all(isinstance(v, int) and v < 0 for v in split["label"])
+
+
+def _read_source(source: str):
+    """``datasets.load_dataset`` of a file (one ``train`` split), a folder or a Hub id; any failure as one line."""
     import datasets
 
-    if isinstance(split.features["label"], datasets.ClassLabel):
-        return split
-    labels = labels or datasets.ClassLabel(num_classes=max(split["label"]) + 1)
-    return split.cast_column("label", labels)
+    path = Path(source)
+    if path.is_file() and path.suffix.lower() not in FILE_FORMATS:
+        raise ValueError(f"file {source}: format {path.suffix or '(none)'!r} is not read; valid: "
+                         f"{', '.join(FILE_FORMATS)}")
+    try:
+        if path.is_file():
+            return datasets.load_dataset(FILE_FORMATS[path.suffix.lower()], data_files={"train": str(path)})
+        return datasets.load_dataset(source)
+    except Exception as error:  # datasets raises many types; the learner needs the source and the reason
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if not path.exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
+            raise ValueError(f"Hub dataset {source!r} is not in the local cache and the Hub is offline "
+                             f"(HF_HUB_OFFLINE=1): run where the Hub is reachable, e.g. on Colab") from error
+        kind = "file" if path.is_file() else "folder" if path.is_dir() else "Hub dataset"
+        raise ValueError(f"{kind} {source} could not be read as a dataset: {type(error).__name__}: {reason}") from error
+
+
+def _text_and_label_columns(split, source: str, name: str, text_column: str, label_column: str):
+    """The split with only ``text`` and ``label``, after checking both columns exist and the texts are strings."""
+    import datasets
+
+    for argument, column in (("text_column", text_column), ("label_column", label_column)):
+        if column not in split.column_names:
+            raise ValueError(f"{source} ({name} split) has no column {column!r} ({argument}); its columns: "
+                             f"{', '.join(split.column_names)}")
+    if text_column == label_column:
+        raise ValueError(f"text_column and label_column are both {text_column!r}; give two different columns")
+    if split.features[text_column] not in (datasets.Value("string"), datasets.Value("large_string")):
+        raise ValueError(f"{source}: column {text_column!r} (text_column) holds {split.features[text_column]}, "
+                         f"not text; its columns: {', '.join(split.column_names)}")
+    split = split.select_columns([text_column, label_column])
+    if label_column != "label":
+        split = split.rename_column(label_column, "label")
+    return split.rename_column(text_column, "text") if text_column != "text" else split
+
+
+def _class_labels(splits: dict, notes: list):
+    """One ``ClassLabel`` for every split: the data's own, names from string labels, or classes from whole numbers
+    (renumbered from 0, the original values kept as names, when they are not already 0 to K-1)."""
+    import datasets
+
+    first = splits["train"].features["label"]
+    if isinstance(first, datasets.ClassLabel):
+        return first
+    values = {v for d in splits.values() for v in d["label"]}
+    if None in values:
+        raise ValueError("label column has empty cells; every example needs a label")
+    if all(isinstance(v, str) for v in values):
+        return datasets.ClassLabel(names=sorted(values))
+    if not all(isinstance(v, int) or (isinstance(v, float) and v.is_integer()) for v in values):
+        raise ValueError(f"labels must be strings or whole numbers; got {sorted(values, key=str)[:5]}")
+    ordered = sorted(int(v) for v in values if v >= 0)
+    if ordered == list(range(len(ordered))):
+        return datasets.ClassLabel(num_classes=len(ordered))
+    notes.append(f"labels {', '.join(map(str, ordered))} numbered 0 to {len(ordered) - 1} (names keep the values)")
+    renumber = {v: i for i, v in enumerate(ordered)}
+    for split, data in splits.items():
+        splits[split] = data.map(lambda row: {"label": renumber.get(int(row["label"]), -1)})
+    return datasets.ClassLabel(names=[str(v) for v in ordered])
+
+
+def _carve_missing_splits(splits: dict, seed: int, notes: list) -> dict:
+    """Make a missing test, then a missing validation split from train: seeded, stratified when every class has
+    enough examples, 10% of train (at most 2000 examples) each."""
+    for split in ("test", "validation"):
+        if split in splits:
+            continue
+        train = splits["train"]
+        size = min(0.1, 2000 / train.num_rows)
+        try:
+            parts = train.train_test_split(test_size=size, seed=seed, stratify_by_column="label")
+        except ValueError:  # a class too small to stratify
+            parts = train.train_test_split(test_size=size, seed=seed)
+        splits["train"], splits[split] = parts["train"], parts["test"]
+        notes.append(f"{split} split made from train ({parts['test'].num_rows} examples, seed {seed})")
+    return splits
+
+
+def suggest_max_length(split, tokenizer, percentile: float = 95, cap: int = 256) -> int:
+    """Tokens to keep per text, from the data: the longest text's length when every text fits in ``cap`` (nothing
+    is cut), otherwise the ``percentile``-th length, at most ``cap`` and the tokenizer's own limit. Reads at most
+    5000 texts.
+
+    >>> from layerfreeze.base.models import tiny_tokenizer
+    >>> suggest_max_length([{"text": "a b c", "label": 0}, {"text": "a", "label": 1}], tiny_tokenizer())
+    5
+    """
+    sample = split[:5000] if isinstance(split, list) else split.select(range(min(5000, len(split))))
+    texts, _ = _text_and_labels(sample)
+    check_number("percentile", percentile, 0, 100)
+    check_int("cap", cap, 2)
+    if not callable(tokenizer):
+        raise ValueError(f"tokenizer must be a tokenizer, as load_model returns it; got {type(tokenizer).__name__}")
+    lengths = sorted(len(ids) for ids in tokenizer(texts, truncation=False)["input_ids"])
+    limit = getattr(tokenizer, "model_max_length", None)
+    cap = min(cap, limit) if isinstance(limit, int) and limit < 10 ** 6 else cap
+    if lengths[-1] <= cap:
+        return lengths[-1]
+    return min(cap, lengths[max(math.ceil(percentile / 100 * len(lengths)) - 1, 0)])
 
 
 def num_labels(splits) -> int:
