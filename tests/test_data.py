@@ -192,7 +192,8 @@ def test_whole_number_labels_not_from_zero_are_renumbered_and_reported(tmp_path)
 
 def test_bad_files_and_columns_name_the_file_and_the_column(tmp_path):
     source = write_task("a", tmp_path, "jsonl")
-    with pytest.raises(ValueError, match=r"task_a\.jsonl .*no column 'review' \(text_column\); its columns: text, label"):
+    with pytest.raises(ValueError, match=r"task_a\.jsonl .*no column 'review' \(text_column\); "
+                                         r"its columns: text, label"):
         load_task(str(source), text_column="review")
     with pytest.raises(ValueError, match=r"no column 'stars' \(label_column\)"):
         load_task(str(source), label_column="stars")

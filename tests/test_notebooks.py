@@ -10,8 +10,9 @@ import pytest
 import torch
 import transformers
 
-from layerfreeze.course.runner import notebook_paths, run_course
+from layerfreeze.course.runner import notebook_paths, run_course, run_notebook
 from layerfreeze.course.publish import publish_results
+from tests.task_files import FORMATS, write_task
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = notebook_paths(ROOT / "notebooks")
@@ -92,3 +93,40 @@ def test_results_page_from_the_course_run(smoke_course, tmp_path):
                 (smoke_course / "figures" / f"{name}.png").read_bytes()
     # the CPU is on no datasheet: no T4 estimate is made up for it
     assert "T4" not in text
+
+
+# One more smoke run of each notebook that loads data, on local files: the formats rotate so each is read by two or
+# more notebooks (CSV, JSON lines, Parquet, a folder in the Hub's own layout), notebook 01 reads other column names
+# and string labels, and 02, 04 and 06 run a tiny decoder in the same run.
+OWN_DATA_RUNS = {
+    "01_parameter_inspection": dict(task_a="csv", columns=("review", "stars"), model_name="minilm"),
+    "02_freezing_early_vs_late": dict(task_a="jsonl", model_name="tiny:llama"),
+    "03_gradual_unfreezing": dict(task_a="parquet", model_name="minilm"),
+    "04_catastrophic_forgetting": dict(task_a="hub", task_b="csv", model_name="tiny:llama"),
+    "05_interactive_layer_picker": dict(task_a="hub", model_name="minilm"),
+    "06_freezing_in_llm_work": dict(task_a="parquet", task_b="jsonl", model_name="tiny:llama"),
+}
+
+
+def test_own_data_runs_cover_every_format_and_notebook():
+    formats = [run[key] for run in OWN_DATA_RUNS.values() for key in ("task_a", "task_b") if key in run]
+    assert set(formats) == set(FORMATS)
+    loading = [p.stem for p in NOTEBOOKS if "load_task(" in p.read_text()]
+    assert sorted(OWN_DATA_RUNS) == loading
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("stem", OWN_DATA_RUNS)
+def test_runs_on_local_files(stem, tmp_path):
+    run = OWN_DATA_RUNS[stem]
+    text_column, label_column = run.get("columns", ("text", "label"))
+    files = {key: str(write_task(task, tmp_path / "data", run[key], text_column=text_column,
+                                 label_column=label_column, label_names="columns" in run))
+             for key, task in (("task_a", "a"), ("task_b", "b")) if key in run}
+    run_notebook(ROOT / "notebooks" / f"{stem}.ipynb", tmp_path / "executed", tmp_path / "results",
+                 tmp_path / "figures", profile="smoke", cell_timeout=900, model_name=run["model_name"],
+                 text_column=text_column, label_column=label_column, **files)
+    metrics = json.loads((tmp_path / "results" / f"{stem}.json").read_text())
+    assert metrics["profile"] == "smoke" and metrics["key_tables"] and all(t["rows"] for t in metrics["key_tables"])
+    executed = (tmp_path / "executed" / f"{stem}.ipynb").read_text()
+    assert files["task_a"].replace("\\", "\\\\") in executed  # the note printed what was loaded

@@ -235,6 +235,8 @@ def load_task(name: str = "a", *, limit: dict[str, int] | None = None, seed: int
                                            for s, rows in generate_splits(name).items()})
         splits = splits.cast_column("label", datasets.ClassLabel(names=LABEL_NAMES[name]))
         splits.note = f"task {name!r}: the generated task's own train, validation and test splits"
+        if (text_column, label_column) != ("text", "label"):
+            splits.note += f" (text_column and label_column do not apply: task {name!r} has its own columns)"
     else:
         splits = _load_any_task(name, seed, text_column, label_column)
     for split, size in (limit or {}).items():
@@ -279,9 +281,12 @@ def _load_any_task(name: str, seed: int, text_column: str, label_column: str):
     import datasets
 
     source, test_split = (HUB_DATASETS[name][0], HUB_DATASETS[name][2]) if name in HUB_DATASETS else (str(name), "test")
-    text_column = HUB_DATASETS[name][1] if name in HUB_DATASETS else text_column
-    raw = dict(_read_source(source))
     notes = []
+    if name in HUB_DATASETS and (text_column, label_column) != ("text", "label"):
+        notes.append(f"text_column and label_column do not apply: {name!r} has its own columns")
+    if name in HUB_DATASETS:
+        text_column, label_column = HUB_DATASETS[name][1], "label"
+    raw = dict(_read_source(source))
     if test_split != "test" and test_split in raw:  # sst2: the labelled validation split serves as test
         notes.append(f"{test_split!r} serves as test (the Hub's test split has no labels)")
         raw = {"train": raw["train"], "test": raw[test_split]}
@@ -392,15 +397,17 @@ def _carve_missing_splits(splits: dict, seed: int, notes: list) -> dict:
 
 def suggest_max_length(split, tokenizer, percentile: float = 95, cap: int = 256) -> int:
     """Tokens to keep per text, from the data: the longest text's length when every text fits in ``cap`` (nothing
-    is cut), otherwise the ``percentile``-th length, at most ``cap`` and the tokenizer's own limit. Reads at most
-    5000 texts.
+    is cut), otherwise the ``percentile``-th length, at most ``cap`` and the tokenizer's own limit. ``split`` is one
+    split or a whole task (every split's texts count); reads at most 5000 texts a split.
 
     >>> from layerfreeze.base.models import tiny_tokenizer
     >>> suggest_max_length([{"text": "a b c", "label": 0}, {"text": "a", "label": 1}], tiny_tokenizer())
     5
     """
-    sample = split[:5000] if isinstance(split, list) else split.select(range(min(5000, len(split))))
-    texts, _ = _text_and_labels(sample)
+    texts = []
+    for part in split.values() if isinstance(split, dict) else [split]:  # a whole task: every split's texts
+        sample = part[:5000] if isinstance(part, list) else part.select(range(min(5000, len(part))))
+        texts += _text_and_labels(sample)[0]
     check_number("percentile", percentile, 0, 100)
     check_int("cap", cap, 2)
     if not callable(tokenizer):
