@@ -124,3 +124,23 @@ def test_train_runs_and_writes_its_metrics(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads(output.read_text())
     assert metrics["steps"] == 2 and metrics["replicas_identical"]
+
+
+@pytest.mark.slow
+def test_train_on_your_own_csv_and_bad_files_are_one_line(tmp_path):
+    from tests.task_files import write_task
+
+    data = write_task("a", tmp_path, "csv", text_column="review", label_column="stars", label_names=True)
+    output = tmp_path / "metrics.json"
+    result = command("train", "--data", str(data), "--text-column", "review", "--label-column", "stars",
+                     "--model", "tiny:bert", "--train-limit", "16", "--eval-limit", "8", "--epochs", "1",
+                     "--batch-size", "8", "--output", str(output), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "validation split made from train" in result.stdout
+    assert json.loads(output.read_text())["steps"] == 2
+    for flags, message in [(["--text-column", "body"], "has no column 'body' (text_column); its columns: review, "
+                                                         "stars"),
+                           (["--task", "b"], "both name the task")]:
+        result = command("train", "--data", str(data), "--label-column", "stars", *flags, cwd=tmp_path)
+        assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+        assert len(result.stderr.strip().splitlines()) == 1

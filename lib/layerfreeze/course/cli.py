@@ -195,6 +195,10 @@ def add_train_parser(commands) -> None:
     train = commands.add_parser("train", help="fine-tune with a freezing plan or an unfreezing schedule")
     train.add_argument("--model", default="minilm", help="minilm, a Hub id, a local directory, or tiny:FAMILY")
     train.add_argument("--task", default="a", choices=TASK_NAMES, help="the task to fine-tune on")
+    train.add_argument("--data", default=None, metavar="PATH_OR_HUB_ID",
+                       help="your own task instead of --task: a CSV/JSONL/Parquet file, a folder, or a Hub dataset id")
+    train.add_argument("--text-column", default="text", help="the text column of --data")
+    train.add_argument("--label-column", default="label", help="the label column of --data (strings or numbers)")
     train.add_argument("--plan", type=plan, default="top:2", help=f"what trains without a schedule: {PLANS}")
     train.add_argument("--schedule", default="none", choices=["none", "gradual", "chain-thaw"],
                        help="an unfreezing schedule instead of a fixed plan")
@@ -235,6 +239,8 @@ def _check_plan_flags(args) -> None:
     elif args.schedule != "none":
         raise ValueError(f"--trainable-layers {args.trainable_layers} is a fixed plan; it cannot be combined with "
                          f"--schedule {args.schedule!r} (use --schedule none)")
+    if args.data is not None and args.task != "a":
+        raise ValueError(f"--data {args.data!r} and --task {args.task!r} both name the task: give one")
 
 
 def _train(args) -> None:
@@ -279,7 +285,10 @@ def _train_and_report(args, rank: int, world_size: int) -> None:
 
     device = process_device(rank)
     seed_everything(args.seed)
-    splits = load_task(args.task, limit={"train": args.train_limit, "validation": args.eval_limit})
+    splits = load_task(args.data or args.task, limit={"train": args.train_limit, "validation": args.eval_limit},
+                       text_column=args.text_column, label_column=args.label_column)
+    if rank == 0:
+        print(splits.note, flush=True)
     model, tokenizer = load_model(args.model, num_labels=num_labels(splits))
     model.to(device)
     train = encode(splits["train"], tokenizer, args.max_length)
