@@ -321,6 +321,8 @@ def _read_source(source: str):
     if path.is_file() and path.suffix.lower() not in FILE_FORMATS:
         raise ValueError(f"file {source}: format {path.suffix or '(none)'!r} is not read; valid: "
                          f"{', '.join(FILE_FORMATS)}")
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # an error then stays one line, as the command line promises
     try:
         if path.is_file():
             return datasets.load_dataset(FILE_FORMATS[path.suffix.lower()], data_files={"train": str(path)})
@@ -332,6 +334,9 @@ def _read_source(source: str):
                              f"(HF_HUB_OFFLINE=1): run where the Hub is reachable, e.g. on Colab") from error
         kind = "file" if path.is_file() else "folder" if path.is_dir() else "Hub dataset"
         raise ValueError(f"{kind} {source} could not be read as a dataset: {type(error).__name__}: {reason}") from error
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
 
 
 def _text_and_label_columns(split, source: str, name: str, text_column: str, label_column: str):
