@@ -207,6 +207,10 @@ def test_bad_files_and_columns_name_the_file_and_the_column(tmp_path):
         load_task(str(broken))
     with pytest.raises(ValueError, match="not a file or folder here, nor a Hub dataset id"):
         load_task(str(tmp_path / "missing.csv"))
+    scores = tmp_path / "scores.csv"
+    scores.write_text("text,label\nfine,0.5\ngood,1.5\n")
+    with pytest.raises(ValueError, match=r"scores\.csv: column 'label' \(label_column\) must hold strings or whole"):
+        load_task(str(scores))
     with pytest.raises(ValueError, match="text_column must be a column name"):
         load_task(str(source), text_column="")
 

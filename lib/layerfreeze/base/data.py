@@ -6,7 +6,9 @@
 * Task **B**, topic (5 labels). Each text is about one topic but often mentions another in a side remark.
 
 Both come from one seeded generator (:func:`generate_task`); ``data/`` holds the files it writes, and
-``data/README.md`` is their data card. Every split has the columns ``text`` (str) and ``label`` (int).
+``data/README.md`` is their data card. :func:`load_task` also reads Hub datasets and your own CSV, JSON-lines or
+Parquet files and folders, all through ``datasets.load_dataset`` (``docs/your_data.md``). Every split has the columns
+``text`` (str) and ``label`` (a class label with names).
 
 >>> splits = load_task("a")
 >>> sorted(splits), splits["train"].column_names
@@ -290,17 +292,18 @@ def _load_any_task(name: str, seed: int, text_column: str, label_column: str):
     if test_split != "test" and test_split in raw:  # sst2: the labelled validation split serves as test
         notes.append(f"{test_split!r} serves as test (the Hub's test split has no labels)")
         raw = {"train": raw["train"], "test": raw[test_split]}
-    validation = next((raw.pop(s) for s in VALIDATION_NAMES if s in raw), None)
-    found = {"train": raw.pop("train", None), "validation": validation, "test": raw.pop("test", None)}
-    if found["train"] is None:
+    if "train" not in raw:
         raise ValueError(f"{source}: no train split (found: {', '.join(raw) or 'none'}); name a file or folder "
                          f"with a train split, e.g. train.csv")
+    validation = next((raw.pop(s) for s in VALIDATION_NAMES if s in raw), None)
+    found = {"train": raw.pop("train"), "validation": validation, "test": raw.pop("test", None)}
     notes += [f"split {s!r} not used" for s in raw]
-    splits = {s: _text_and_label_columns(d, source, s, text_column, label_column) for s, d in found.items() if d}
+    splits = {s: _text_and_label_columns(d, source, s, text_column, label_column)
+              for s, d in found.items() if d is not None}
     for split in [s for s, d in splits.items() if s != "train" and _unlabelled(d)]:
         notes.append(f"split {split!r} has no labels (-1): not used")
         del splits[split]
-    labels = _class_labels(splits, notes)
+    labels = _class_labels(splits, notes, f"{source}: column {label_column!r} (label_column)")
     splits = {s: d.cast_column("label", labels) if d.features["label"] != labels else d for s, d in splits.items()}
     splits = _carve_missing_splits(splits, seed, notes)
     result = datasets.DatasetDict(train=splits["train"], validation=splits["validation"], test=splits["test"])
@@ -358,7 +361,7 @@ def _text_and_label_columns(split, source: str, name: str, text_column: str, lab
     return split.rename_column(text_column, "text") if text_column != "text" else split
 
 
-def _class_labels(splits: dict, notes: list):
+def _class_labels(splits: dict, notes: list, where: str):
     """One ``ClassLabel`` for every split: the data's own, names from string labels, or classes from whole numbers
     (renumbered from 0, the original values kept as names, when they are not already 0 to K-1)."""
     import datasets
@@ -368,11 +371,11 @@ def _class_labels(splits: dict, notes: list):
         return first
     values = {v for d in splits.values() for v in d["label"]}
     if None in values:
-        raise ValueError("label column has empty cells; every example needs a label")
+        raise ValueError(f"{where} has empty cells; every example needs a label")
     if all(isinstance(v, str) for v in values):
         return datasets.ClassLabel(names=sorted(values))
     if not all(isinstance(v, int) or (isinstance(v, float) and v.is_integer()) for v in values):
-        raise ValueError(f"labels must be strings or whole numbers; got {sorted(values, key=str)[:5]}")
+        raise ValueError(f"{where} must hold strings or whole numbers; got {sorted(values, key=str)[:5]}")
     ordered = sorted(int(v) for v in values if v >= 0)
     if ordered == list(range(len(ordered))):
         return datasets.ClassLabel(num_classes=len(ordered))
