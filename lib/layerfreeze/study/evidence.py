@@ -342,13 +342,32 @@ def finding(key: str, claim: str, interval: Interval, curves: dict[str, Sequence
 
 # --- a fair learning rate ------------------------------------------------------------------------------------------
 
+def grid_edge(rate, grid: Sequence) -> str:
+    """Where a chosen rate sits in its grid: ``""`` inside it, else which edge, in words; a choice on an edge
+    says the grid did not bracket the best rate.
+
+    >>> grid_edge(3e-4, [1e-4, 3e-4, 1e-3]), grid_edge(1e-4, [1e-4, 3e-4, 1e-3])
+    ('', 'on the lower edge of its grid (1e-04 of 1e-04 to 1e-03): a lower rate may score higher')
+    """
+    if len(grid) < 2 or rate not in (min(grid), max(grid)):
+        return ""
+    side, other = ("lower", "lower") if rate == min(grid) else ("upper", "higher")
+    return (f"on the {side} edge of its grid ({_rate(rate)} of {_rate(min(grid))} to {_rate(max(grid))}): "
+            f"a {other} rate may score higher")
+
+
+def _rate(rate) -> str:
+    return ", ".join(f"{r:.0e}" for r in rate) if isinstance(rate, (tuple, list)) else f"{rate:.0e}"
+
+
 def choose_learning_rate(run: Callable[[float], dict], grid: Sequence[float], score: str = "best_accuracy"):
     """Run ``run(rate)`` for every rate of ``grid`` and keep the one whose result scores highest on ``score`` (a key
     of the result: validation accuracy of the method's own task, never the test set). Ties go to the earlier rate.
+    A choice on an edge of the grid is printed (:func:`grid_edge`): the grid did not bracket it.
 
     Returns ``(rate, result, scores)``, ``scores`` mapping each rate to its validation score.
 
-    >>> choose_learning_rate(lambda lr: {"best_accuracy": 1 - abs(lr - 3e-4)}, [1e-4, 3e-4])[0]
+    >>> choose_learning_rate(lambda lr: {"best_accuracy": 1 - abs(lr - 3e-4)}, [1e-4, 3e-4, 1e-3])[0]
     0.0003
     """
     if not grid:
@@ -359,4 +378,7 @@ def choose_learning_rate(run: Callable[[float], dict], grid: Sequence[float], sc
         scores[rate] = float(result[score])
         if best is None or scores[rate] > scores[best[0]]:
             best = (rate, result)
+    edge = grid_edge(best[0], list(grid))
+    if edge:
+        print(f"note: the chosen rate {_rate(best[0])} is {edge}")
     return best[0], best[1], scores
