@@ -55,7 +55,8 @@ def test_bad_input_names_what_is_wrong(bad, message):
 def test_verdicts_combine_and_explain():
     assert combine_verdicts(["holds", "holds"]) == "holds"
     assert combine_verdicts(["holds", "does not hold"]) == "does not hold"
-    assert likely_reason("does not hold", {"a": [0.5, 0.5]}, "the data") == "likely reason: the data"
+    assert combine_verdicts(["holds", "untestable here"]) == "untestable here"
+    assert likely_reason("does not hold", {"a": [0.5, 0.5]}, "the data") == "hypothesis: the data"
     with pytest.raises(ValueError, match="must be one of"):
         likely_reason("maybe", {}, "")
     assert Interval(0.1, 0.05, 0.15).points() == "+10.0 points (95% CI +5.0 to +15.0)"
@@ -81,3 +82,23 @@ def test_the_learning_rate_is_chosen_on_the_score_alone():
     assert scores == {1e-4: 0.8, 3e-4: 0.9, 1e-3: 0.7}
     with pytest.raises(ValueError, match="at least one"):
         choose_learning_rate(run, [])
+
+
+def test_an_undecidable_claim_is_untestable_with_its_number():
+    """Issue 24's cases: a curve still rising beyond its noise, or both sides at the ceiling, cannot refute a claim;
+    a rise within the validation noise, or a clear result, keeps its verdict."""
+    from layerfreeze.study.evidence import finding
+
+    flat = {"full": [0.80, 0.90, 0.90], "LoRA": [0.80, 0.89, 0.90]}
+    rising = {"full": [0.70, 0.80, 0.90], "LoRA": [0.80, 0.89, 0.90]}
+    within = Interval(0.01, -0.02, 0.04)
+    assert finding("k", "c", within, flat, "small", examples=500).verdict == "within noise"
+    untestable = finding("k", "c", within, rising, "small", examples=500)
+    assert untestable.verdict == "untestable here" and "full gained +10.0 points" in untestable.reason
+    assert finding("k", "c", Interval(0.05, 0.02, 0.08), rising, "small", examples=500).verdict == "holds"
+    assert finding("k", "c", within, {"a": [0.80, 0.81]}, "small", examples=100).verdict == "within noise"
+    capped = finding("k", "c", Interval(-0.01, -0.03, 0.01), flat, "small", examples=500, ceiling=0.96,
+                     accuracies={"full": 0.955, "LoRA": 0.953})
+    assert capped.verdict == "untestable here" and capped.reason.startswith("ceiling: full 95.5%, LoRA 95.3%")
+    threshold = finding("k", "adds >= 10 points", Interval(0.05, 0.02, 0.08), {}, "x", threshold=0.10)
+    assert threshold.verdict == "does not hold" and threshold.difference.endswith("against the claim's +10")

@@ -54,7 +54,8 @@ FIT_CASES = [
     (dict(warmup=1.5), "warmup must be a number at least 0 and below 1, got 1.5"),
     (dict(warmup=-2), "warmup must be a whole number of at least 0, got -2"),
     (dict(seed=-1), "seed must be a whole number from 0 to"),
-    (dict(schedule="steps"), "unknown schedule 'steps'; valid: linear, cosine"),
+    (dict(schedule="cosine"), "schedule takes a Schedule .*a learning-rate curve goes to curve=, one of linear"),
+    (dict(curve="steps"), "unknown curve 'steps'; valid: linear, cosine"),
     (dict(cache_prefix=-1), "cache_prefix must be a whole number of at least 0"),
 ]
 

@@ -11,10 +11,10 @@ Two things decide a run's learning rates and trainable set, and ``fit`` takes th
 Either way ``fit`` first turns them into one schedule (a fixed set is a schedule with one phase, as fastai's
 ``fit_one_cycle`` builds its schedule before it hands it to the loop), then runs one loop over small named steps:
 change the trainable set when the schedule says so (:mod:`~layerfreeze.core.optim` adds the new groups to the live
-optimizer), set the rates, take an optimizer step, record the epoch. Under ``torchrun`` it trains with DistributedDataParallel and re-wraps the model
-whenever the trainable set changes, because DDP registers the parameters that need gradients when it is built. The
-frozen-prefix cache lives in :mod:`~layerfreeze.core.cache`, the peak-memory measurement in
-:mod:`~layerfreeze.core.memory`.
+optimizer), set the rates, take an optimizer step, record the epoch. Under ``torchrun`` it trains with
+DistributedDataParallel and re-wraps the model whenever the trainable set changes, because DDP registers the
+parameters that need gradients when it is built. The frozen-prefix cache lives in :mod:`~layerfreeze.core.cache`, the
+peak-memory measurement in :mod:`~layerfreeze.core.memory`.
 """
 
 from __future__ import annotations
@@ -188,17 +188,14 @@ class _Options:
     cache_prefix: bool | int
     progress: bool
     eval_batch_size: int
-    curve_argument: str = "curve"  # the argument that named the curve, for error messages
 
 
 def _curve_and_schedule(options: _Options) -> None:
-    """Before the two were apart, ``schedule`` took a curve name too; a name there still means the curve."""
+    """``curve`` names the learning-rate curve; ``schedule`` is a Schedule (what trains at each step), never a name."""
     if isinstance(options.schedule, str):
-        if options.curve != "linear":
-            raise ValueError(f"schedule={options.schedule!r} and curve={options.curve!r} both name a learning-rate "
-                             "curve: pass the curve as curve=..., and schedule only for an unfreezing Schedule")
-        options.curve, options.schedule, options.curve_argument = options.schedule, None, "schedule"
-    elif options.schedule is not None and not isinstance(options.schedule, Schedule):
+        raise ValueError(f"schedule={options.schedule!r}: schedule takes a Schedule (e.g. lf.gradual_unfreezing(...)); "
+                         f"a learning-rate curve goes to curve=, one of {', '.join(CURVES)}")
+    if options.schedule is not None and not isinstance(options.schedule, Schedule):
         raise ValueError(f"schedule must be an unfreezing Schedule (e.g. layerfreeze.gradual_unfreezing(...)) or "
                          f"None; got {type(options.schedule).__name__}")
 
@@ -230,7 +227,7 @@ def _check_fit_arguments(model, train_data, eval_data, options: _Options) -> Non
                          f"steps ({epochs} epochs of batches of {batch_size}): build it with total_steps="
                          f"{train_steps}, or it would train at rate 0 after its end")
     if schedule is None:
-        check_choice(options.curve_argument, options.curve, CURVES)
+        check_choice("curve", options.curve, CURVES)
         check_rates("lr", options.lr)
 
 

@@ -4,6 +4,8 @@
 * :func:`difference_interval`: a bootstrap interval for a difference of accuracies, over test examples and, where
   there are several, over seeds;
 * :func:`verdict`: *holds*, *does not hold* or *within noise*, from an interval and the claim's threshold;
+* :func:`finding`: a verdict that also says *untestable here* when the run cannot decide the claim (a curve still
+  rising beyond its noise, or both sides at the task's ceiling), with the measured number that says so;
 * :func:`still_improving` and :func:`curve_shape`: whether a validation curve was still rising when training stopped;
 * :func:`choose_learning_rate`: each method's rate from the same small grid, chosen on its own validation data.
 
@@ -26,7 +28,8 @@ from torch import nn
 from ..base.data import as_tensors
 from ..base.runtime import eval_mode
 
-VERDICTS = ("holds", "does not hold", "within noise")
+UNTESTABLE = "untestable here"  # a ceiling reached, or a curve still rising: the run cannot decide the claim
+VERDICTS = ("holds", "does not hold", "within noise", UNTESTABLE)
 
 
 # --- which examples a model gets right -----------------------------------------------------------------------------
@@ -186,15 +189,20 @@ def combine_verdicts(words: Sequence[str]) -> str:
     """
     if "does not hold" in words:
         return "does not hold"
+    if UNTESTABLE in words:
+        return UNTESTABLE
     return "holds" if all(word == "holds" for word in words) else "within noise"
 
 
 def likely_reason(word: str, curves: dict[str, Sequence[float]], otherwise: str, tolerance: float = 0.005) -> str:
-    """After a verdict that is not *holds*: the likely reason, computed where it can be. A run still rising at its
-    last epoch comes first (the comparison is not settled); else ``otherwise``, the notebook's reason for its task.
+    """After a verdict that is not *holds*: the likely reason. A measured one comes first, with its number (a run
+    whose last epoch still gained more than ``tolerance``); anything else is the notebook's ``otherwise``, worded as
+    the hypothesis it is.
 
     >>> likely_reason("within noise", {"top 3": [0.7, 0.8]}, "the test set is small")
-    'likely reason: top 3 still rising at the last epoch'
+    'likely reason: top 3 still rising (+10.0 points in its last epoch)'
+    >>> likely_reason("within noise", {"top 3": [0.8, 0.8]}, "the test set is small")
+    'hypothesis: the test set is small'
     >>> likely_reason("holds", {}, "anything")
     ''
     """
@@ -202,10 +210,57 @@ def likely_reason(word: str, curves: dict[str, Sequence[float]], otherwise: str,
         raise ValueError(f"word must be one of {VERDICTS}; got {word!r}")
     if word == "holds":
         return ""
-    rising = [name for name, curve in curves.items() if still_improving(curve, tolerance)]
+    rising = {name: last_gain(curve) for name, curve in curves.items() if still_improving(curve, tolerance)}
     if rising:
-        return f"likely reason: {', '.join(rising)} still rising at the last epoch"
-    return f"likely reason: {otherwise}"
+        return "likely reason: " + ", ".join(f"{name} still rising ({gain * 100:+.1f} points in its last epoch)"
+                                             for name, gain in rising.items())
+    return f"hypothesis: {otherwise}"
+
+
+def last_gain(curve: Sequence[float]) -> float:
+    """How much the last epoch beat the best earlier one (the whole value for a one-epoch curve).
+
+    >>> round(last_gain([0.6, 0.8, 0.83]), 3), round(last_gain([0.9, 0.8]), 3)
+    (0.03, -0.1)
+    """
+    curve = [float(v) for v in curve]
+    return curve[-1] - (max(curve[:-1]) if len(curve) > 1 else 0.0)
+
+
+def accuracy_noise(accuracy: float, examples: int) -> float:
+    """Two standard errors of the difference between two accuracies near ``accuracy``, each measured on
+    ``examples`` examples: what a change must exceed before it is more than sampling noise.
+
+    >>> round(accuracy_noise(0.8, 200), 3)
+    0.08
+    """
+    if examples < 1:
+        raise ValueError(f"examples must be at least 1; got {examples!r}")
+    return 2 * (2 * accuracy * (1 - accuracy) / examples) ** 0.5
+
+
+def unconverged(curves: dict[str, Sequence[float]], examples: int) -> dict[str, tuple[float, float]]:
+    """The runs whose last epoch gained more than the validation noise: ``{name: (gain, noise)}``.
+
+    >>> unconverged({"a": [0.60, 0.80], "b": [0.80, 0.81]}, examples=500)
+    {'a': (0.2..., 0.05...)}
+    """
+    found = {}
+    for name, curve in curves.items():
+        gain, noise = last_gain(curve), accuracy_noise(float(curve[-1]), examples)
+        if gain > noise:
+            found[name] = (gain, noise)
+    return found
+
+
+def at_ceiling(accuracies: dict[str, float], ceiling: float, examples: int) -> bool:
+    """Whether every accuracy lies within the noise of the task's ``ceiling`` (the best a model can score, e.g.
+    1 minus the label noise): no difference between them can show.
+
+    >>> at_ceiling({"full": 0.955, "LoRA": 0.95}, ceiling=0.96, examples=500), at_ceiling({"a": 0.8}, 0.96, 500)
+    (True, False)
+    """
+    return all(ceiling - value <= accuracy_noise(ceiling, examples) for value in accuracies.values())
 
 
 @dataclass
@@ -254,29 +309,65 @@ class Finding:
 
 
 def finding(key: str, claim: str, interval: Interval, curves: dict[str, Sequence[float]], otherwise: str,
-            threshold: float = 0.0) -> Finding:
-    """A claim that a difference exceeds ``threshold``, tested on ``interval``: its verdict, and the likely reason
-    where it does not hold (:func:`likely_reason`, from ``curves`` or ``otherwise``).
+            threshold: float = 0.0, *, examples: int | None = None, ceiling: float | None = None,
+            accuracies: dict[str, float] | None = None) -> Finding:
+    """A claim that a difference exceeds ``threshold``, tested on ``interval``.
+
+    A verdict other than *holds* becomes *untestable here* when the run cannot decide it, with the number that
+    says so: a run of ``curves`` whose last epoch gained more than the noise of ``examples`` validation examples
+    (:func:`unconverged`), or ``accuracies`` all within noise of the task's ``ceiling`` (:func:`at_ceiling`).
+    Otherwise the reason is :func:`likely_reason`'s (measured, else ``otherwise`` as a hypothesis).
 
     >>> finding("a_beats_b", "a beats b", Interval(0.05, 0.02, 0.08), {}, "the test set is small").verdict
     'holds'
-    >>> finding("a_beats_b", "a beats b", Interval(0.01, -0.02, 0.04), {"a": [0.7, 0.8]}, "small").reason
-    'likely reason: a still rising at the last epoch'
+    >>> found = finding("a_beats_b", "a beats b", Interval(0.01, -0.02, 0.04), {"a": [0.6, 0.8]}, "small", examples=500)
+    >>> found.verdict, found.reason
+    ('untestable here', 'not converged: a gained +20.0 points in its last epoch, more than the noise of 5.1')
     """
     word = verdict(interval, threshold)
-    return Finding(key, claim, word, interval.points(), interval.estimate, interval.low, interval.high, threshold,
-                   likely_reason(word, curves, otherwise))
+    difference = interval.points() + (f", against the claim's {threshold * 100:+.0f}" if threshold else "")
+    reason = likely_reason(word, curves, otherwise)
+    rising = unconverged(curves, examples) if examples and word != "holds" else {}
+    if rising:
+        word, reason = UNTESTABLE, "not converged: " + ", ".join(
+            f"{name} gained {gain * 100:+.1f} points in its last epoch, more than the noise of {noise * 100:.1f}"
+            for name, (gain, noise) in rising.items())
+    elif ceiling is not None and accuracies and examples and word != "holds" and at_ceiling(accuracies, ceiling,
+                                                                                           examples):
+        word, reason = UNTESTABLE, (f"ceiling: {', '.join(f'{n} {a:.1%}' for n, a in accuracies.items())} all within "
+                                    f"the noise ({accuracy_noise(ceiling, examples):.1%}) of the best possible "
+                                    f"{ceiling:.1%}")
+    return Finding(key, claim, word, difference, interval.estimate, interval.low, interval.high, threshold, reason)
 
 
 # --- a fair learning rate ------------------------------------------------------------------------------------------
 
+def grid_edge(rate, grid: Sequence) -> str:
+    """Where a chosen rate sits in its grid: ``""`` inside it, else which edge, in words; a choice on an edge
+    says the grid did not bracket the best rate.
+
+    >>> grid_edge(3e-4, [1e-4, 3e-4, 1e-3]), grid_edge(1e-4, [1e-4, 3e-4, 1e-3])
+    ('', 'on the lower edge of its grid (1e-04 of 1e-04 to 1e-03): a lower rate may score higher')
+    """
+    if len(grid) < 2 or rate not in (min(grid), max(grid)):
+        return ""
+    side, other = ("lower", "lower") if rate == min(grid) else ("upper", "higher")
+    return (f"on the {side} edge of its grid ({_rate(rate)} of {_rate(min(grid))} to {_rate(max(grid))}): "
+            f"a {other} rate may score higher")
+
+
+def _rate(rate) -> str:
+    return ", ".join(f"{r:.0e}" for r in rate) if isinstance(rate, (tuple, list)) else f"{rate:.0e}"
+
+
 def choose_learning_rate(run: Callable[[float], dict], grid: Sequence[float], score: str = "best_accuracy"):
     """Run ``run(rate)`` for every rate of ``grid`` and keep the one whose result scores highest on ``score`` (a key
     of the result: validation accuracy of the method's own task, never the test set). Ties go to the earlier rate.
+    A choice on an edge of the grid is printed (:func:`grid_edge`): the grid did not bracket it.
 
     Returns ``(rate, result, scores)``, ``scores`` mapping each rate to its validation score.
 
-    >>> choose_learning_rate(lambda lr: {"best_accuracy": 1 - abs(lr - 3e-4)}, [1e-4, 3e-4])[0]
+    >>> choose_learning_rate(lambda lr: {"best_accuracy": 1 - abs(lr - 3e-4)}, [1e-4, 3e-4, 1e-3])[0]
     0.0003
     """
     if not grid:
@@ -287,4 +378,7 @@ def choose_learning_rate(run: Callable[[float], dict], grid: Sequence[float], sc
         scores[rate] = float(result[score])
         if best is None or scores[rate] > scores[best[0]]:
             best = (rate, result)
+    edge = grid_edge(best[0], list(grid))
+    if edge:
+        print(f"note: the chosen rate {_rate(best[0])} is {edge}")
     return best[0], best[1], scores

@@ -17,9 +17,12 @@ import pandas as pd
 
 from .evidence import VERDICTS, Finding
 
-TAKEAWAYS = "07_takeaways"
-NOTEBOOKS = {"01": "01_parameter_inspection", "02": "02_freezing_early_vs_late", "03": "03_gradual_unfreezing",
-             "04": "04_catastrophic_forgetting"}
+TAKEAWAYS = "07"  # this page's own number: its earlier metrics are not evidence
+
+
+def _notebook(results: dict, number: str) -> dict | None:
+    """The metrics of notebook ``number`` ("02"), whatever its file is called, or None if it did not run."""
+    return next((metrics for stem, metrics in results.items() if stem.startswith(f"{number}_")), None)
 
 
 def load_results(results_dir: str | Path) -> dict[str, dict]:
@@ -30,7 +33,7 @@ def load_results(results_dir: str | Path) -> dict[str, dict]:
         raise ValueError(f"results_dir {str(results_dir)!r} is not a folder: run `make course` first, or pass the "
                          "output_dir the notebooks wrote to")
     return {path.stem: json.loads(path.read_text()) for path in sorted(results_dir.glob("[0-9][0-9]_*.json"))
-            if path.stem != TAKEAWAYS}
+            if not path.stem.startswith(f"{TAKEAWAYS}_")}
 
 
 def _missing(notebook: str) -> str:
@@ -60,13 +63,13 @@ def role(strategy: dict) -> str | None:
 
 def _accuracies(results: dict) -> dict[str, dict] | None:
     """Notebook 02's rows by :func:`role`."""
-    run = results.get(NOTEBOOKS["02"])
+    run = _notebook(results, "02")
     return None if run is None else {role(row): row for row in run["strategies"] if role(row)}
 
 
 def _forgetting(results: dict) -> dict[str, dict] | None:
     """Notebook 04's summary rows by :func:`role`, each with its ``strategy`` name for the text."""
-    run = results.get(NOTEBOOKS["04"])
+    run = _notebook(results, "04")
     if run is None:
         return None
     return {role(row.get("description") or {}): row for row in run["summary"] if role(row.get("description") or {})}
@@ -80,7 +83,7 @@ def _points(row: dict, measure: str) -> str:
 def _verdict(results: dict, notebook: str, key: str) -> str:
     """The verdict of the finding ``key`` of ``notebook`` (:class:`~layerfreeze.study.evidence.Finding`), else
     'not run'."""
-    for row in results.get(NOTEBOOKS[notebook], {}).get("verdicts", []):
+    for row in (_notebook(results, notebook) or {}).get("verdicts", []):
         found = Finding.from_record(row)
         if found.key == key:
             return found.verdict
@@ -152,7 +155,7 @@ def _guide_lora(results: dict) -> str:
 
 
 def _guide_continued_pretraining(results: dict) -> str:
-    decoder = results.get(NOTEBOOKS["04"], {}).get("decoder", {})
+    decoder = (_notebook(results, "04") or {}).get("decoder", {})
     if not decoder or decoder.get("skipped", True) or not decoder.get("rows"):
         return ("not measured in this run: notebook 04's decoder section needs a real pretrained decoder and was "
                 "skipped (run it with decoder_name = \"gpt2\" and the Hub allowed)")
@@ -186,7 +189,7 @@ def _check_head_plateau(results: dict) -> str:
     if acc is None or not {"head", "full"} <= set(acc):
         return _missing("02")
     head, full = (acc[r]["epochs"][-1]["eval_accuracy"] for r in ("head", "full"))
-    rising = acc["head"]["name"] in results[NOTEBOOKS["02"]].get("still_rising", [])
+    rising = acc["head"]["name"] in _notebook(results, "02").get("still_rising", [])
     return (f"02: {acc['head']['name']} ended at {head:.1%} validation accuracy "
             f"({'still rising' if rising else 'flat'}), full fine-tuning at {full:.1%}")
 
@@ -208,7 +211,7 @@ def _check_forgetting(results: dict) -> str:
 
 
 def _check_drift(results: dict) -> str:
-    cka = results.get(NOTEBOOKS["04"], {}).get("cka", {})
+    cka = (_notebook(results, "04") or {}).get("cka", {})
     if "full" not in cka:
         return _missing("04")
     layer, value = min(cka["full"].items(), key=lambda item: item[1])
@@ -216,7 +219,7 @@ def _check_drift(results: dict) -> str:
 
 
 def _check_lesson(results: dict, lesson: str, sentence: str) -> str:
-    lessons = results.get(NOTEBOOKS["01"], {}).get("requires_grad_lessons")
+    lessons = (_notebook(results, "01") or {}).get("requires_grad_lessons")
     if lessons is None:
         return _missing("01")
     return f"01: {sentence}: {'yes' if lessons.get(lesson) else 'no'}"
