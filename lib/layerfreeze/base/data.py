@@ -249,8 +249,8 @@ def load_task(name: str = "a", *, limit: dict[str, int] | None = None, seed: int
 
 def _check_task_arguments(name, limit, seed, text_column="text", label_column="label") -> None:
     if not isinstance(name, (str, os.PathLike)) or not str(name):
-        raise ValueError(f"task must be one of {', '.join(TASK_NAMES)}, a Hub dataset id or a CSV/JSONL/Parquet file "
-                         f"or folder; got {name!r}")
+        raise ValueError(f"unknown task {name!r}; valid: {', '.join(TASK_NAMES)}, a Hub dataset id ('org/name') or a "
+                         f"CSV/JSONL/Parquet file or folder")
     if not (str(name) in TASK_NAMES or Path(name).exists() or _looks_like_hub_id(str(name))):
         raise ValueError(f"task {str(name)!r} is not a file or folder here, nor a Hub dataset id ('org/name'); "
                          f"valid: {', '.join(TASK_NAMES)}, a Hub dataset id, or a CSV/JSONL/Parquet file or folder")
