@@ -24,7 +24,6 @@ from ..core.freezing import freeze
 from ..core.layers import layer_groups, replace_module
 from ..core.memory import MiB
 from ..core.optim import follow_schedule
-from ..base.runtime import eval_mode
 from ..core.schedules import head_and_body_lrs
 from ..core.strategy import Strategy, apply_preset
 from ..core.training import evaluate, fit
