@@ -56,11 +56,13 @@ class Plan:
         return f"Plan({self.name!r}: {len(self.selection)} selectors)"
 
 
-def apply_plan(model: nn.Module, plan: Plan, eval_frozen: bool = True) -> FreezeReport:
-    """Make exactly ``plan.selection`` trainable; fully frozen groups stay in eval mode (for the feature cache)."""
+def apply_plan(model: nn.Module, plan: Plan, eval_frozen: bool = True, untie: bool = False) -> FreezeReport:
+    """Make exactly ``plan.selection`` trainable; fully frozen groups stay in eval mode (for the feature cache).
+    A plan that trains one name of a tied tensor but not the other (a causal LM's ``lm_head`` without its input
+    embedding) raises, unless ``untie=True`` gives each its own copy (see :func:`~layerfreeze.train_only`)."""
     if not plan.selection:
         raise ValueError(f"plan {plan.name!r} selects nothing to train")
-    report = train_only(model, *plan.selection, eval_frozen=eval_frozen)
+    report = train_only(model, *plan.selection, eval_frozen=eval_frozen, untie=untie)
     report.action = f"apply_plan({plan.name!r})"
     return report
 
@@ -72,29 +74,86 @@ def exact_names(names) -> list[re.Pattern]:
 
 # --- LLaMA-Factory's freeze fine-tuning ----------------------------------------------------------------------------
 
-def _block_parameters(group: LayerGroup, trainable_modules: str) -> list[str]:
-    """Names of the block's parameters that ``trainable_modules`` picks: all, attention, mlp, or globs
-    (comma-separated) on names inside the block, such as ``"attention.*,*.LayerNorm.*"``."""
+def _comma_list(value, argument: str) -> list[str]:
+    """LLaMA-Factory's spelling: one comma-separated string (``"mlp,self_attn"``), or here also a list of them."""
+    items = [value] if isinstance(value, str) else list(value)
+    if not all(isinstance(item, str) for item in items):
+        raise ValueError(f"{argument} must be a comma-separated string or a list of strings; got {value!r}")
+    return [part.strip() for item in items for part in item.split(",") if part.strip()]
+
+
+def _block_parameters(group: LayerGroup, module: str) -> list[str]:
+    """Names of the block's parameters that one ``trainable_modules`` item picks: ``all``; a module's name inside
+    the block, as LLaMA-Factory takes it (``self_attn``, ``mlp``, ``attention``, ``intermediate``, ``ln_1`` ...);
+    the aliases ``attention`` and ``mlp`` in every family; or a glob on names inside the block (``*.LayerNorm.*``)."""
     (prefix,) = group.modules
     inside = {name[len(prefix) + 1:]: name for name in group.parameters}
-    if trainable_modules == "all":
+    if module == "all":
         return list(inside.values())
-    if trainable_modules in MODULE_KINDS:
-        return [full for rel, full in inside.items() if rel.split(".")[0] in MODULE_KINDS[trainable_modules]]
-    globs = [g.strip() for g in trainable_modules.split(",") if g.strip()]
-    return [full for rel, full in inside.items() if any(fnmatch.fnmatchcase(rel, g) for g in globs)]
+    if any(rel.split(".")[0] == module for rel in inside):
+        return [full for rel, full in inside.items() if rel.split(".")[0] == module]
+    if module in MODULE_KINDS:
+        return [full for rel, full in inside.items() if rel.split(".")[0] in MODULE_KINDS[module]]
+    return [full for rel, full in inside.items() if fnmatch.fnmatchcase(rel, module)]
 
 
-def factory_plan(model: nn.Module, trainable_layers: int, trainable_modules: str = "all",
-                 extra_modules: tuple[str, ...] | list[str] = ()) -> Plan:
+def _outside_modules(model: nn.Module, groups: list[LayerGroup]) -> dict[str, list[str]]:
+    """LLaMA-Factory's "non-hidden modules": the last module name of each parameter outside the blocks
+    (``embed_tokens``, ``norm``, ``lm_head``, ``wte``, ``ln_f`` ...), with the parameter names it covers."""
+    outside: dict[str, list[str]] = {}
+    for group in groups:
+        if group.kind != "block":
+            for name in group.parameters:
+                outside.setdefault(name.split(".")[-2] if "." in name else name, []).append(name)
+    return outside
+
+
+def _extra_selectors(model: nn.Module, groups: list[LayerGroup], extras: list[str]) -> list:
+    """Each ``extra_modules`` item as a selector: a group, a LLaMA-Factory module name, or a parameter glob."""
+    group_names = {g.name for g in groups}
+    outside = _outside_modules(model, groups)
+    selectors = []
+    for extra in extras:
+        if extra in group_names or any(ch in extra for ch in "*?["):
+            selectors.append(extra)
+        elif extra in outside:
+            selectors += exact_names(outside[extra])
+        else:
+            raise ValueError(f"extra_modules: {extra!r} is neither a group ({', '.join(sorted(group_names))}), a "
+                             f"module outside the blocks ({', '.join(sorted(outside))}) nor a glob on parameter "
+                             "names such as '*LayerNorm*'")
+    return selectors
+
+
+def task_head(groups: list[LayerGroup]) -> list:
+    """Selectors for the head group without its norms: the output layer (and BERT's pooler), not a decoder's
+    final norm, which LLaMA-Factory trains only when ``extra_modules`` names it. A head with no norm is ``head``."""
+    head = groups[-1]
+    norms = {id(p) for module in head.modules.values() if "Norm" in type(module).__name__
+             for p in module.parameters(recurse=False)}
+    if not norms:
+        return ["head"]
+    return exact_names(name for name, param in head.parameters.items() if id(param) not in norms)
+
+
+def factory_plan(model: nn.Module, trainable_layers: int, trainable_modules: str | list[str] = "all",
+                 extra_modules: str | tuple[str, ...] | list[str] = ()) -> Plan:
     """LLaMA-Factory's ``freeze`` plan. ``trainable_layers``: positive trains the last n blocks, negative the first
-    n. ``trainable_modules``: ``all``, ``attention``, ``mlp``, or comma-separated globs on parameter names inside a
-    block. ``extra_modules``: more groups (``embeddings``) or parameter globs. The task head always trains: it is
-    new. Errors name the argument and what is valid.
+    n. ``trainable_modules``: comma-separated, as LLaMA-Factory takes them: ``all``, or module names inside a block
+    (``self_attn``, ``mlp`` for Llama; ``attn``, ``mlp`` for GPT-2; ``attention``, ``intermediate``, ``output``
+    for BERT), or the aliases ``attention`` and ``mlp`` in every family, or globs on names inside a block.
+    ``extra_modules``: comma-separated modules outside the blocks, as LLaMA-Factory names them (``embed_tokens``,
+    ``norm``, ``lm_head``), groups (``embeddings``) or parameter globs. The task head's output layer always trains
+    (it is new); a decoder's final norm trains only when ``extra_modules`` names it. Unlike LLaMA-Factory, which
+    matches names as substrings (its ``norm`` also trains every block's ``input_layernorm``), a module name here
+    means exactly that module. Errors name the argument and what is valid.
 
-    >>> from layerfreeze import tiny_model
-    >>> factory_plan(tiny_model("bert", num_layers=4), 2).selection[-1]
-    'head'
+    >>> from .models import tiny_model
+    >>> llama = tiny_model("llama", num_layers=4)
+    >>> plan = factory_plan(llama, 2, "mlp,self_attn", "embed_tokens,norm")
+    >>> report = apply_plan(llama, plan)
+    >>> sorted(n for n, p in llama.named_parameters() if p.requires_grad and ".layers." not in n)
+    ['model.embed_tokens.weight', 'model.norm.weight', 'score.weight']
     """
     groups = layer_groups(model)
     blocks = [g for g in groups if g.kind == "block"]
@@ -103,21 +162,25 @@ def factory_plan(model: nn.Module, trainable_layers: int, trainable_modules: str
         raise ValueError(f"trainable_layers must be a non-zero int from -{len(blocks)} to {len(blocks)} (positive: "
                          f"the last n blocks, negative: the first n); got {trainable_layers!r}")
     chosen = blocks[-trainable_layers:] if trainable_layers > 0 else blocks[:-trainable_layers]
-    names = [n for g in chosen for n in _block_parameters(g, trainable_modules)]
-    if not names:
-        raise ValueError(f"trainable_modules={trainable_modules!r} matches no parameter inside a block; valid: all, "
-                         f"attention, mlp, or globs on names such as {next(iter(chosen[0].parameters))!r} without "
-                         f"its block prefix")
-    group_names = {g.name for g in groups}
-    extras = list(extra_modules)
-    for extra in extras:
-        if extra not in group_names and not any(ch in extra for ch in "*?["):
-            raise ValueError(f"extra_modules: {extra!r} is neither a group ({', '.join(sorted(group_names))}) nor "
-                             "a glob on parameter names such as '*LayerNorm*'")
+    modules = _comma_list(trainable_modules, "trainable_modules")
+    (prefix,) = blocks[0].modules
+    inside = sorted({name[len(prefix) + 1:].split(".")[0] for name in blocks[0].parameters})
+    names = []
+    for module in modules or [""]:
+        found = [n for g in chosen for n in _block_parameters(g, module)]
+        if not found:
+            raise ValueError(f"trainable_modules: {module!r} matches no parameter inside a block; valid: all, the "
+                             f"module names inside a block ({', '.join(inside)}), attention, mlp, or globs on names "
+                             f"such as {next(iter(chosen[0].parameters))!r} without its block prefix")
+        names += [n for n in found if n not in names]
+    extras = _comma_list(extra_modules, "extra_modules")
+    spelled = ",".join(modules)
     where = f"{'last' if trainable_layers > 0 else 'first'} {abs(trainable_layers)} block(s)"
-    return Plan(f"{where}, {trainable_modules} modules" + "".join(f", {e}" for e in extras) + ", + head",
-                exact_names(names) + extras + ["head"],
-                f"LLaMA-Factory freeze: trainable_layers={trainable_layers}, trainable_modules={trainable_modules}")
+    return Plan(f"{where}, {spelled} modules" + "".join(f", {e}" for e in extras) + ", + head",
+                exact_names(names) + _extra_selectors(model, groups, extras)
+                + task_head(groups),
+                f"LLaMA-Factory freeze: trainable_layers={trainable_layers}, trainable_modules={spelled}"
+                + (f", extra_modules={','.join(extras)}" if extras else ""))
 
 
 # --- LISA ----------------------------------------------------------------------------------------------------------
