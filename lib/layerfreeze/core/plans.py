@@ -8,9 +8,10 @@
   ``gamma`` blocks to train; embeddings and head always train; the optimizer state of blocks that stop training is
   released. It is a :class:`~layerfreeze.schedules.Schedule`, drawn in advance from a seed, so it can be printed and
   plotted like any other.
-* :class:`AdaptiveFreezing`: AutoFreeze / FreezeOut-style: freeze blocks bottom-up once a block's update norm has
-  stopped changing; :func:`~layerfreeze.fit` calls :meth:`AdaptiveFreezing.observe` after every step, and with
-  ``cache_prefix=True`` the feature cache takes over the newly frozen prefix.
+* :class:`AdaptiveFreezing`: freeze blocks bottom-up once a block's update norm (or, with ``rule="gradient"``,
+  AutoFreeze's gradient norm) has stopped changing; :func:`~layerfreeze.fit` calls
+  :meth:`AdaptiveFreezing.observe` after every step, and with ``cache_prefix=True`` the feature cache takes over
+  the newly frozen prefix.
 * :func:`expand_blocks`: block expansion (LLaMA Pro, Wu et al. 2024): insert copies of blocks that compute the
   identity at initialisation, freeze the original model, train only the copies (and the head).
 
@@ -189,6 +190,10 @@ def lisa(groups: list[str], gamma: int, every: int, total_steps: int, lrs: float
          curve: str = "linear", warmup_steps: int = 0, seed: int = 0) -> Schedule:
     """LISA: every ``every`` steps, ``gamma`` blocks drawn at random (without replacement, from ``seed``) train
     with the embeddings and the head; the other blocks are frozen and their optimizer state is released.
+    A block drawn again for the next phase keeps training with its Adam state; only a block that sat out a phase
+    starts fresh. LMFlow's callback only switches ``requires_grad``, so what a redrawn block's state does there
+    depends on how its trainer builds the optimizer; a trainer that rebuilds it at each switch starts every drawn
+    block fresh.
 
     >>> names = ["embeddings", "block.0", "block.1", "block.2", "head"]
     >>> s = lisa(names, gamma=1, every=5, total_steps=15, lrs=1e-4)
@@ -227,49 +232,118 @@ def plateaued(norms: list[float], window: int, threshold: float) -> bool:
     return abs(now - before) <= threshold * abs(before)
 
 
+ADAPTIVE_RULES = ("update", "gradient")
+
+
 @dataclass(repr=False)
 class AdaptiveFreezing(Schedule):
-    """Freeze bottom-up: every ``interval`` steps, measure each training group's update norm over the interval
-    (divided by the summed learning-rate multiplier, so that the LR curve does not count as a change); when the
-    lowest training group's norm has changed by less than ``threshold`` (relative) over ``window`` measurements, it
-    freezes for good. The head and the top ``keep_trainable`` non-head groups never freeze. Keeps one copy of the
-    training groups' weights. Build it with :func:`adaptive_freezing`."""
+    """Freeze bottom-up: every ``interval`` steps, measure each training group's activity over the interval; when
+    the lowest training group's measure has changed by less than ``threshold`` (relative) over ``window``
+    measurements, it freezes for good. The head and the top ``keep_trainable`` non-head groups never freeze.
+    Build it with :func:`adaptive_freezing`.
+
+    ``rule`` picks the measure:
+
+    * ``update`` (default): the norm of the group's weight change over the interval, divided by the summed
+      learning-rate multiplier (so that the LR curve does not count as a change). Keeps one copy of the training
+      groups' weights. Under Adam the update barely follows the gradient's size: a gradient halved every
+      interval read as a 17% change in the planted test (tests/test_signals_planted.py), so at threshold 0.3
+      it froze.
+    * ``gradient``: AutoFreeze's (Liu et al. 2021) measure, the group's gradient norm summed over the interval's
+      steps; the halved gradient reads as a 50% change and does not freeze at 0.3. The gradients are read by hooks
+      as each backward pass accumulates them (so before clipping and, under fp16, still loss-scaled); the first
+      interval, whose first step ran before the hooks, is not measured. One process only: each process's local
+      gradients would differ. AutoFreeze freezes a layer whose change falls below a percentile of all layers'
+      changes; here, as in the update rule, below a fixed ``threshold``.
+
+    FreezeOut (Brock et al. 2017), which freezes each layer at a time fixed in advance with its learning rate
+    annealed to zero, is not implemented."""
 
     interval: int = 10
     window: int = 3
     threshold: float = 0.05
     keep_trainable: int = 1
-    norms: dict = field(default_factory=dict)  # group -> normalised update norms, one per measurement
+    rule: str = "update"
+    norms: dict = field(default_factory=dict)  # group -> normalised update (or gradient) norms, one per measurement
     frozen_at: list = field(default_factory=list)  # (step, group)
     freezes_for_good = True  # the feature cache may take over what it freezes
     _previous: dict = field(default_factory=dict)
+    _hooks: list = field(default_factory=list)
+    _watching_from: int | None = None  # the first step whose gradients the hooks saw
+    _step_squares: dict = field(default_factory=dict)  # group -> squared gradient norm of the running step
+    _interval_sums: dict = field(default_factory=dict)  # group -> gradient norms summed over the interval
 
     def observe(self, step: int, model: nn.Module, groups: list[LayerGroup]) -> bool:
         """Measure after optimizer step ``step``; returns whether a group froze (from ``step`` on)."""
+        if self.rule == "gradient":
+            self._close_gradient_step(step, groups)
         if step % self.interval:
             return False
         training = [g for g in groups if g.name in self.trainable_at(step - 1) and g.kind != "head"]
+        if self.rule == "gradient":
+            self._record_gradient_norms(step, training)
+        else:
+            self._record_update_norms(step, training)
+        if len(training) <= self.keep_trainable:
+            return False
+        lowest = training[0].name
+        if not plateaued(self.norms.get(lowest, []), self.window, self.threshold):
+            return False
+        self._previous.pop(lowest, None)
+        self.phases.append((step, tuple(g for g in self.trainable_at(step - 1) if g != lowest)))
+        self.frozen_at.append((step, lowest))
+        return True
+
+    def _record_update_norms(self, step: int, training: list[LayerGroup]) -> None:
         lr_sum = sum(self.multiplier(s) for s in range(step - self.interval, step)) or 1.0
         for group in training:
             now = torch.cat([p.detach().float().reshape(-1) for p in group.parameters.values()])
             if group.name in self._previous:
                 self.norms.setdefault(group.name, []).append(float((now - self._previous[group.name]).norm()) / lr_sum)
             self._previous[group.name] = now
-        if len(training) <= self.keep_trainable:
-            return False
-        lowest = training[0].name
-        if not plateaued(self.norms.get(lowest, []), self.window, self.threshold):
-            return False
-        del self._previous[lowest]
-        self.phases.append((step, tuple(g for g in self.trainable_at(step - 1) if g != lowest)))
-        self.frozen_at.append((step, lowest))
-        return True
+
+    def _close_gradient_step(self, step: int, groups: list[LayerGroup]) -> None:
+        """Add the finished step's gradient norm to each group's interval sum; attach the hooks on first call."""
+        if self._watching_from is None:
+            if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                    and torch.distributed.get_world_size() > 1:
+                raise ValueError("adaptive freezing with rule='gradient' reads each process's local gradients, "
+                                 "which differ between processes; use rule='update' for distributed training")
+            self._watch_gradients(groups)
+            self._watching_from = step + 1
+            return
+        for name, squares in self._step_squares.items():
+            self._interval_sums[name] = self._interval_sums.get(name, 0.0) + squares.sqrt()
+        self._step_squares.clear()
+
+    def _watch_gradients(self, groups: list[LayerGroup]) -> None:
+        def hook(param, name):
+            grad = param.grad.detach().float().pow(2).sum()
+            self._step_squares[name] = self._step_squares.get(name, 0.0) + grad
+        for group in groups:
+            if group.kind != "head":
+                self._hooks += [p.register_post_accumulate_grad_hook(lambda p, n=group.name: hook(p, n))
+                                for p in group.parameters.values()]
+
+    def _record_gradient_norms(self, step: int, training: list[LayerGroup]) -> None:
+        if step - self.interval + 1 >= self._watching_from:  # a whole interval seen
+            for group in training:
+                self.norms.setdefault(group.name, []).append(float(self._interval_sums.get(group.name, 0.0)))
+        self._interval_sums.clear()
+
+    def release_hooks(self) -> None:
+        """Remove the gradient hooks of ``rule='gradient'`` from the model's parameters."""
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks.clear()
 
 
 def adaptive_freezing(groups: list[str], total_steps: int, lrs: float | dict[str, float], *, interval: int = 10,
-                      window: int = 3, threshold: float = 0.05, keep_trainable: int = 1, curve: str = "linear",
-                      warmup_steps: int = 0, trainable: list[str] | None = None) -> AdaptiveFreezing:
-    """An :class:`AdaptiveFreezing` plan that starts with ``trainable`` (all groups by default).
+                      window: int = 3, threshold: float = 0.05, keep_trainable: int = 1, rule: str = "update",
+                      curve: str = "linear", warmup_steps: int = 0,
+                      trainable: list[str] | None = None) -> AdaptiveFreezing:
+    """An :class:`AdaptiveFreezing` plan that starts with ``trainable`` (all groups by default); ``rule`` is
+    ``update`` (the weights' update norm) or ``gradient`` (AutoFreeze's gradient norm).
 
     >>> plan = adaptive_freezing(["embeddings", "block.0", "head"], 100, 1e-4, interval=5)
     >>> plan.trainable_at(0), plan.change_steps()
@@ -280,11 +354,14 @@ def adaptive_freezing(groups: list[str], total_steps: int, lrs: float | dict[str
             raise ValueError(f"{name} must be an int >= {low}; got {value!r}")
     if not threshold > 0:
         raise ValueError(f"threshold, the relative change below which a block freezes, must be > 0; got {threshold!r}")
+    if rule not in ADAPTIVE_RULES:
+        raise ValueError(f"rule must be one of {', '.join(ADAPTIVE_RULES)} (what adaptive freezing measures); "
+                         f"got {rule!r}")
     phase = tuple(trainable) if trainable is not None else tuple(groups)
     return AdaptiveFreezing(list(groups), [(0, phase)], resolve_rates(groups, lrs), total_steps, curve,
-                            warmup_steps, f"adaptive freezing (every {interval} steps, window {window}, "
+                            warmup_steps, f"adaptive freezing ({rule} norm, every {interval} steps, window {window}, "
                             f"threshold {threshold:g})", release_frozen_state=True, interval=interval, window=window,
-                            threshold=threshold, keep_trainable=keep_trainable)
+                            threshold=threshold, keep_trainable=keep_trainable, rule=rule)
 
 
 # --- block expansion -------------------------------------------------------------------------------------------------

@@ -184,14 +184,18 @@ def matrix_snr(weight: torch.Tensor) -> dict:
     >>> math.isfinite(result["snr_ratio"])
     True
     """
-    values = _singular_values(weight)
+    return _reference_snr(_singular_values(weight), *weight.shape)
+
+
+def _reference_snr(values: torch.Tensor, rows: int, columns: int) -> dict:
     sigma = float(torch.quantile(values, 0.75) - torch.quantile(values, 0.25)) / 1.349
-    threshold = marchenko_pastur_threshold(sigma, *weight.shape)
+    threshold = marchenko_pastur_threshold(sigma, rows, columns)
     signal, noise = float(values[values > threshold].sum()), float(values[values <= threshold].sum())
     noise = noise if bool((values <= threshold).any()) else 1.0
     snr = signal / noise if noise > 0 else math.inf
+    largest = float(values[0])
     return {"sigma": sigma, "threshold": threshold, "signal_values": int((values > threshold).sum()), "snr": snr,
-            "snr_ratio": snr / float(values[0])}
+            "snr_ratio": snr / largest if largest > 0 else math.nan}
 
 
 @functools.lru_cache(maxsize=256)
@@ -228,7 +232,8 @@ def matrix_snr_mp(weight: torch.Tensor) -> dict:
     """An SNR that passes the planted-signal test: the noise level ``mp_sigma`` is fitted so that the median
     singular value sits at the Marchenko-Pastur median (a low-rank signal moves a few top values, not the median);
     values above :func:`noise_edge` are signal; ``mp_snr = sum(signal) / sum(noise)``. It is 0 for pure noise,
-    above 0 for a planted signal, unchanged when the matrix is scaled, and finite for every shape.
+    above 0 for a planted signal, unchanged when the matrix is scaled, and finite for every shape of a matrix that
+    holds noise (inf only for one of rank under half its smaller side, with no noise to fit).
 
     >>> g = torch.Generator().manual_seed(0)
     >>> noise = 0.02 * torch.randn(128, 256, generator=g)
@@ -236,14 +241,18 @@ def matrix_snr_mp(weight: torch.Tensor) -> dict:
     >>> matrix_snr_mp(noise)["mp_signal_values"], matrix_snr_mp(planted)["mp_signal_values"]
     (0, 1)
     """
-    values = _singular_values(weight)
-    n, m = sorted(weight.shape)
+    return _mp_snr(_singular_values(weight), *weight.shape)
+
+
+def _mp_snr(values: torch.Tensor, rows: int, columns: int) -> dict:
+    n, m = sorted((rows, columns))
     sigma = float(values.median()) / math.sqrt(m * marchenko_pastur_median(round(n / m, 6)))
     edge = noise_edge(sigma, n, m)
     signal = values > edge
-    noise = float(values[~signal].sum())
-    return {"mp_sigma": sigma, "mp_edge": edge, "mp_signal_values": int(signal.sum()),
-            "mp_snr": float(values[signal].sum()) / noise if noise > 0 else 0.0}
+    noise, signal_sum = float(values[~signal].sum()), float(values[signal].sum())
+    # no noise left to compare with: a zero matrix (0), or one of rank under half its smaller side (inf)
+    snr = signal_sum / noise if noise > 0 else (math.inf if signal_sum > 0 else 0.0)
+    return {"mp_sigma": sigma, "mp_edge": edge, "mp_signal_values": int(signal.sum()), "mp_snr": snr}
 
 
 def spectrum_snr(model: nn.Module) -> pd.DataFrame:
@@ -257,8 +266,9 @@ def spectrum_snr(model: nn.Module) -> pd.DataFrame:
         (prefix,) = group.modules
         for name, param in group.parameters.items():
             if param.ndim == 2:
+                values = _singular_values(param)  # once, for both scores
                 rows.append({"parameter": name, "group": group.name, "kind": name[len(prefix) + 1:],
-                             **matrix_snr(param), **matrix_snr_mp(param)})
+                             **_reference_snr(values, *param.shape), **_mp_snr(values, *param.shape)})
     return pd.DataFrame(rows)
 
 
