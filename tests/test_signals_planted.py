@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from layerfreeze.core import freezing, plans, signals
+from layerfreeze.core import freezing, plans, signals, training
 from layerfreeze.core.layers import layer_groups
 from layerfreeze.core.models import tiny_model
 from layerfreeze.course import cli
@@ -212,6 +212,22 @@ def test_the_update_rule_reads_the_halving_gradient_as_a_small_change():
     plan = run_planted_gradient("update", [0.5 ** k for k in range(8)])
     changes = [1 - b / a for a, b in zip(plan.norms["block.0"], plan.norms["block.0"][1:])]
     assert max(changes[:2]) < 0.35 and plan.frozen_at
+
+
+def test_the_gradient_rule_inside_fit_measures_from_the_second_interval_and_freezes_bottom_up():
+    model = tiny_model("bert", num_layers=4)
+    names = [g.name for g in layer_groups(model)]
+    freezing.train_only(model, *names[1:], eval_frozen=True)
+    plan = plans.adaptive_freezing(names, 24, 1e-3, interval=2, window=1, threshold=100.0, rule="gradient",
+                                   trainable=names[1:])
+    history = training.fit(model, toy_task(64), toy_task(32), epochs=6, batch_size=16, schedule=plan,
+                           cache_prefix=True, progress=False)
+    assert [g for _, g in plan.frozen_at] == ["block.0", "block.1", "block.2"]
+    assert plan.frozen_at[0][0] == 6  # measured at steps 4 and 6: the first interval began before the hooks
+    assert all(norm > 0 for norm in plan.norms["block.0"])
+    assert history.cached_groups == ["embeddings", "block.0", "block.1", "block.2"]
+    plan.release_hooks()
+    assert not any(p._post_accumulate_grad_hooks for p in model.parameters())
 
 
 def test_adaptive_freezing_names_a_bad_rule():

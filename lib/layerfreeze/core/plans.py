@@ -323,7 +323,7 @@ class AdaptiveFreezing(Schedule):
         for group in groups:
             if group.kind != "head":
                 self._hooks += [p.register_post_accumulate_grad_hook(lambda p, n=group.name: hook(p, n))
-                                for p in group.parameters.values()]
+                                for p in group.parameters.values() if p.requires_grad]  # a frozen one takes none
 
     def _record_gradient_norms(self, step: int, training: list[LayerGroup]) -> None:
         if step - self.interval + 1 >= self._watching_from:  # a whole interval seen
