@@ -62,7 +62,8 @@ def describe_device(device: torch.device | None = None) -> str:
 
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode inside the block and give it back in the mode it had (train or eval).
+    """Put ``model`` in eval mode inside the block and give every module back the mode it had (train or eval):
+    a model in train mode whose frozen groups ``eval_frozen=True`` holds in eval mode comes back that way.
 
     >>> from torch import nn
     >>> layer = nn.Dropout().train()
@@ -72,12 +73,13 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     >>> layer.training
     True
     """
-    was_training = model.training
+    modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
         yield model
     finally:
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
 
 
 # --- mixed precision -----------------------------------------------------------------------------------------------

@@ -224,18 +224,22 @@ def add_factory_plan_flags(train: argparse.ArgumentParser) -> None:
     group.add_argument("--trainable-layers", type=nonzero_int, default=None,
                        help="positive n: train the last n blocks; negative n: the first n")
     group.add_argument("--trainable-modules", default="all",
-                       help="inside those blocks: all, attention, mlp, or comma-separated globs on parameter names "
-                            "inside a block (e.g. 'attention.*')")
+                       help="inside those blocks, comma-separated as in LLaMA-Factory: all, module names inside a "
+                            "block (self_attn, mlp ...), attention, mlp, or globs on names inside a block")
     group.add_argument("--extra-modules", nargs="*", default=[],
-                       help="more groups or parameter globs to train, e.g. embeddings '*LayerNorm*'")
+                       help="more to train: modules outside the blocks as LLaMA-Factory names them "
+                            "(embed_tokens,norm), groups or parameter globs, e.g. embeddings '*LayerNorm*'")
+    group.add_argument("--untie", action="store_true",
+                       help="give a head tied to the input embedding a copy of its own, so the plan can train one")
 
 
 def _check_plan_flags(args) -> None:
     """Refuse contradictory flags before any model or data loads."""
     if args.trainable_layers is None:
-        if args.trainable_modules != "all" or args.extra_modules:
-            raise ValueError("--trainable-modules and --extra-modules need --trainable-layers N (got "
-                             f"--trainable-modules {args.trainable_modules!r}, --extra-modules {args.extra_modules})")
+        if args.trainable_modules != "all" or args.extra_modules or args.untie:
+            raise ValueError("--trainable-modules, --extra-modules and --untie need --trainable-layers N (got "
+                             f"--trainable-modules {args.trainable_modules!r}, --extra-modules {args.extra_modules}, "
+                             f"--untie {args.untie})")
     elif args.schedule != "none":
         raise ValueError(f"--trainable-layers {args.trainable_layers} is a fixed plan; it cannot be combined with "
                          f"--schedule {args.schedule!r} (use --schedule none)")
@@ -277,8 +281,8 @@ def _train_and_report(args, rank: int, world_size: int) -> None:
     from ..core.freezing import fingerprint
     from ..core.layers import layer_groups
     from ..base.models import load_model
-    from ..core.plans import factory_plan
     from ..base.runtime import process_device, seed_everything
+    from ..core.plans import apply_plan, factory_plan
     from ..core.schedules import chain_thaw, discriminative_lrs, gradual_unfreezing
     from ..core.training import fit
     from ..core.strategy import Strategy
@@ -301,9 +305,11 @@ def _train_and_report(args, rank: int, world_size: int) -> None:
         unfreezing = gradual_unfreezing if args.schedule == "gradual" else chain_thaw
         schedule = unfreezing(names, args.every, steps, rates, curve=args.curve)
     else:
-        plan = None if args.trainable_layers is None else factory_plan(
-            model, args.trainable_layers, args.trainable_modules, args.extra_modules)
-        (Strategy("command line", *args.plan) if plan is None else Strategy("command line", plan=plan)).apply(model)
+        if args.trainable_layers is None:
+            Strategy("command line", *args.plan).apply(model)
+        else:
+            plan = factory_plan(model, args.trainable_layers, args.trainable_modules, args.extra_modules)
+            apply_plan(model, plan, untie=args.untie)
     history = fit(model, train, validation, epochs=args.epochs, lr=rates, batch_size=args.batch_size,
                 curve=args.curve, schedule=schedule, seed=args.seed, device=device, progress=rank == 0)
     _report(args, history, fingerprint(model), rank, world_size, dist)
