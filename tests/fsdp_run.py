@@ -1,0 +1,102 @@
+"""Runs ``fit`` under FSDP2 on every rank (launched by torchrun or accelerate) and writes what each rank holds, for
+tests/test_distributed.py to compare: the final parameters, which ones moved since the start, the trainable set, the
+tensors with optimizer state, and the bytes of weights, gradients and optimizer state this rank holds beside
+``estimate_memory``'s sharded estimate.
+
+``fsdp_run.py REPORT train ARGS...`` runs the command line (``python -m layerfreeze train ARGS...``);
+``fsdp_run.py REPORT lisa`` runs ``fit`` with LISA on a tiny model. Each rank writes ``REPORT.rank<N>.json``.
+"""
+
+import json
+import sys
+
+
+def rank_report(model, optimizer, history, before: dict, train_data) -> dict:
+    """This rank's view of the run (collectives inside: every rank calls it once, after fit)."""
+    import torch
+
+    from layerfreeze.core.data import as_tensors
+    from layerfreeze.core.freezing import fingerprint
+    from layerfreeze.core.layers import layer_groups
+    from layerfreeze.core.memory import estimate_memory
+    from layerfreeze.core.runtime import distributed_context, is_sharded, local_bytes
+
+    rank, world_size = distributed_context()
+    after = fingerprint(model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    with_state = sorted(names[id(p)] for p, state in optimizer.state.items() if state)
+    state_bytes = sum(local_bytes(v) for state in optimizer.state.values() for v in state.values()
+                      if isinstance(v, torch.Tensor))
+    input_ids, attention_mask, labels = (t[:8] for t in as_tensors(train_data))
+    model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss.backward()  # gradients to measure
+    gradient_bytes = sum(local_bytes(p.grad) for p in model.parameters() if p.grad is not None)
+    model.zero_grad(set_to_none=True)
+    estimate = estimate_memory(model, world_size=world_size)
+    return {"rank": rank, "world_size": world_size, "sharded": is_sharded(model), "phases": history.phases,
+            "groups": {name: g.name for g in layer_groups(model) for name in g.parameters},
+            "digests": after, "moved": sorted(n for n in after if after[n] != before[n]),
+            "trainable": sorted(n for n, p in model.named_parameters() if p.requires_grad),
+            "optimizer_state": with_state,
+            "held": {"weights": sum(local_bytes(p) for p in model.parameters()), "gradients": gradient_bytes,
+                     "optimizer_state": state_bytes},
+            "estimated": {"weights": estimate.weights_frozen + estimate.weights_trainable,
+                          "gradients": estimate.gradients, "optimizer_state": estimate.optimizer_state}}
+
+
+def checked_fit(report: str):
+    """``fit``, wrapped: the optimizer it builds is kept, and each rank writes its report after the run."""
+    import layerfreeze.core.training as training
+    from layerfreeze.core.freezing import fingerprint
+
+    original_fit, original_optimizer, built = training.fit, training.make_optimizer, []
+
+    def make_optimizer(*args, **kwargs):
+        built.append(original_optimizer(*args, **kwargs))
+        return built[-1]
+
+    def fit(model, train_data, *args, **kwargs):
+        before = fingerprint(model)
+        history = original_fit(model, train_data, *args, **kwargs)
+        result = rank_report(model, built[-1], history, before, train_data)
+        with open(f"{report}.rank{result['rank']}.json", "w") as f:
+            json.dump(result, f, indent=1)
+        return history
+
+    training.make_optimizer, training.fit = make_optimizer, fit
+    return fit
+
+
+def lisa_run(fit) -> None:
+    """LISA on a tiny BERT: one block of four trains at a time, drawn anew every 2 steps; state of the others is
+    released."""
+    import torch
+
+    from layerfreeze.core.layers import layer_groups
+    from layerfreeze.core.models import tiny_model
+    from layerfreeze.core.plans import lisa
+    from layerfreeze.core.runtime import distributed_context, seed_everything
+    from layerfreeze.course.cli import _leave_process_group
+
+    _, world_size = distributed_context()
+    seed_everything(0)
+    model = tiny_model("bert")
+    generator = torch.Generator().manual_seed(0)
+    data = (torch.randint(5, 99, (64, 12), generator=generator), torch.ones(64, 12, dtype=torch.long),
+            torch.randint(0, 2, (64,), generator=generator))
+    names = [g.name for g in layer_groups(model)]
+    steps = 2 * 64 // (8 * world_size)
+    fit(model, data, tuple(t[:32] for t in data), epochs=2, batch_size=8,
+        schedule=lisa(names, gamma=1, every=2, total_steps=steps, lrs=1e-3), progress=False, fsdp=True)
+    _leave_process_group()
+
+
+if __name__ == "__main__":
+    report, mode = sys.argv[1], sys.argv[2]
+    fit = checked_fit(report)
+    if mode == "lisa":
+        lisa_run(fit)
+    else:
+        from layerfreeze.__main__ import main
+
+        sys.argv = [sys.argv[0], *sys.argv[2:]]
+        main()
