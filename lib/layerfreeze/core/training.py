@@ -14,7 +14,8 @@ set when the plan says so (:mod:`layerfreeze.core.optim` adds the new groups to 
 optimizer step, record the epoch. Under ``torchrun`` it trains with DistributedDataParallel and re-wraps the model
 whenever the trainable set changes, because DDP registers the parameters that need gradients when it is built. With
 ``fsdp=True`` it shards the model with FSDP2 instead (:func:`shard_by_group`, one unit per layer group), which reads
-the trainable set at every step and needs no re-wrapping. The frozen-prefix cache lives in :mod:`layerfreeze.core.cache`, the peak-memory measurement in :mod:`layerfreeze.core.memory`.
+the trainable set at every step and needs no re-wrapping. The frozen-prefix cache lives in
+:mod:`layerfreeze.core.cache`, the peak-memory measurement in :mod:`layerfreeze.core.memory`.
 """
 
 from __future__ import annotations
