@@ -4,7 +4,8 @@ tensors with optimizer state, and the bytes of weights, gradients and optimizer 
 ``estimate_memory``'s sharded estimate.
 
 ``fsdp_run.py REPORT train ARGS...`` runs the command line (``python -m layerfreeze train ARGS...``);
-``fsdp_run.py REPORT lisa`` runs ``fit`` with LISA on a tiny model. Each rank writes ``REPORT.rank<N>.json``.
+``fsdp_run.py REPORT schedules`` runs ``fit`` on a tiny model with LISA, then with adaptive freezing. Each rank
+writes ``REPORT.rank<N>.json`` (``REPORT-lisa...``, ``REPORT-adaptive...`` for the second form).
 """
 
 import json
@@ -54,11 +55,11 @@ def checked_fit(report: str):
         built.append(original_optimizer(*args, **kwargs))
         return built[-1]
 
-    def fit(model, train_data, *args, **kwargs):
+    def fit(model, train_data, *args, report_to: str = report, **kwargs):
         before = fingerprint(model)
         history = original_fit(model, train_data, *args, **kwargs)
         result = rank_report(model, built[-1], history, before, train_data)
-        with open(f"{report}.rank{result['rank']}.json", "w") as f:
+        with open(f"{report_to}.rank{result['rank']}.json", "w") as f:
             json.dump(result, f, indent=1)
         return history
 
@@ -66,35 +67,40 @@ def checked_fit(report: str):
     return fit
 
 
-def lisa_run(fit) -> None:
-    """LISA on a tiny BERT: one block of four trains at a time, drawn anew every 2 steps; state of the others is
-    released."""
+def schedules_run(fit, report: str) -> None:
+    """Two plans that change the trainable set on a tiny BERT, 8 steps each. LISA: one block of four trains at a
+    time with the embeddings and the head, drawn anew every 2 steps. Adaptive freezing, started without the
+    embeddings and block 0: a threshold this loose freezes the lowest training block as soon as it has two
+    measurements. Both release the optimizer state of what stops training."""
     import torch
 
     from layerfreeze.core.layers import layer_groups
     from layerfreeze.core.models import tiny_model
-    from layerfreeze.core.plans import lisa
+    from layerfreeze.core.plans import adaptive_freezing, lisa
     from layerfreeze.core.runtime import distributed_context, seed_everything
     from layerfreeze.course.cli import _leave_process_group
 
     _, world_size = distributed_context()
-    seed_everything(0)
-    model = tiny_model("bert")
     generator = torch.Generator().manual_seed(0)
     data = (torch.randint(5, 99, (64, 12), generator=generator), torch.ones(64, 12, dtype=torch.long),
             torch.randint(0, 2, (64,), generator=generator))
-    names = [g.name for g in layer_groups(model)]
     steps = 2 * 64 // (8 * world_size)
-    fit(model, data, tuple(t[:32] for t in data), epochs=2, batch_size=8,
-        schedule=lisa(names, gamma=1, every=2, total_steps=steps, lrs=1e-3), progress=False, fsdp=True)
+    for name in ("lisa", "adaptive"):
+        seed_everything(0)
+        model = tiny_model("bert")
+        names = [g.name for g in layer_groups(model)]
+        plan = lisa(names, gamma=1, every=2, total_steps=steps, lrs=1e-3) if name == "lisa" else \
+            adaptive_freezing(names, steps, 1e-3, interval=1, window=1, threshold=100.0, trainable=names[2:])
+        fit(model, data, tuple(t[:32] for t in data), epochs=2, batch_size=8, schedule=plan, progress=False,
+            fsdp=True, report_to=f"{report}-{name}")
     _leave_process_group()
 
 
 if __name__ == "__main__":
     report, mode = sys.argv[1], sys.argv[2]
     fit = checked_fit(report)
-    if mode == "lisa":
-        lisa_run(fit)
+    if mode == "schedules":
+        schedules_run(fit, report)
     else:
         from layerfreeze.__main__ import main
 

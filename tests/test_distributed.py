@@ -57,9 +57,9 @@ def test_the_check_catches_ddp_wrapped_only_once(tmp_path):
 
 # --- FSDP2 ---------------------------------------------------------------------------------------------------------
 
-def rank_reports(tmp_path: Path) -> list[dict]:
+def rank_reports(tmp_path: Path, name: str = "report") -> list[dict]:
     """What each rank of tests/fsdp_run.py wrote, after the checks that both ranks agree."""
-    reports = [json.loads((tmp_path / f"report.rank{rank}.json").read_text()) for rank in (0, 1)]
+    reports = [json.loads((tmp_path / f"{name}.rank{rank}.json").read_text()) for rank in (0, 1)]
     first, second = reports
     assert first["world_size"] == 2 and first["sharded"] and second["sharded"]
     for key in ("digests", "phases", "trainable", "optimizer_state"):
@@ -94,12 +94,15 @@ def test_gradual_unfreezing_under_fsdp2(tmp_path):
 
 
 @pytest.mark.slow
-def test_lisa_under_fsdp2_releases_the_state_of_frozen_blocks(tmp_path):
-    launch([*TORCHRUN, str(HERE / "fsdp_run.py"), str(tmp_path / "report"), "lisa"], tmp_path)
-    reports = rank_reports(tmp_path)
-    assert len({tuple(groups) for _, groups in reports[0]["phases"]}) > 1  # the trainable set changed
-    for report in reports:
-        check_fsdp_run(report)
+def test_lisa_and_adaptive_freezing_under_fsdp2_release_the_state_of_what_stops_training(tmp_path):
+    launch([*TORCHRUN, str(HERE / "fsdp_run.py"), str(tmp_path / "report"), "schedules"], tmp_path)
+    for name in ("report-lisa", "report-adaptive"):
+        reports = rank_reports(tmp_path, name)
+        phases = [tuple(groups) for _, groups in reports[0]["phases"]]
+        assert len(set(phases)) > 1, f"{name}: the trainable set should change during the run"
+        for report in reports:
+            check_fsdp_run(report)
+    assert phases[0] == ("block.1", "block.2", "block.3", "head") and "block.1" not in phases[-1]  # adaptive froze
 
 
 def free_port() -> int:
