@@ -12,7 +12,7 @@ import json
 import sys
 
 
-def rank_report(model, optimizer, history, before: dict, train_data) -> dict:
+def rank_report(model, optimizer, history, before: dict, train_data, schedule=None) -> dict:
     """This rank's view of the run (collectives inside: every rank calls it once, after fit)."""
     import torch
 
@@ -36,6 +36,7 @@ def rank_report(model, optimizer, history, before: dict, train_data) -> dict:
     return {"rank": rank, "world_size": world_size, "sharded": is_sharded(model), "phases": history.phases,
             "groups": {name: g.name for g in layer_groups(model) for name in g.parameters},
             "digests": after, "moved": sorted(n for n in after if after[n] != before[n]),
+            "norms": getattr(schedule, "norms", {}),  # adaptive freezing's measurements
             "trainable": sorted(n for n, p in model.named_parameters() if p.requires_grad),
             "optimizer_state": with_state,
             "held": {"weights": sum(local_bytes(p) for p in model.parameters()), "gradients": gradient_bytes,
@@ -58,7 +59,7 @@ def checked_fit(report: str):
     def fit(model, train_data, *args, report_to: str = report, **kwargs):
         before = fingerprint(model)
         history = original_fit(model, train_data, *args, **kwargs)
-        result = rank_report(model, built[-1], history, before, train_data)
+        result = rank_report(model, built[-1], history, before, train_data, kwargs.get("schedule"))
         with open(f"{report_to}.rank{result['rank']}.json", "w") as f:
             json.dump(result, f, indent=1)
         return history

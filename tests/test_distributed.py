@@ -62,7 +62,7 @@ def rank_reports(tmp_path: Path, name: str = "report") -> list[dict]:
     reports = [json.loads((tmp_path / f"{name}.rank{rank}.json").read_text()) for rank in (0, 1)]
     first, second = reports
     assert first["world_size"] == 2 and first["sharded"] and second["sharded"]
-    for key in ("digests", "phases", "trainable", "optimizer_state"):
+    for key in ("digests", "phases", "trainable", "optimizer_state", "norms"):
         assert first[key] == second[key], f"the ranks differ in {key}"
     return reports
 
@@ -103,6 +103,7 @@ def test_lisa_and_adaptive_freezing_under_fsdp2_release_the_state_of_what_stops_
         for report in reports:
             check_fsdp_run(report)
     assert phases[0] == ("block.1", "block.2", "block.3", "head") and "block.1" not in phases[-1]  # adaptive froze
+    assert reports[0]["norms"]["block.1"]  # measured on the DTensors: the whole tensor's norm, the same on each rank
 
 
 def free_port() -> int:

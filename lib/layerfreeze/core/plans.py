@@ -36,7 +36,6 @@ from torch import nn
 
 from .freezing import FreezeReport, train_only
 from .layers import LayerGroup, find_blocks_path, layer_groups
-from .runtime import full_tensor
 from .schedules import Schedule, resolve_rates
 
 # The first name inside a block of each family's attention and MLP sub-modules (BERT/RoBERTa, DistilBERT, GPT-2,
@@ -189,8 +188,7 @@ class AdaptiveFreezing(Schedule):
         training = [g for g in groups if g.name in self.trainable_at(step - 1) and g.kind != "head"]
         lr_sum = sum(self.multiplier(s) for s in range(step - self.interval, step)) or 1.0
         for group in training:
-            # whole tensors under FSDP2: every rank then measures the same norms and freezes the same group
-            now = torch.cat([full_tensor(p.detach()).float().reshape(-1) for p in group.parameters.values()])
+            now = torch.cat([p.detach().float().reshape(-1) for p in group.parameters.values()])
             if group.name in self._previous:
                 self.norms.setdefault(group.name, []).append(float((now - self._previous[group.name]).norm()) / lr_sum)
             self._previous[group.name] = now
