@@ -15,11 +15,13 @@ import torch
 
 from layerfreeze.core.memory import estimate_memory, sharded_bytes
 from layerfreeze.core.models import tiny_model
+from layerfreeze.core.runtime import fsdp_available
 from layerfreeze.core.training import fit
 
 HERE = Path(__file__).resolve().parent
 ARGS = ["train", "--model", "tiny:bert", "--schedule", "gradual", "--every", "2", "--train-limit", "64",
         "--eval-limit", "32", "--epochs", "2", "--batch-size", "8", "--discriminative", "2.6", "--lr", "1e-3"]
+needs_fsdp2 = pytest.mark.skipif(not fsdp_available(), reason="FSDP2's fully_shard needs torch 2.6 or later")
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
 
@@ -82,6 +84,7 @@ def check_fsdp_run(report: dict) -> None:
 
 
 @pytest.mark.slow
+@needs_fsdp2
 def test_gradual_unfreezing_under_fsdp2(tmp_path):
     launch([*TORCHRUN, str(HERE / "fsdp_run.py"), str(tmp_path / "report"), *ARGS, "--fsdp",
             "--output", str(tmp_path / "fsdp.json")], tmp_path)
@@ -94,6 +97,7 @@ def test_gradual_unfreezing_under_fsdp2(tmp_path):
 
 
 @pytest.mark.slow
+@needs_fsdp2
 def test_lisa_and_adaptive_freezing_under_fsdp2_release_the_state_of_what_stops_training(tmp_path):
     launch([*TORCHRUN, str(HERE / "fsdp_run.py"), str(tmp_path / "report"), "schedules"], tmp_path)
     for name in ("report-lisa", "report-adaptive"):
@@ -113,6 +117,7 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
+@needs_fsdp2
 def test_accelerate_launch_runs_the_same_fsdp2_command(tmp_path):
     """``accelerate launch --multi_gpu`` starts two processes through torchrun, on the CPU too (gloo); with
     ``--cpu`` it would start only one."""
@@ -126,6 +131,7 @@ def test_accelerate_launch_runs_the_same_fsdp2_command(tmp_path):
 
 # --- one process: the checks and the estimate ----------------------------------------------------------------------
 
+@needs_fsdp2
 def test_fit_refuses_fsdp_in_one_process():
     data = (torch.randint(5, 99, (8, 6)), torch.ones(8, 6, dtype=torch.long), torch.zeros(8, dtype=torch.long))
     with pytest.raises(ValueError, match="fsdp=True shards the model over several processes.*torchrun"):
@@ -134,6 +140,7 @@ def test_fit_refuses_fsdp_in_one_process():
         fit(tiny_model("bert"), data, epochs=1, batch_size=4, fsdp="yes", progress=False)
 
 
+@needs_fsdp2
 def test_the_command_refuses_fsdp_in_one_process_before_loading(tmp_path):
     command = [sys.executable, "-m", "layerfreeze", "train", "--model", "tiny:bert", "--fsdp"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path,

@@ -156,11 +156,27 @@ def check_fsdp(fsdp, world_size: int) -> None:
 
     >>> check_fsdp(False, 1)
     """
+    import torch
+
     if not isinstance(fsdp, bool):
         raise ValueError(f"fsdp must be True or False; got {fsdp!r}")
+    if fsdp and not fsdp_available():
+        raise ValueError(f"fsdp=True needs FSDP2 (torch.distributed.fsdp.fully_shard, torch 2.6 or later); this is "
+                         f"torch {torch.__version__}: upgrade torch, or train without fsdp (DDP)")
     if fsdp and world_size == 1:
         raise ValueError("fsdp=True shards the model over several processes, but this is one: launch with "
                          "torchrun --nproc_per_node N (or accelerate launch --multi_gpu --num_processes N)")
+
+
+def fsdp_available() -> bool:
+    """Whether this torch has FSDP2's public ``torch.distributed.fsdp.fully_shard`` (torch 2.6 and later)."""
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        return False
+    import torch.distributed.fsdp as fsdp
+
+    return hasattr(fsdp, "fully_shard")
 
 
 def is_sharded(model: nn.Module) -> bool:
@@ -171,9 +187,7 @@ def is_sharded(model: nn.Module) -> bool:
     >>> is_sharded(nn.Linear(2, 2))
     False
     """
-    from torch.distributed.tensor import DTensor
-
-    return any(isinstance(p, DTensor) for p in model.parameters())
+    return any(hasattr(p, "placements") for p in model.parameters())  # a DTensor's; no import on older torch
 
 
 def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
