@@ -10,6 +10,7 @@ writes ``REPORT.rank<N>.json`` (``REPORT-lisa...``, ``REPORT-adaptive...`` for t
 
 import json
 import sys
+from contextlib import contextmanager
 
 
 def rank_report(model, optimizer, history, before: dict, train_data, schedule=None) -> dict:
@@ -29,7 +30,8 @@ def rank_report(model, optimizer, history, before: dict, train_data, schedule=No
     state_bytes = sum(local_bytes(v) for state in optimizer.state.values() for v in state.values()
                       if isinstance(v, torch.Tensor))
     input_ids, attention_mask, labels = (t[:8] for t in as_tensors(train_data))
-    model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss.backward()  # gradients to measure
+    with counted_reductions() as reduced:
+        model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss.backward()  # gradients to measure
     gradient_bytes = sum(local_bytes(p.grad) for p in model.parameters() if p.grad is not None)
     model.zero_grad(set_to_none=True)
     estimate = estimate_memory(model, world_size=world_size)
@@ -38,11 +40,30 @@ def rank_report(model, optimizer, history, before: dict, train_data, schedule=No
             "digests": after, "moved": sorted(n for n in after if after[n] != before[n]),
             "norms": getattr(schedule, "norms", {}),  # adaptive freezing's measurements
             "trainable": sorted(n for n, p in model.named_parameters() if p.requires_grad),
-            "optimizer_state": with_state,
+            "optimizer_state": with_state, "reduced_elements": sum(reduced),
+            "trainable_elements": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "held": {"weights": sum(local_bytes(p) for p in model.parameters()), "gradients": gradient_bytes,
                      "optimizer_state": state_bytes},
             "estimated": {"weights": estimate.weights_frozen + estimate.weights_trainable,
                           "gradients": estimate.gradients, "optimizer_state": estimate.optimizer_state}}
+
+
+@contextmanager
+def counted_reductions():
+    """The number of gradient values each reduce-scatter sends in the block (FSDP2's only gradient reduction)."""
+    import torch.distributed as dist
+
+    original, sizes = dist.reduce_scatter_single, []
+
+    def counted(output, input, *args, **kwargs):
+        sizes.append(input.numel())
+        return original(output, input, *args, **kwargs)
+
+    dist.reduce_scatter_single = counted
+    try:
+        yield sizes
+    finally:
+        dist.reduce_scatter_single = original
 
 
 def checked_fit(report: str):

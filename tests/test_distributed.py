@@ -70,8 +70,8 @@ def rank_reports(tmp_path: Path, name: str = "report") -> list[dict]:
 
 
 def check_fsdp_run(report: dict) -> None:
-    """Frozen parameters bit-identical to their start (and every trained one moved), optimizer state for the
-    trainable tensors only, and the bytes this rank holds within 10% of the sharded estimate."""
+    """Frozen parameters bit-identical to their start (and every trained one moved), optimizer state and gradient
+    reduction for the trainable tensors only, and the bytes this rank holds within 10% of the sharded estimate."""
     ever_trained = {group for _, groups in report["phases"] for group in groups}
     trained = {name for name, group in report["groups"].items() if group in ever_trained}
     never_trained = set(report["groups"]) - trained
@@ -79,6 +79,8 @@ def check_fsdp_run(report: dict) -> None:
     assert set(report["moved"]) == trained, (sorted(set(report["moved"]) ^ trained))
     assert report["optimizer_state"] == report["trainable"]
     assert never_trained.isdisjoint(report["optimizer_state"])
+    # a backward pass reduce-scatters the trainable tensors' gradients (padded to a multiple of the ranks), no others
+    assert report["trainable_elements"] <= report["reduced_elements"] <= 1.01 * report["trainable_elements"]
     for kind, held in report["held"].items():
         assert held > 0 and abs(report["estimated"][kind] - held) <= 0.1 * held, (kind, held, report["estimated"])
 
