@@ -151,3 +151,64 @@ def process_device(rank: int) -> torch.device:
 
     return torch.device(f"cuda:{rank % torch.cuda.device_count()}") if torch.cuda.is_available() else \
         torch.device("cpu")
+
+
+def check_fsdp(fsdp, world_size: int) -> None:
+    """FSDP needs several processes: refuse ``fsdp=True`` in one, naming the launchers that start more.
+
+    >>> check_fsdp(False, 1)
+    """
+    import torch
+
+    if not isinstance(fsdp, bool):
+        raise ValueError(f"fsdp must be True or False; got {fsdp!r}")
+    if fsdp and not fsdp_available():
+        raise ValueError(f"fsdp=True needs FSDP2 (torch.distributed.fsdp.fully_shard, torch 2.6 or later); this is "
+                         f"torch {torch.__version__}: upgrade torch, or train without fsdp (DDP)")
+    if fsdp and world_size == 1:
+        raise ValueError("fsdp=True shards the model over several processes, but this is one: launch with "
+                         "torchrun --nproc_per_node N (or accelerate launch --multi_gpu --num_processes N)")
+
+
+def fsdp_available() -> bool:
+    """Whether this torch has FSDP2's public ``torch.distributed.fsdp.fully_shard`` (torch 2.6 and later)."""
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        return False
+    import torch.distributed.fsdp as fsdp
+
+    return hasattr(fsdp, "fully_shard")
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """Whether FSDP2 (``torch.distributed.fsdp.fully_shard``) has sharded ``model``: its parameters are then
+    DTensors, each rank holding a slice of every tensor.
+
+    >>> from torch import nn
+    >>> is_sharded(nn.Linear(2, 2))
+    False
+    """
+    return any(hasattr(p, "placements") for p in model.parameters())  # a DTensor's; no import on older torch
+
+
+def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor: a sharded one (a DTensor under FSDP2) gathered from every rank, a plain one as it is.
+    Gathering is a collective: under FSDP2 every rank must call it, in the same order.
+
+    >>> import torch
+    >>> full_tensor(torch.ones(2)).tolist()
+    [1.0, 1.0]
+    """
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
+def local_bytes(tensor: torch.Tensor) -> int:
+    """Bytes of ``tensor`` this rank holds: its own slice of a DTensor, all of a plain tensor.
+
+    >>> import torch
+    >>> local_bytes(torch.ones(3))
+    12
+    """
+    local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
+    return local.numel() * local.element_size()

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from .layers import LayerGroup, group_of_parameter, layer_groups, shared_parameters, tied_weights
+from ..base.runtime import full_tensor
 
 Selector = Union[int, slice, str, "re.Pattern[str]", LayerGroup]
 NORM_CLASS_HINTS = ("Norm",)  # LayerNorm, RMSNorm, LlamaRMSNorm, GroupNorm, BatchNorm1d ...
@@ -473,8 +474,8 @@ def fingerprint(model: nn.Module) -> dict[str, str]:
     True
     """
     digests = {}
-    for name, param in model.named_parameters():
-        raw = param.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
+    for name, param in model.named_parameters():  # a parameter sharded by FSDP2 is gathered whole, on every rank
+        raw = full_tensor(param.detach()).to("cpu").contiguous().reshape(-1).view(torch.uint8)
         digests[name] = hashlib.blake2b(raw.numpy().tobytes(), digest_size=16).hexdigest()
     return digests
 

@@ -9,6 +9,10 @@ two norm inputs, the MLP input, the two MLP intermediates and two dropout masks 
 attention the attention probabilities (and their dropout mask) are kept too; fused attention (SDPA on CUDA) keeps
 none.
 
+Sharded (``world_size=N``, FSDP2's ``fully_shard``): each rank holds ``ceil(rows / N)`` rows of every tensor (FSDP2
+splits dimension 0 and pads it to a multiple of N), so weights, gradients and optimizer state shrink about N-fold;
+activations do not, since every rank runs whole layers on its own batch.
+
 Why frozen blocks *below* the lowest trainable layer keep no activations: nothing under them needs a gradient,
 so autograd records nothing there. Frozen blocks *above* it still keep theirs: the gradient has to flow back
 through them to reach the trainable layer below.
@@ -106,10 +110,12 @@ def block_activation_bytes(model: nn.Module, batch_size: int, seq_len: int, byte
 
 def estimate_memory(model: nn.Module, batch_size: int = 32, seq_len: int = 128, optimizer: str = "adamw",
                     activation_bytes: int | None = None, attention_matrices: bool | None = None,
-                    groups: list[LayerGroup] | None = None) -> MemoryEstimate:
+                    groups: list[LayerGroup] | None = None, world_size: int = 1) -> MemoryEstimate:
     """Estimate the memory of one training step with the model's current trainable set.
 
     ``activation_bytes`` is 2 under bf16/fp16 autocast; by default it is the parameters' element size.
+    ``world_size=N`` gives one rank's share when FSDP2 shards the model over N ranks (weights, gradients and
+    optimizer state about 1/N each; activations whole); the model may be sharded already or not.
 
     >>> from layerfreeze import tiny_model, freeze_to
     >>> model = tiny_model("bert")
@@ -118,14 +124,19 @@ def estimate_memory(model: nn.Module, batch_size: int = 32, seq_len: int = 128, 
     >>> head_only = estimate_memory(model, batch_size=8, seq_len=64)
     >>> head_only.total < full.total and head_only.activations < full.activations / 10
     True
+    >>> estimate_memory(model, 8, 64, world_size=2).optimizer_state * 2 == head_only.optimizer_state  # per rank
+    True
     """
     if optimizer not in OPTIMIZER_STATES_PER_PARAM:
         raise ValueError(f"unknown optimizer {optimizer!r}; valid: {', '.join(OPTIMIZER_STATES_PER_PARAM)}")
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"world_size must be a whole number of ranks, at least 1 (1: not sharded); "
+                         f"got {world_size!r}")
     groups = groups if groups is not None else layer_groups(model)
     params = list(model.parameters())
     trainable = [p for p in params if p.requires_grad]
-    weights_trainable = sum(p.numel() * p.element_size() for p in trainable)
-    weights_frozen = sum(p.numel() * p.element_size() for p in params if not p.requires_grad)
+    weights_trainable = sharded_bytes(trainable, world_size)
+    weights_frozen = sharded_bytes([p for p in params if not p.requires_grad], world_size)
     optimizer_state = OPTIMIZER_STATES_PER_PARAM[optimizer] * weights_trainable
     element = activation_bytes or (params[0].element_size() if params else 4)
 
@@ -147,6 +158,20 @@ def estimate_memory(model: nn.Module, batch_size: int = 32, seq_len: int = 128, 
                 acts_frozen += size
     return MemoryEstimate(weights_frozen, weights_trainable, weights_trainable, optimizer_state,
                           acts_frozen, acts_trainable)
+
+
+def sharded_bytes(tensors, world_size: int = 1) -> int:
+    """Bytes one rank holds of ``tensors`` when FSDP2 shards each over ``world_size`` ranks: ``ceil(rows / N)`` rows
+    of each (dimension 0, padded to a multiple of N); all of them when ``world_size`` is 1.
+
+    >>> sharded_bytes([torch.zeros(5, 2)], world_size=2)  # 3 rows of 2 float32 values
+    24
+    """
+    total = 0
+    for tensor in tensors:
+        rows = tensor.shape[0] if tensor.dim() else 1
+        total += -(-rows // world_size) * (tensor.numel() // max(rows, 1)) * tensor.element_size()
+    return total
 
 
 def _head_activation_bytes(model: nn.Module, batch_size: int, seq_len: int, element: int) -> int:

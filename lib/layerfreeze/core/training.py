@@ -13,8 +13,10 @@ Either way ``fit`` first turns them into one schedule (a fixed set is a schedule
 change the trainable set when the schedule says so (:mod:`~layerfreeze.core.optim` adds the new groups to the live
 optimizer), set the rates, take an optimizer step, record the epoch. Under ``torchrun`` it trains with
 DistributedDataParallel and re-wraps the model whenever the trainable set changes, because DDP registers the
-parameters that need gradients when it is built. The frozen-prefix cache lives in :mod:`~layerfreeze.core.cache`, the
-peak-memory measurement in :mod:`~layerfreeze.core.memory`.
+parameters that need gradients when it is built. With ``fsdp=True`` it shards the model with FSDP2 instead
+(:func:`shard_by_group`, one unit per layer group), which reads the trainable set at every step and needs no
+re-wrapping. The frozen-prefix cache lives in :mod:`~layerfreeze.core.cache`, the peak-memory measurement in
+:mod:`~layerfreeze.core.memory`.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from .freezing import count_parameters
 from .layers import LayerGroup, layer_groups
 from .memory import MiB, PeakMemory
 from .optim import drop_stale_gradients, follow_schedule, make_optimizer
-from ..base.runtime import autocast, distributed_context, eval_mode, grad_scaler, resolve_precision, seed_everything
+from ..base.runtime import (autocast, check_fsdp, distributed_context, eval_mode, grad_scaler, is_sharded,
+                             resolve_precision, seed_everything)
 from .schedules import CURVES, Schedule, constant_schedule
 
 # --- history -------------------------------------------------------------------------------------------------------
@@ -102,11 +105,40 @@ class History:
 # --- distributed and compiled models -------------------------------------------------------------------------------
 
 def _wrap(model: nn.Module, device: torch.device, world_size: int) -> nn.Module:
-    """DistributedDataParallel over the parameters that train *now* (rebuilt after every change of that set)."""
-    if world_size == 1:
+    """DistributedDataParallel over the parameters that train *now* (rebuilt after every change of that set); a
+    model sharded by FSDP2 is its own wrapper."""
+    if world_size == 1 or is_sharded(model):
         return model
     from torch.nn.parallel import DistributedDataParallel
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def shard_by_group(model: nn.Module, groups: list[LayerGroup] | None = None) -> nn.Module:
+    """Shard ``model`` in place with FSDP2 (``torch.distributed.fsdp.fully_shard``): one unit per layer group, then
+    the model itself as the root unit. Every rank then holds a slice of each tensor; a unit is gathered for its
+    forward and backward only. Gradients are reduce-scattered only for tensors that have one, so a wholly frozen
+    group costs no reduction; the optimizer, built after sharding over the trainable tensors, holds state for those
+    only. Run it under ``torchrun`` (or ``accelerate launch``), after ``distributed_context()``.
+
+    Example (two processes)::
+
+        rank, world_size = distributed_context()
+        shard_by_group(model)   # or fit(model, data, fsdp=True), which calls it
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    groups = groups if groups is not None else layer_groups(model)
+    owners: dict[int, str] = {}
+    for group in groups:
+        for name, param in group.parameters.items():
+            if owners.setdefault(id(param), group.name) != group.name:
+                raise ValueError(f"{name} is shared by groups {owners[id(param)]!r} and {group.name!r} (tied "
+                                 "weights): FSDP2 cannot shard one tensor in two units; train it without fsdp")
+        units = [m for m in group.modules.values() if any(True for _ in m.parameters())]
+        if units:
+            fully_shard(units if len(units) > 1 else units[0])
+    fully_shard(model)
+    return model
 
 
 def _is_compiled(model: nn.Module) -> bool:
@@ -188,6 +220,7 @@ class _Options:
     cache_prefix: bool | int
     progress: bool
     eval_batch_size: int
+    fsdp: bool = False
 
 
 def _curve_and_schedule(options: _Options) -> None:
@@ -217,8 +250,9 @@ def _check_fit_arguments(model, train_data, eval_data, options: _Options) -> Non
         check_number("warmup", options.warmup, 0, 1, low_inclusive=True, high_inclusive=False)
     else:
         check_int("warmup", options.warmup, 0)
-    train_steps = epochs * batches_per_epoch(_check_data("train_data", model, train_data), batch_size,
-                                            distributed_context()[1])
+    world_size = distributed_context()[1]
+    check_fsdp(options.fsdp, world_size)
+    train_steps = epochs * batches_per_epoch(_check_data("train_data", model, train_data), batch_size, world_size)
     if eval_data is not None:
         _check_data("eval_data", model, eval_data)
     schedule = options.schedule
@@ -382,6 +416,8 @@ def _start_run(model: nn.Module, train_data, eval_data, options: _Options) -> _R
     device = torch.device(options.device) if options.device is not None else next(model.parameters()).device
     rank, world_size = distributed_context()
     model.to(device)
+    if options.fsdp and not is_sharded(model):
+        shard_by_group(model)  # before the groups and the optimizer: sharding replaces the parameters
     precision = resolve_precision(options.precision, device)
     seed_everything(options.seed)
     inputs = tuple(t.to(device) for t in as_tensors(train_data))
@@ -512,7 +548,8 @@ def fit(model: nn.Module, train_data, eval_data=None, *, epochs: int = 3, lr: fl
         batch_size: int = 32, weight_decay: float = 0.01, warmup: float | int = 0.1, curve: str = "linear",
         schedule: Schedule | None = None, max_grad_norm: float | None = 1.0, precision: str = "auto",
         seed: int = 0, device: torch.device | str | None = None, cache_prefix: bool | int = False,
-        progress: bool = True, eval_batch_size: int = 256, on_epoch_end=None, on_step_end=None) -> History:
+        progress: bool = True, eval_batch_size: int = 256, on_epoch_end=None, on_step_end=None,
+        fsdp: bool = False) -> History:
     """Fine-tune the model's trainable parameters on ``train_data``; evaluate on ``eval_data`` after each epoch.
 
     Data is ``(input_ids, attention_mask, labels)``, e.g. ``layerfreeze.encode(split, tokenizer)``. ``lr`` is one
@@ -529,7 +566,8 @@ def fit(model: nn.Module, train_data, eval_data=None, *, epochs: int = 3, lr: fl
     (:mod:`layerfreeze.core.cache`), ``cache_prefix=k`` caches exactly the first ``k`` groups; either refuses, with the
     reason, where caching would change the result. ``on_epoch_end(epoch)`` runs after each epoch's evaluation; a
     dict it returns joins that epoch's row in the history. ``on_step_end(step, loss)`` runs after every optimizer
-    step with the loss as a tensor (reading it with ``.item()`` waits for the device).
+    step with the loss as a tensor (reading it with ``.item()`` waits for the device). Under ``torchrun``, the model
+    trains with DistributedDataParallel, or with ``fsdp=True`` sharded by FSDP2 (:func:`shard_by_group`).
 
     >>> from layerfreeze import tiny_model, freeze_to
     >>> import torch
@@ -541,7 +579,7 @@ def fit(model: nn.Module, train_data, eval_data=None, *, epochs: int = 3, lr: fl
     (4, ['embeddings', 'block.0', 'block.1', 'block.2'])
     """
     options = _Options(epochs, lr, batch_size, weight_decay, warmup, curve, schedule, max_grad_norm, precision, seed,
-                       device, cache_prefix, progress, eval_batch_size)
+                       device, cache_prefix, progress, eval_batch_size, fsdp)
     _check_fit_arguments(model, train_data, eval_data, options)
     run = _start_run(model, train_data, eval_data, options)
     with run.cache, PeakMemory(run.device) as peak:

@@ -6,8 +6,8 @@
 ``python -m layerfreeze gpu-import`` publishes what such a run returned as ``docs/results-gpu.md``.
 ``python -m layerfreeze train``   fine-tunes with a freezing plan or an unfreezing schedule. It runs unchanged
 under ``torchrun --nproc_per_node N`` or ``accelerate launch``: each process trains on its shard with
-DistributedDataParallel, re-wrapped whenever the trainable set changes, and rank 0 writes the metrics, including
-whether every parameter ended identical on all ranks.
+DistributedDataParallel, re-wrapped whenever the trainable set changes (or, with ``--fsdp``, on its slice of a model
+sharded by FSDP2), and rank 0 writes the metrics, including whether every parameter ended identical on all ranks.
 
 Every argument is checked before any model or data loads; a bad one ends the command with one line on stderr that
 names it, the value and what is valid (exit status 2), never a traceback. Building the parser imports no torch, and
@@ -214,6 +214,8 @@ def add_train_parser(commands) -> None:
     train.add_argument("--max-length", type=positive_int, default=64, help="tokens per text, at most")
     train.add_argument("--seed", type=natural_int, default=0, help="seeds the data order and the new head")
     train.add_argument("--output", type=output_file, help="write the metrics JSON here (rank 0)")
+    train.add_argument("--fsdp", action="store_true",
+                       help="shard the model with FSDP2, one unit per layer group (under torchrun or accelerate)")
     add_factory_plan_flags(train)
     train.set_defaults(run=_train)
 
@@ -249,13 +251,14 @@ def _check_plan_flags(args) -> None:
 
 def _train(args) -> None:
     from ..base.models import check_model_arguments
-    from ..base.runtime import distributed_context
+    from ..base.runtime import check_fsdp, distributed_context
 
     check_model_arguments(args.model)  # before the data loads
     _check_plan_flags(args)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
     rank, world_size = distributed_context()
+    check_fsdp(args.fsdp, world_size)  # before the data loads
     _train_and_report(args, rank, world_size)
     if world_size > 1:
         _leave_process_group()
@@ -311,7 +314,8 @@ def _train_and_report(args, rank: int, world_size: int) -> None:
             plan = factory_plan(model, args.trainable_layers, args.trainable_modules, args.extra_modules)
             apply_plan(model, plan, untie=args.untie)
     history = fit(model, train, validation, epochs=args.epochs, lr=rates, batch_size=args.batch_size,
-                curve=args.curve, schedule=schedule, seed=args.seed, device=device, progress=rank == 0)
+                curve=args.curve, schedule=schedule, seed=args.seed, device=device, progress=rank == 0,
+                fsdp=args.fsdp)
     _report(args, history, fingerprint(model), rank, world_size, dist)
 
 
