@@ -29,12 +29,20 @@ def test_benchmarks_write_ratios_beside_the_ideal(tmp_path):
         assert row["fit / ideal"] == pytest.approx(row["fit s/step"] / row["ideal s/step"])
         assert row["estimate / measured memory"] is None, "the CPU's memory is not measured"
         assert set(row["goals"].values()) <= {"holds", "does not hold", "noisy"}
+        for name in ("fit", "hand-written", "Trainer"):  # throughput follows from the step time and the arithmetic
+            assert row[f"{name} tokens/s"] == pytest.approx(row["tokens/step"] / row[f"{name} s/step"])
+            assert row[f"{name} of peak"] == pytest.approx(
+                row["GFLOP/step"] * 1e9 / row[f"{name} s/step"] / payload["peak_flops"])
+    assert payload["peak_source"].startswith("measured: ")
+    assert rows[0]["GFLOP/step"] > rows[-1]["GFLOP/step"], "full fine-tuning does more arithmetic than the head"
     cached = rows[2]
     assert cached["cache speed-up"] > 0 and cached["ideal cache speed-up"] > 1
     assert cached["cache speed-up / ideal"] == pytest.approx(cached["cache speed-up"] / cached["ideal cache speed-up"])
     assert "cache speed-up" not in rows[0] and "cache >= 90% of ideal" not in rows[0]["goals"]
     table = json_file.with_suffix(".md").read_text()
     assert "| configuration |" in table and "not measured on the CPU" in table
+    assert "| fit tokens/s |" in table and "| Trainer of peak |" in table
+    assert payload["peak_source"] in table
     shifted = json.loads(json_file.read_text())  # the same run with one ratio moved outside its range
     for key in ("fit / hand-written", "fit / hand-written low", "fit / hand-written high"):
         shifted["rows"][0][key] += 10
