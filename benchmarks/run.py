@@ -245,7 +245,7 @@ def measure(base, config, data, plan, lr, precision, device, costs, clock, peak=
     return row
 
 
-def main(argv=None):
+def argument_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--size", choices=["auto", *PLANS], default="auto",
@@ -257,8 +257,25 @@ def main(argv=None):
     parser.add_argument("--clock", choices=list(CLOCKS), default="cpu",
                         help="on the CPU, time steps by this process's CPU time (default: other jobs barely change "
                              "it) or by the wall clock")
+    parser.add_argument("--max-seconds", type=float,
+                        help="cap on each strategy's timed rounds, in seconds, after its minimum rounds (default: the "
+                             "size's; the GPU run's window 2 shares its time among the five strategies this way)")
     parser.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"),
                         help="print whether two runs' ratios agree within their ranges, and run nothing")
+    return parser
+
+
+def chosen_plan(size, max_seconds, parser):
+    """The size's plan, with its per-strategy cap on timed rounds replaced by ``--max-seconds`` when given."""
+    if max_seconds is None:
+        return PLANS[size]
+    if not max_seconds > 0:
+        parser.error(f"--max-seconds {max_seconds}: it must be a positive number of seconds")
+    return {**PLANS[size], "max_seconds": max_seconds}
+
+
+def main(argv=None):
+    parser = argument_parser()
     args = parser.parse_args(argv)
     if args.compare:
         print(compare(*(json.loads(Path(p).read_text()) for p in args.compare)))
@@ -268,7 +285,7 @@ def main(argv=None):
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
     size = args.size if args.size != "auto" else ("full" if device.type == "cuda" else "cpu")
-    plan = PLANS[size]
+    plan = chosen_plan(size, args.max_seconds, parser)
     precision = resolve_precision("auto", device)
     lr = 1e-4
     load_before = os.getloadavg()
