@@ -144,3 +144,18 @@ def test_data_card_counts_match_the_files():
             per_label = ", ".join(f"{name} {counts[i]}" for i, name in enumerate(data_module.LABEL_NAMES[task]))
             assert f"| {task} | {split} | {len(rows)} | {per_label} |" in card
     assert f"{data_module.LABEL_NOISE:.0%} of labels" in card
+
+
+def test_length_buckets_cover_every_example_once_with_less_padding():
+    from layerfreeze.core.data import batches_per_epoch, index_batches, length_bucketed_batches
+    lengths = torch.randint(4, 33, (300,), generator=torch.Generator().manual_seed(0))
+    bucketed = list(length_bucketed_batches(lengths, 16, seed=3))
+    shuffled = list(index_batches(300, 16, shuffle=True, seed=3))
+    assert sorted(torch.cat(bucketed).tolist()) == list(range(300))
+    assert len(bucketed) == len(shuffled) == batches_per_epoch(300, 16)
+    padded = {name: sum(int(lengths[b].max()) * len(b) for b in batches)
+              for name, batches in (("bucketed", bucketed), ("shuffled", shuffled))}
+    assert padded["bucketed"] < 0.8 * padded["shuffled"]
+    assert [b.tolist() for b in length_bucketed_batches(lengths, 16, seed=3)] == [b.tolist() for b in bucketed]
+    with pytest.raises(ValueError, match="chunk=0"):
+        list(length_bucketed_batches(lengths, 16, chunk=0))
