@@ -336,12 +336,12 @@ def cell(row, column):
     value = row.get(column)
     if value is None:
         return "-"
+    if column.endswith("tokens/s") or column == "tokens/step":  # before s/step, which "tokens/step" ends with
+        return f"{value:,.0f}"
     if column.endswith("s/step"):
         return f"{value * 1000:.1f} ms"
     if column.endswith("of peak"):
         return f"{value:.2%}"
-    if column.endswith("tokens/s") or column == "tokens/step":
-        return f"{value:,.0f}"
     if f"{column} low" in row:
         text = f"{Spread(value, row[f'{column} low'], row[f'{column} high'], row['rounds']):.2f}"
         return text + (" (noisy)" if row.get(f"{column} noisy") else "")

@@ -42,6 +42,7 @@ def test_benchmarks_write_ratios_beside_the_ideal(tmp_path):
     table = json_file.with_suffix(".md").read_text()
     assert "| configuration |" in table and "not measured on the CPU" in table
     assert "| fit tokens/s |" in table and "| Trainer of peak |" in table
+    assert f"| full | {rows[0]['tokens/step']:,.0f} | {rows[0]['GFLOP/step']:.2f} |" in table
     assert payload["peak_source"] in table
     shifted = json.loads(json_file.read_text())  # the same run with one ratio moved outside its range
     for key in ("fit / hand-written", "fit / hand-written low", "fit / hand-written high"):
