@@ -55,3 +55,22 @@ def benchmark_script():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_the_profile_splits_a_step_into_its_categories():
+    """profile_step.py's arithmetic on made-up profiler events (microseconds): each top-level event lands in one
+    category, a range's own time is its Python, and what no event covers is the Python between them."""
+    from types import SimpleNamespace as Event
+    spec = importlib.util.spec_from_file_location("profile_step", ROOT / "benchmarks" / "profile_step.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    events = [Event(name="forward", cpu_time_total=5000, self_cpu_time_total=1000),
+              Event(name="autograd::engine::evaluate_function: MmBackward0", cpu_time_total=8000,
+                    self_cpu_time_total=100),
+              Event(name="Optimizer.step#AdamW.step", cpu_time_total=3000, self_cpu_time_total=2000),
+              Event(name="enumerate(DataLoader)#_SingleProcessDataLoaderIter.__next__", cpu_time_total=500,
+                    self_cpu_time_total=500),
+              Event(name="aten::_foreach_norm", cpu_time_total=1500, self_cpu_time_total=1500)]
+    ms = module.split_step(events, step_seconds=0.010, steps=2)  # two steps of 10 ms, 18 ms covered in all
+    assert ms == pytest.approx({"forward ops": 2.0, "forward Python": 0.5, "backward": 4.0, "optimizer ops": 0.5,
+                                "optimizer Python": 1.0, "data": 0.25, "other ops": 0.75, "Python between": 1.0})
