@@ -82,7 +82,7 @@ gpu-rehearsal: setup
 	$(PY) -m layerfreeze gpu-run --out build/rehearsal/window1 --build-dir build/rehearsal/build1 --profile smoke \
 		--precision bf16 --budget 3600
 	$(PY) -m layerfreeze gpu-run --out build/rehearsal/window2 --build-dir build/rehearsal/build2 --profile smoke \
-		--part bench --budget 600
+		--part bench --budget 1200
 	$(PY) -m layerfreeze gpu-import build/rehearsal/window1 build/rehearsal/window2 \
 		--build-dir build/rehearsal/imported --docs-dir build/rehearsal/docs --bench-dir build/rehearsal/bench
 

@@ -139,7 +139,7 @@ def test_rehearsal(tmp_path):
     for entry in summary["notebooks"]:
         assert f"results/{entry['stem']}.json" in names and f"notebooks/{entry['stem']}.ipynb" in names
     assert sorted(os.listdir(out)) == sorted([gr.ARCHIVE, gr.SUMMARY, gr.LOG])
-    bench = gr.gpu_run(bench_out, profile="smoke", budget=600, part="bench", build_dir=tmp_path / "build2",
+    bench = gr.gpu_run(bench_out, profile="smoke", budget=1200, part="bench", build_dir=tmp_path / "build2",
                        notebook_dir=ROOT / "notebooks")
     assert bench["notebooks"] == [] and bench["bench"]["status"] == "ok", (bench_out / gr.LOG).read_text()[-3000:]
     assert any(n.startswith("bench/") for n in tarfile.open(bench_out / gr.ARCHIVE).getnames())
