@@ -250,8 +250,9 @@ def gpu_run(out_dir: str | Path, profile: str = "full", budget: float = BUDGET_S
     started = time.perf_counter()
     summary = {"profile": profile, "part": part, "precision": precision, "budget_seconds": budget,
                "course_budget_seconds": course_budget or budget, "environment": environment(), "notebooks": []}
-    print(f"GPU run, part {part}: {len(paths)} notebooks, profile {profile}, precision {precision}, budget "
-          f"{budget:.0f} s, on {summary['environment']['device']}", flush=True)
+    what = "the benchmarks" if part == "bench" else f"{len(paths)} notebooks"
+    print(f"GPU run, part {part}: {what}, profile {profile}, precision {precision}, budget {budget:.0f} s, on "
+          f"{summary['environment']['device']}", flush=True)
     with open(out / LOG, "ab") as log:
         if part != "bench":
             _run_course_part(paths, build, out, log, summary, started + (course_budget or budget), started)
