@@ -23,8 +23,8 @@ help:
 	@echo "make floor   the same tests in .venv-floor, with the oldest supported versions (requirements-floor.txt)"
 	@echo "make course  set up .venv, then run every notebook (PROFILE=$(PROFILE)) into build/"
 	@echo "make bench   benchmarks: fit vs a hand-written loop vs the Trainer"
-	@echo "make gpu     pack .carry/ and print the one command for the GPU machine (docs/gpu_runs.md)"
-	@echo "make gpu-rehearsal  that command on this CPU: smoke sizes, bf16 forced, then published to build/"
+	@echo "make gpu     pack .carry/ and print the two commands for the GPU machine (docs/gpu_runs.md)"
+	@echo "make gpu-rehearsal  both windows on this CPU: smoke sizes, bf16 forced, then published to build/"
 	@echo "make lab     JupyterLab in notebooks/"
 	@echo "make clean   remove build/, caches, .venv and .venv-floor"
 
@@ -61,24 +61,30 @@ course: setup
 bench: setup
 	$(PY) benchmarks/run.py
 
-# The GPU run: one command on the device machine (docs/gpu_runs.md). `make gpu` packs what it carries and prints it.
+# The GPU run: two commands on the device machine (docs/gpu_runs.md), window 1 the notebooks, window 2 the
+# benchmarks alone. `make gpu` packs what they carry and prints them.
 GPU_COMMAND := source .carry/gpu-env.sh && python3 -m layerfreeze gpu-run --out $$OUT
+GPU_BENCH_COMMAND := $(GPU_COMMAND) --part bench --budget <budget_left_s minus 60>
 
 gpu: setup
 	bash .ci/gpu/pack.sh $(PY)
-	@echo 'On the device machine (carry: [".carry"], timeout_s: 540):'
+	@echo 'Window 1 on the device machine (carry: [".carry"], timeout_s: 590):'
 	@echo '  $(GPU_COMMAND)'
-	@echo "Then here: $(PY) -m layerfreeze gpu-import <the folder it returned>"
+	@echo 'Window 2, at once, on the same warm machine (timeout_s: that budget plus 30; status gives budget_left_s):'
+	@echo '  $(GPU_BENCH_COMMAND)'
+	@echo "Then here: $(PY) -m layerfreeze gpu-import <window 1's folder> <window 2's folder>"
 
 # The same command and packaging on this CPU, with the smoke sizes and the GPU's bf16 path forced (fp16 with its
 # scaler is tried by tests/test_gpu_run.py on fit alone: the CPU emulates fp16 products, too slowly for notebooks).
 gpu-rehearsal: setup
 	bash .ci/gpu/pack.sh $(PY)
 	rm -rf build/rehearsal
-	$(PY) -m layerfreeze gpu-run --out build/rehearsal/out --build-dir build/rehearsal/build --profile smoke \
-		--precision bf16 --budget 4000 --course-budget 3600
-	$(PY) -m layerfreeze gpu-import build/rehearsal/out --build-dir build/rehearsal/imported \
-		--docs-dir build/rehearsal/docs --bench-dir build/rehearsal/bench
+	$(PY) -m layerfreeze gpu-run --out build/rehearsal/window1 --build-dir build/rehearsal/build1 --profile smoke \
+		--precision bf16 --budget 3600
+	$(PY) -m layerfreeze gpu-run --out build/rehearsal/window2 --build-dir build/rehearsal/build2 --profile smoke \
+		--part bench --budget 1200
+	$(PY) -m layerfreeze gpu-import build/rehearsal/window1 build/rehearsal/window2 \
+		--build-dir build/rehearsal/imported --docs-dir build/rehearsal/docs --bench-dir build/rehearsal/bench
 
 lab: setup
 	cd notebooks && ../$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root)

@@ -11,9 +11,14 @@ median or the time cap is reached, and a ratio whose interval stays wider is mar
 verdicts. On the CPU, torch runs one thread and steps are timed by this process's CPU time, which other jobs
 barely change (benchmarks/README.md says why).
 
-The ideal: each layer group's forward and backward time is measured once (`lf.timing.profile_groups`), and each
-configuration's ideal step time is what its step must run (`lf.costs.step_seconds`). Goals, reported and
-never asserted, follow from that: the cache's speed-up at least 90% of its ideal; fit at most 1.05x the
+Throughput: tokens per second for fit, the hand-written loop and the Trainer, and the fraction of the device's peak
+FLOP/s that their steps' arithmetic reaches (`layerfreeze.study.timing.step_flops` over the median step time). The
+peak is stated with its source: on CUDA a known card's datasheet bf16 dense peak, on the CPU a large matrix product
+measured on this machine with the benchmark's thread count (`layerfreeze.study.timing.device_peak`).
+
+The ideal: each layer group's forward and backward time is measured once (`layerfreeze.study.timing.profile_groups`),
+and each configuration's ideal step time is what its step must run (`layerfreeze.core.costs.step_seconds`). Goals, reported
+and never asserted, follow from that: the cache's speed-up at least 90% of its ideal; fit at most 1.05x the
 hand-written loop; on CUDA, fit at least 1.5x faster than the Trainer for head only and the top block (where the
 Trainer's per-step overhead dominates); on CUDA, the memory estimate within +-10% of the peak allocated memory (on
 the CPU memory is not measured: the resident set grows by whatever the allocator did not already hold).
@@ -36,15 +41,21 @@ from pathlib import Path
 
 import torch
 
-import layerfreeze as lf
-from layerfreeze.base.data import real_lengths
-from layerfreeze.core.memory import PeakMemory
+from layerfreeze.base.data import encode, index_batches, load_task, real_lengths
+from layerfreeze.base.models import load_model
+from layerfreeze.base.runtime import describe_device, grad_scaler, pick_device, resolve_precision
+from layerfreeze.core.costs import step_seconds
+from layerfreeze.core.layers import num_blocks
+from layerfreeze.core.memory import PeakMemory, estimate_memory
 from layerfreeze.core.optim import fused_available
-from layerfreeze.base.runtime import grad_scaler, resolve_precision
-from layerfreeze.course.contract import environment
 from layerfreeze.core.schedules import lr_multiplier
-from layerfreeze.study.timing import CONFIDENCE, TOLERANCE, Spread
 from layerfreeze.core.trainer import TrainerDataset, collate_trimmed
+from layerfreeze.core.training import fit
+from layerfreeze.course.contract import environment
+from layerfreeze.core.strategy import apply_preset
+from layerfreeze.study.runs import fresh_copy
+from layerfreeze.study.timing import (CONFIDENCE, TOLERANCE, Spread, StepTimer, device_peak, interleave,
+                                      profile_groups, step_flops)
 
 CONFIGURATIONS = {"full": ("all", None), "top half": ("top", "half"), "top 2 blocks": ("top", 2),
                   "top 1 block": ("top", 1), "head only": ("head", None)}
@@ -57,6 +68,7 @@ PLANS = {  # steps per timed run; the first `warmup` step times of each run are 
                  max_seconds=60),
 }
 CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}  # on CUDA, events time the steps whatever this says
+LOOPS = ("fit", "hand-written", "Trainer")  # the three loops whose throughput is reported
 PAIRS = {"fit / hand-written": ("fit", "hand-written"), "Trainer / fit": ("Trainer", "fit"),
          "cache speed-up": ("fit", "fit cached")}
 
@@ -64,8 +76,8 @@ PAIRS = {"fit / hand-written": ("fit", "hand-written"), "Trainer / fit": ("Train
 def configure(model, name):
     preset, k = CONFIGURATIONS[name]
     if k == "half":
-        k = lf.num_blocks(model) // 2
-    lf.strategy.apply_preset(model, preset, k)
+        k = num_blocks(model) // 2
+    apply_preset(model, preset, k)
     return model
 
 
@@ -132,7 +144,7 @@ def trainer_loop(model, data, steps, batch_size, lr, precision, device, on_step)
 
 def fit_loop(model, data, steps, batch_size, lr, precision, device, on_step, cache=False):
     subset = tuple(t[: steps * batch_size] for t in data.tensors)
-    lf.fit(model, subset, epochs=1, lr=lr, batch_size=batch_size, warmup=0, precision=precision, progress=False,
+    fit(model, subset, epochs=1, lr=lr, batch_size=batch_size, warmup=0, precision=precision, progress=False,
            device=device, cache_prefix=cache, on_step_end=lambda step, loss: on_step())
 
 
@@ -146,8 +158,8 @@ RUNNERS = {"fit": fit_loop, "hand-written": hand_written_loop, "Trainer": traine
 def timed_run(runner, base, config, data, plan, lr, precision, device, clock):
     """A run from scratch (a fresh copy of the model) that returns its per-step times."""
     def run():
-        model = configure(lf.runs.fresh_copy(base), config)
-        timer = lf.timing.StepTimer(device, clock)
+        model = configure(fresh_copy(base), config)
+        timer = StepTimer(device, clock)
         runner(model, data, plan["steps"], plan["batch_size"], lr, precision, device, timer.mark)
         return timer.seconds()
     return run
@@ -157,17 +169,39 @@ def memory(base, config, data, batch_size, lr, precision, device):
     """Estimated / measured memory that training adds on top of the weights (CUDA only; None elsewhere)."""
     if device.type != "cuda":
         return None
-    model = configure(lf.runs.fresh_copy(base), config)
-    history = lf.fit(model, data, epochs=1, lr=lr, batch_size=batch_size, precision=precision, progress=False,
+    model = configure(fresh_copy(base), config)
+    history = fit(model, data, epochs=1, lr=lr, batch_size=batch_size, precision=precision, progress=False,
                      device=device)
-    estimate = lf.estimate_memory(model, batch_size, data.tensors[0].shape[1],
+    estimate = estimate_memory(model, batch_size, data.tensors[0].shape[1],
                                   activation_bytes=2 if precision in ("bf16", "fp16") else None)
     return estimate.training_overhead / history.peak_memory_bytes
 
 
 def ideal(base, config, costs):
-    model = configure(lf.runs.fresh_copy(base), config)
-    return lf.costs.step_seconds(model, costs), lf.costs.step_seconds(model, costs, cache_prefix=True)
+    model = configure(fresh_copy(base), config)
+    return step_seconds(model, costs), step_seconds(model, costs, cache_prefix=True)
+
+
+def mean_batch_width(data, batch_size, steps) -> float:
+    """The mean width of the batches ``fit`` trains on here (each cut after its widest row): with the batch size,
+    the tokens a step processes."""
+    subset = data.tensors[1][: steps * batch_size]
+    lengths = real_lengths(subset)
+    batches = list(index_batches(len(lengths), batch_size, shuffle=True))
+    return sum(int(lengths[index].max()) for index in batches) / len(batches)
+
+
+def throughput(row, base, config, plan, width, peak):
+    """Tokens per second and the fraction of the device's peak FLOP/s for each loop, from its median step time
+    and the step's arithmetic (:func:`layerfreeze.study.timing.step_flops`)."""
+    model = configure(fresh_copy(base), config)
+    flops = step_flops(model, plan["batch_size"], round(width))
+    fields = {"tokens/step": plan["batch_size"] * width, "GFLOP/step": flops / 1e9}
+    for name in LOOPS:
+        seconds = row[f"{name} s/step"]
+        fields[f"{name} tokens/s"] = fields["tokens/step"] / seconds
+        fields[f"{name} of peak"] = flops / seconds / peak if peak else None
+    return fields
 
 
 def spread_fields(name, spread, noisy=None):
@@ -191,11 +225,11 @@ def verdicts(row, cuda):
     return goals
 
 
-def measure(base, config, data, plan, lr, precision, device, costs, clock):
+def measure(base, config, data, plan, lr, precision, device, costs, clock, peak=None):
     names = ["fit", "hand-written", "Trainer"] + (["fit cached"] if config != "full" else [])
     runs = {name: timed_run(RUNNERS[name], base, config, data, plan, lr, precision, device, clock) for name in names}
     pairs = {label: pair for label, pair in PAIRS.items() if set(pair) <= set(names)}
-    result = lf.timing.interleave(runs, list(pairs.values()), warmup=plan["warmup"], min_rounds=plan["min_rounds"],
+    result = interleave(runs, list(pairs.values()), warmup=plan["warmup"], min_rounds=plan["min_rounds"],
                            max_rounds=plan["max_rounds"], max_seconds=plan["max_seconds"], tolerance=TOLERANCE)
     row = {"configuration": config, "rounds": result.rounds, "seconds": result.seconds}
     for name in names:
@@ -207,12 +241,13 @@ def measure(base, config, data, plan, lr, precision, device, costs, clock):
     if "fit cached" in names:
         row.update({"ideal cached s/step": ideal_cached, "ideal cache speed-up": ideal_uncached / ideal_cached})
         row["cache speed-up / ideal"] = row["cache speed-up"] / row["ideal cache speed-up"]
+    row.update(throughput(row, base, config, plan, mean_batch_width(data, plan["batch_size"], plan["steps"]), peak))
     row["estimate / measured memory"] = memory(base, config, data, plan["batch_size"], lr, precision, device)
     row["goals"] = verdicts(row, device.type == "cuda")
     return row
 
 
-def main(argv=None):
+def argument_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--size", choices=["auto", *PLANS], default="auto",
@@ -224,33 +259,52 @@ def main(argv=None):
     parser.add_argument("--clock", choices=list(CLOCKS), default="cpu",
                         help="on the CPU, time steps by this process's CPU time (default: other jobs barely change "
                              "it) or by the wall clock")
+    parser.add_argument("--max-seconds", type=float,
+                        help="cap on each strategy's timed rounds, in seconds, after its minimum rounds (default: the "
+                             "size's; the GPU run's window 2 shares its time among the five strategies this way)")
     parser.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"),
                         help="print whether two runs' ratios agree within their ranges, and run nothing")
+    return parser
+
+
+def chosen_plan(size, max_seconds, parser):
+    """The size's plan, with its per-strategy cap on timed rounds replaced by ``--max-seconds`` when given."""
+    if max_seconds is None:
+        return PLANS[size]
+    if not max_seconds > 0:
+        parser.error(f"--max-seconds {max_seconds}: it must be a positive number of seconds")
+    return {**PLANS[size], "max_seconds": max_seconds}
+
+
+def main(argv=None):
+    parser = argument_parser()
     args = parser.parse_args(argv)
     if args.compare:
         print(compare(*(json.loads(Path(p).read_text()) for p in args.compare)))
         return 0
 
-    device = lf.runtime.pick_device()
+    device = pick_device()
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
     size = args.size if args.size != "auto" else ("full" if device.type == "cuda" else "cpu")
-    plan = PLANS[size]
+    plan = chosen_plan(size, args.max_seconds, parser)
     precision = resolve_precision("auto", device)
     lr = 1e-4
     load_before = os.getloadavg()
-    base, tokenizer = lf.load_model(args.model, num_labels=2)
+    base, tokenizer = load_model(args.model, num_labels=2)
     base.to(device)
-    task = lf.load_task("a", limit={"train": plan["examples"]})
-    data = lf.encode(task["train"], tokenizer, max_length=plan["seq_len"])
-    device_name = lf.describe_device(device)
+    task = load_task("a", limit={"train": plan["examples"]})
+    data = encode(task["train"], tokenizer, max_length=plan["seq_len"])
+    device_name = describe_device(device)
     print(f"benchmarks on {device_name}, precision {precision}, size {size}: batch {plan['batch_size']}, "
           f"{data.tensors[0].shape[1]} tokens, {plan['steps']} steps per run ({plan['warmup']} dropped), "
           f"{torch.get_num_threads()} CPU threads, {args.clock if device.type == 'cpu' else 'CUDA events'} time, "
           f"load average {load_before[0]:.2f}", flush=True)
     clock = CLOCKS[args.clock]
-    costs = lf.timing.profile_groups(base, tuple(t[: plan["batch_size"]] for t in data.tensors), precision=precision,
+    costs = profile_groups(base, tuple(t[: plan["batch_size"]] for t in data.tensors), precision=precision,
                               clock=clock)
+    peak, peak_source = device_peak(device, clock)
+    print(f"peak for the fraction of peak: {peak_source}", flush=True)
 
     stem = device_name.split(":")[0] if device.type == "cpu" else torch.cuda.get_device_name().replace(" ", "-")
     payload = {"device": device_name, "precision": precision, "size": size, "plan": plan, "tolerance": TOLERANCE,
@@ -258,11 +312,12 @@ def main(argv=None):
                "load_average": {"start": load_before, "end": load_before},
                "memory_kind": PeakMemory(device).kind if device.type == "cuda" else "not measured on the CPU",
                "group_costs_ms": costs.table().round(3).to_dict(), "optimizer_ms_all_parameters": costs.optimizer * 1e3,
+               "peak_flops": peak, "peak_source": peak_source,
                "environment": environment(), "rows": []}
     for config in CONFIGURATIONS:
-        row = measure(base, config, data, plan, lr, precision, device, costs, clock)
+        row = measure(base, config, data, plan, lr, precision, device, costs, clock, peak)
         print(f"  {config}: {row['rounds']} rounds, fit/hand {row['fit / hand-written']:.3f}, "
-              f"Trainer/fit {row['Trainer / fit']:.2f}"
+              f"Trainer/fit {row['Trainer / fit']:.2f}, fit {row['fit tokens/s']:.0f} tokens/s"
               + (f", cache {row['cache speed-up']:.2f}x (ideal {row['ideal cache speed-up']:.2f}x)"
                  if "cache speed-up" in row else "") + f"; {row['goals']}", flush=True)
         payload["rows"].append(row)
@@ -283,8 +338,12 @@ def cell(row, column):
     value = row.get(column)
     if value is None:
         return "-"
+    if column.endswith("tokens/s") or column == "tokens/step":  # before s/step, which "tokens/step" ends with
+        return f"{value:,.0f}"
     if column.endswith("s/step"):
         return f"{value * 1000:.1f} ms"
+    if column.endswith("of peak"):
+        return f"{value:.2%}"
     if f"{column} low" in row:
         text = f"{Spread(value, row[f'{column} low'], row[f'{column} high'], row['rounds']):.2f}"
         return text + (" (noisy)" if row.get(f"{column} noisy") else "")
@@ -312,7 +371,24 @@ def markdown_tables(payload):
     lines += ["", "| configuration | " + " | ".join(goals) + " |", "|" + " --- |" * (len(goals) + 1)]
     lines += ["| " + row["configuration"] + " | " + " | ".join(row["goals"].get(g, "-") for g in goals) + " |"
               for row in rows]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + throughput_table(payload)) + "\n"
+
+
+def throughput_table(payload) -> list[str]:
+    """Tokens per second and the fraction of the peak per loop (absent from runs made before they were measured)."""
+    rows = [row for row in payload["rows"] if "tokens/step" in row]
+    if not rows:
+        return []
+    columns = ["configuration", "tokens/step", "GFLOP/step", *(f"{n} tokens/s" for n in LOOPS),
+               *(f"{n} of peak" for n in LOOPS)]
+    lines = ["", f"Throughput: tokens a step processes (batch x the mean width of its batches, each cut after its "
+                 f"widest row) over the median step time; the fraction of peak is the step's matrix arithmetic "
+                 f"(6 x weights x tokens for what trains, less for what is frozen: `step_flops`) per second over "
+                 f"the peak, {payload.get('peak_source', 'not known')}.", "",
+             "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    lines += ["| " + " | ".join(row["configuration"] if c == "configuration" else cell(row, c) for c in columns) + " |"
+              for row in rows]
+    return lines
 
 
 def _load_range(payload) -> str:

@@ -233,3 +233,18 @@ def test_suggest_max_length_cuts_only_long_data(minilm):
     assert suggest_max_length(long_rows, tokenizer, percentile=95, cap=64) == 64
     with pytest.raises(ValueError, match="percentile must be"):
         suggest_max_length(long_rows, tokenizer, percentile=120)
+
+
+def test_length_buckets_cover_every_example_once_with_less_padding():
+    from layerfreeze.base.data import batches_per_epoch, index_batches, length_bucketed_batches
+    lengths = torch.randint(4, 33, (300,), generator=torch.Generator().manual_seed(0))
+    bucketed = list(length_bucketed_batches(lengths, 16, seed=3))
+    shuffled = list(index_batches(300, 16, shuffle=True, seed=3))
+    assert sorted(torch.cat(bucketed).tolist()) == list(range(300))
+    assert len(bucketed) == len(shuffled) == batches_per_epoch(300, 16)
+    padded = {name: sum(int(lengths[b].max()) * len(b) for b in batches)
+              for name, batches in (("bucketed", bucketed), ("shuffled", shuffled))}
+    assert padded["bucketed"] < 0.8 * padded["shuffled"]
+    assert [b.tolist() for b in length_bucketed_batches(lengths, 16, seed=3)] == [b.tolist() for b in bucketed]
+    with pytest.raises(ValueError, match="chunk=0"):
+        list(length_bucketed_batches(lengths, 16, chunk=0))

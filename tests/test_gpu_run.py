@@ -34,6 +34,7 @@ def test_notebook_04_runs_first_and_every_notebook_is_in_the_order():
     (dict(precision="bf16,int8"), "precision='bf16,int8'"),
     (dict(budget=0), "budget=0 seconds"),
     (dict(budget=100, course_budget=200), "course_budget=200 seconds; it must be positive and at most budget=100"),
+    (dict(part="window"), "part='window'; valid: course, bench, all (window 1, window 2, or both)"),
 ])
 def test_bad_arguments_are_refused_before_anything_runs(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -66,7 +67,9 @@ def test_what_no_longer_fits_is_skipped_and_says_so(tmp_path):
     summary = gr.gpu_run(tmp_path / "out", profile="full", budget=1, course_budget=1, build_dir=tmp_path / "build",
                          notebook_dir=ROOT / "notebooks")
     assert [n["status"] for n in summary["notebooks"]] == ["skipped"] * len(summary["notebooks"])
-    assert all("s left" in n["reason"] for n in summary["notebooks"]) and summary["bench"]["status"] == "skipped"
+    assert all("s left" in n["reason"] for n in summary["notebooks"])
+    assert summary["part"] == "course" and summary["bench"] == {
+        "status": "skipped", "reason": "part course: the benchmarks run in window 2"}
     assert json.loads((tmp_path / "out" / gr.SUMMARY).read_text()) == summary
     assert tarfile.open(tmp_path / "out" / gr.ARCHIVE).getnames() == ["results", "results/course_timing.json"]
 
@@ -126,20 +129,22 @@ def test_rehearsal(tmp_path):
     """`make gpu-rehearsal`'s run: every notebook in bf16 autocast, archived; then imported and published. (fp16
     with its scaler is tried by test_forced_precision_trains_on_the_cpu: the CPU emulates fp16 matrix products, far
     too slowly for whole notebooks.)"""
-    out = tmp_path / "out"
-    summary = gr.gpu_run(out, profile="smoke", budget=4000, course_budget=3600, precision="bf16",
-                         build_dir=tmp_path / "build", notebook_dir=ROOT / "notebooks")
-    log = (out / gr.LOG).read_text()
+    out, bench_out = tmp_path / "window1", tmp_path / "window2"
+    summary = gr.gpu_run(out, profile="smoke", budget=3600, precision="bf16", build_dir=tmp_path / "build1",
+                         notebook_dir=ROOT / "notebooks")
     failed = {n["stem"]: n.get("error") for n in summary["notebooks"] if n["status"] != "ok"}
     assert not failed, failed
     assert {n["precision"] for n in summary["notebooks"]} == {"bf16"}
-    assert summary["bench"]["status"] == "ok", log[-3000:]
     names = tarfile.open(out / gr.ARCHIVE).getnames()
     for entry in summary["notebooks"]:
         assert f"results/{entry['stem']}.json" in names and f"notebooks/{entry['stem']}.ipynb" in names
-    assert any(n.startswith("bench/") for n in names) and sorted(os.listdir(out)) == sorted(
-        [gr.ARCHIVE, gr.SUMMARY, gr.LOG])
-    page = gr.import_gpu_run(out, tmp_path / "imported", tmp_path / "docs", tmp_path / "bench",
+    assert sorted(os.listdir(out)) == sorted([gr.ARCHIVE, gr.SUMMARY, gr.LOG])
+    bench = gr.gpu_run(bench_out, profile="smoke", budget=1200, part="bench", build_dir=tmp_path / "build2",
+                       notebook_dir=ROOT / "notebooks")
+    assert bench["notebooks"] == [] and bench["bench"]["status"] == "ok", (bench_out / gr.LOG).read_text()[-3000:]
+    assert any(n.startswith("bench/") for n in tarfile.open(bench_out / gr.ARCHIVE).getnames())
+    assert any((bench_out / "bench").iterdir()), "each strategy is written into the returned folder as it finishes"
+    page = gr.import_gpu_run([out, bench_out], tmp_path / "imported", tmp_path / "docs", tmp_path / "bench",
                              ROOT / "notebooks")
     assert page.name == "results-gpu.md" and "(figures-gpu/" in page.read_text()
     assert gr.TAKEAWAYS not in {n["stem"][:2] for n in summary["notebooks"]}  # it runs here, at import:
@@ -152,6 +157,7 @@ def _window(out, device, seconds):
     build = out / "build"
     for stem in seconds:
         lf.course.save_metrics({"model_name": "m", "seed": 0}, build / "results", stem, key_tables={"t": [{"a": 1}]})
+    (build / "results").mkdir(parents=True, exist_ok=True)  # a benchmark window finishes no notebook
     (build / "results" / "course_timing.json").write_text(json.dumps(
         {"profile": "full", "resolved_profile": "full", "seconds": seconds, "total_seconds": sum(seconds.values()),
          "environment": {"device": device, "date": "d", "torch": "t", "transformers": "x", "python": "p"}}))
@@ -174,6 +180,25 @@ def test_import_merges_windows_on_one_device_and_refuses_two_devices(tmp_path):
                           no_takeaways)
     with pytest.raises(FileNotFoundError, match="nowhere"):
         gr.import_gpu_run([tmp_path / "nowhere"], tmp_path / "imported", tmp_path / "docs", None, no_takeaways)
+
+
+def test_benchmark_results_written_before_a_kill_are_imported(tmp_path):
+    """Window 2's benchmarks write each strategy into $OUT/bench as it finishes: import takes them even when the
+    command was killed before its archive held them."""
+    _window(tmp_path / "one", "cuda: NVIDIA H200", {"04_a": 120.0})
+    _window(tmp_path / "two", "cuda: NVIDIA H200", {})
+    (tmp_path / "two" / "bench").mkdir()
+    (tmp_path / "two" / "bench" / "NVIDIA-H200.json").write_text('{"rows": []}')
+    no_takeaways = tmp_path / "notebooks"
+    no_takeaways.mkdir()
+    gr.import_gpu_run([tmp_path / "one", tmp_path / "two"], tmp_path / "imported", tmp_path / "docs",
+                      tmp_path / "bench", no_takeaways)
+    assert (tmp_path / "bench" / "NVIDIA-H200.json").read_text() == '{"rows": []}'
+
+
+def test_window_two_shares_its_time_among_the_strategies():
+    assert gr.strategy_seconds(240) * gr.BENCH_STRATEGIES + gr.BENCH_SETUP_SECONDS == 240
+    assert gr.strategy_seconds(0) == 10.0  # the minimum rounds run whatever the cap
 
 
 def test_the_cli_refuses_a_bad_precision_in_one_line():

@@ -167,3 +167,38 @@ def test_a_frozen_prefix_runs_forward_without_a_graph():
     costs = unit_costs(model)
     costs.forward_frozen = {name: seconds / 2 for name, seconds in costs.forward.items()}
     assert ideal_step_seconds(model, costs) == pytest.approx(5 * 0.5 + 1.0 + 1.0)  # block.5 trains, records its graph
+
+
+# --- throughput's arithmetic ---------------------------------------------------------------------------------------
+
+
+def _linear_weights(module) -> int:
+    return sum(m.weight.numel() for m in module.modules() if isinstance(m, torch.nn.Linear))
+
+
+def test_step_flops_counts_six_per_trainable_weight_and_less_for_what_is_frozen():
+    from layerfreeze.core.freezing import freeze_to as freeze
+    from layerfreeze.study.timing import step_flops
+    model = tiny_model("bert", num_layers=4)
+    block = _linear_weights(model.bert.encoder.layer[0])
+    head = _linear_weights(model.bert.pooler) + _linear_weights(model.classifier)
+    batch, seq = 4, 8
+    tokens = batch * seq
+    assert step_flops(model, batch, seq) == 6 * (4 * block * tokens + head * batch)
+    freeze(model, -3)  # the top 2 blocks and the head train
+    lowest_and_above = (2 + 2) * block * tokens + 6 * block * tokens + 6 * head * batch  # weight gradients only
+    assert step_flops(model, batch, seq) == 2 * 2 * block * tokens + lowest_and_above
+    assert step_flops(model, batch, seq, cache_prefix=True) == lowest_and_above
+    model.requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameter"):
+        step_flops(model, batch, seq)
+
+
+def test_the_peak_names_its_source_and_bad_sizes_are_refused():
+    from layerfreeze.study.timing import DATASHEET_PEAK_TFLOPS, device_peak, matmul_flops_per_second
+    flops, source = device_peak("cpu")
+    assert flops > 0 and source.startswith("measured: ") and "GFLOP/s" in source
+    keys = [key for key, _, _ in DATASHEET_PEAK_TFLOPS]  # a specific name before one it contains
+    assert all(keys.index(a) < keys.index(b) for a in keys for b in keys if b in a and a != b)
+    with pytest.raises(ValueError, match="size=0"):
+        matmul_flops_per_second(size=0)

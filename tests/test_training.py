@@ -205,3 +205,19 @@ def test_a_model_sharing_the_cached_blocks_still_runs_them():
     fit(model, data, epochs=2, batch_size=16, lr=1e-3, cache_prefix=True, progress=False,
         on_epoch_end=lambda epoch: seen.append(evaluate(twin, data)["loss"]))
     assert seen == [before, before]
+
+
+def test_bucketing_by_length_trains_every_example_and_bad_values_are_refused():
+    model = tiny_model("bert", num_layers=2)
+    width = torch.tensor([2, 8, 3, 7, 2, 8, 3, 7])
+    ids = torch.randint(5, 99, (8, 8), generator=torch.Generator().manual_seed(0))
+    mask = (torch.arange(8) < width[:, None]).long()
+    seen = []
+    model.register_forward_pre_hook(  # training steps only
+        lambda module, args, kwargs: seen.append(kwargs["input_ids"].shape[1]) if module.training else None,
+        with_kwargs=True)
+    history = fit(model, (ids, mask, ids[:, 0] % 2), epochs=1, batch_size=2, lr=1e-3, progress=False,
+                  bucket_by_length=True)
+    assert history.steps == 4 and sorted(seen) == [2, 3, 7, 8]  # each batch pairs two rows of one length
+    with pytest.raises(ValueError, match="bucket_by_length='yes'; valid: True or False"):
+        fit(model, (ids, mask, ids[:, 0] % 2), bucket_by_length="yes")

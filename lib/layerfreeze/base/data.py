@@ -449,6 +449,35 @@ def index_batches(n: int, batch_size: int, shuffle: bool = False, seed: int = 0,
         yield order[start:start + batch_size]
 
 
+def length_bucketed_batches(lengths, batch_size: int, seed: int = 0, chunk: int = 8):
+    """Batches of example indices of similar length: shuffle with ``seed``, sort each run of ``chunk`` batches by
+    length, cut it into batches and shuffle the batches' order. Each example comes once per epoch, as with
+    :func:`index_batches`, and a batch cut after its widest row (as ``fit`` cuts it) carries little padding: on
+    task A at 32 tokens, 8,768 tokens an epoch instead of 13,120 (480 examples, batches of 32). As many batches
+    as :func:`index_batches` yields.
+
+    >>> import torch
+    >>> lengths = torch.tensor([9, 2, 8, 3, 7, 1])
+    >>> batches = [b.tolist() for b in length_bucketed_batches(lengths, 2, chunk=3)]
+    >>> sorted(sorted(lengths[b].tolist()) for b in batches)
+    [[1, 2], [3, 7], [8, 9]]
+    """
+    import torch
+
+    if chunk < 1:
+        raise ValueError(f"chunk={chunk!r}: it must be a positive number of batches")
+    n, lengths = len(lengths), torch.as_tensor(lengths)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    groups = []
+    for start in range(0, n, batch_size * chunk):
+        part = order[start:start + batch_size * chunk]
+        part = part[torch.argsort(lengths[part], stable=True)]
+        groups += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+    shuffled = torch.randperm(len(groups), generator=torch.Generator().manual_seed(seed + 1)).tolist()
+    for i in shuffled:
+        yield groups[i]
+
+
 def real_lengths(attention_mask) -> "torch.Tensor":
     """Each row's width up to and including its last real token, on the CPU. A batch needs no column past its
     widest row's: the padding after it is masked out, so dropping it changes nothing but the work (left padding,

@@ -2,7 +2,7 @@
 
 ``python -m layerfreeze course``  runs every notebook in order into ``build/`` (what ``make course`` calls).
 ``python -m layerfreeze publish`` writes ``docs/results.md`` and ``docs/figures/`` from that run.
-``python -m layerfreeze gpu-run``  the course and the benchmarks on a GPU in one short window (docs/gpu_runs.md);
+``python -m layerfreeze gpu-run``  the course (window 1) or the benchmarks (window 2) on a GPU (docs/gpu_runs.md);
 ``python -m layerfreeze gpu-import`` publishes what such a run returned as ``docs/results-gpu.md``.
 ``python -m layerfreeze train``   fine-tunes with a freezing plan or an unfreezing schedule. It runs unchanged
 under ``torchrun --nproc_per_node N`` or ``accelerate launch``: each process trains on its shard with
@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from .contract import DEFAULT_CELL_TIMEOUT, PROFILES
-from .gpu_run import BUDGET_SECONDS, COURSE_BUDGET_SECONDS
+from .gpu_run import BUDGET_SECONDS, COURSE_BUDGET_SECONDS, PARTS
 from ..base.data import TASK_NAMES
 from ..core.schedules import CURVES
 
@@ -154,13 +154,16 @@ def precision_list(text: str) -> str:
 
 
 def add_gpu_parsers(commands) -> None:
-    gpu = commands.add_parser("gpu-run", help="the course, most valuable notebook first, then the benchmarks, "
-                                              "within a time budget; archived after every notebook")
+    gpu = commands.add_parser("gpu-run", help="window 1: the course, most valuable notebook first; window 2: "
+                                              "the benchmarks; within a time budget, archived as it goes")
     gpu.add_argument("--out", type=Path, required=True, help="folder for gpu_run.tar.gz, gpu_run.json, gpu_run.log")
     gpu.add_argument("--profile", default="full", choices=PROFILES)
+    gpu.add_argument("--part", default="course", choices=PARTS,
+                     help="course: window 1, the notebooks; bench: window 2, the benchmarks alone; all: both")
     gpu.add_argument("--budget", type=positive_float, default=BUDGET_SECONDS, help="seconds for everything")
-    gpu.add_argument("--course-budget", type=positive_float, default=COURSE_BUDGET_SECONDS,
-                     help="seconds for the notebooks; the benchmarks get what is left")
+    gpu.add_argument("--course-budget", type=positive_float, default=None,
+                     help="seconds for the notebooks (default: the budget); with --part all the benchmarks get "
+                          "what is left")
     gpu.add_argument("--precision", type=precision_list, default="auto",
                      help="auto, fp32, bf16 or fp16, forced in every notebook, on the CPU too; several, separated "
                           "by commas, are cycled over the notebooks (the rehearsal: bf16,fp16)")
@@ -180,7 +183,7 @@ def add_gpu_parsers(commands) -> None:
 def _gpu_run(args) -> None:
     from .gpu_run import gpu_run
     gpu_run(args.out, args.profile, args.budget, args.course_budget, args.precision, args.notebook_dir,
-            args.build_dir)
+            args.build_dir, args.part)
 
 
 def _gpu_import(args) -> None:

@@ -1,14 +1,18 @@
 """The course on a GPU in one short window, and its rehearsal on the CPU.
 
-The project's GPU machine is lent rarely and briefly, so the GPU run is one prepared command that cannot waste its
-window. It runs the notebooks most valuable first (04, the forgetting run, whose lessons need a GPU), each under a
+The project's GPU machine is lent rarely and briefly, so the GPU run is prepared commands that cannot waste their
+window, in two parts (``part``): window 1 (``course``, the default) runs the notebooks, window 2 (``bench``) the
+benchmarks alone; ``all`` runs both in one command, the notebooks first. The course part runs the notebooks most
+valuable first (04, the forgetting run, whose lessons need a GPU), each under a
 time limit; skips a notebook that no longer fits, and says so; kills one that runs past its limit instead of
 hanging; after *each* notebook, rewrites one archive of everything finished so far, so a run cut short still
-returns what it did; then runs the benchmarks if time is left. ``docs/gpu_runs.md`` shows the sizing. The
+returns what it did. The benchmark part writes each strategy's results into the returned folder as soon as it
+finishes, so a command killed mid-way still returns them. ``docs/gpu_runs.md`` shows the sizing. The
 takeaways notebook (07) trains nothing and reads every other notebook's results, so it does not spend GPU time:
 it runs here, at import, over everything that came back.
 
-    python -m layerfreeze gpu-run --out $OUT                                   # on the GPU machine
+    python -m layerfreeze gpu-run --out $OUT                     # window 1 on the GPU machine: the notebooks
+    python -m layerfreeze gpu-run --out $OUT --part bench --budget 200   # window 2: the benchmarks alone
     python -m layerfreeze gpu-run --out build/rehearsal --profile smoke --precision bf16,fp16   # rehearsal (CPU)
 
 Back here, :func:`import_gpu_run` unpacks what came back (from one window, or several that each finished part of
@@ -39,11 +43,15 @@ from ..base.runtime import FORCE_VARIABLE, PRECISIONS, MiB
 PRIORITY = ("04", "02", "03", "05", "01")
 TAKEAWAYS = "07"  # run at import, over the results of every window
 # Seconds each notebook is expected to take: `full` on one GPU, from the H200 run of 2026-11-27 scaled to the sizes
-# cut after it (docs/gpu_runs.md). A notebook that no longer fits is skipped. Other profiles (the rehearsal's
-# `smoke`, on a CPU that may be busy) get a bound on a hang instead: a smoke notebook takes well under a minute on a
-# quiet 2-core machine, and up to about ten beside another job (02 took 630 s in bf16 beside a second `make test`).
-EXPECTED_SECONDS = {"full": {"04": 105, "02": 58, "03": 70, "05": 53, "01": 27, "06": 54}}
-BUDGET_SECONDS, COURSE_BUDGET_SECONDS = 420, 410  # 7 minutes; the benchmarks run on what the notebooks leave
+# cut after it and to 5 seeds in 04 and 06 (docs/gpu_runs.md). A notebook that no longer fits is skipped. Other
+# profiles (the rehearsal's `smoke`, on a CPU that may be busy) get a bound on a hang instead: a smoke notebook takes
+# well under a minute on a quiet 2-core machine, and up to about ten beside another job (02 took 630 s in bf16
+# beside a second `make test`).
+EXPECTED_SECONDS = {"full": {"04": 150, "02": 58, "03": 70, "05": 53, "01": 27, "06": 71}}
+BUDGET_SECONDS = COURSE_BUDGET_SECONDS = 480  # window 1: 8 minutes of notebooks; the benchmarks get window 2
+PARTS = ("course", "bench", "all")  # window 1, window 2, or both in one command (the notebooks first)
+BENCH_STRATEGIES = 5  # benchmarks/run.py's configurations: window 2's time is shared among them
+BENCH_SETUP_SECONDS = 40  # loading the model and profiling the layer groups, before the first strategy
 DEFAULT_EXPECTED_SECONDS = {"full": 60}
 HANG_BOUND_SECONDS = 600
 ARCHIVE, SUMMARY, LOG = "gpu_run.tar.gz", "gpu_run.json", "gpu_run.log"
@@ -85,9 +93,12 @@ def precisions(precision: str) -> list[str]:
     return chosen
 
 
-def check_arguments(profile: str, budget: float, course_budget: float | None, precision: str) -> None:
+def check_arguments(profile: str, budget: float, course_budget: float | None, precision: str,
+                    part: str = "course") -> None:
     """Refuse bad arguments before anything runs."""
     from .contract import PROFILES
+    if part not in PARTS:
+        raise ValueError(f"part={part!r}; valid: {', '.join(PARTS)} (window 1, window 2, or both)")
     if profile not in PROFILES:
         raise ValueError(f"profile={profile!r}; valid: {', '.join(PROFILES)}")
     precisions(precision)
@@ -188,7 +199,19 @@ def _environment(precision: str) -> dict:
     return env if precision == "auto" else {**env, FORCE_VARIABLE: precision}
 
 
+def strategy_seconds(left: float) -> float:
+    """The cap on each benchmark strategy's timed rounds, so that all :data:`BENCH_STRATEGIES` fit in ``left``
+    seconds after the set-up (at least 10 s: the minimum rounds run whatever the cap).
+
+    >>> strategy_seconds(240), strategy_seconds(30)
+    (40.0, 10.0)
+    """
+    return max(10.0, (left - BENCH_SETUP_SECONDS) / BENCH_STRATEGIES)
+
+
 def _run_benchmarks(build, out, log, summary, deadline, started, minimum: float = 60) -> None:
+    """benchmarks/run.py writing straight into ``out/bench`` (each strategy as it finishes comes back even if the
+    command is killed), then copied into the archive."""
     left = deadline - time.perf_counter()
     script = Path(__file__).resolve().parents[3] / "benchmarks" / "run.py"
     if left < minimum or not script.exists():
@@ -198,22 +221,26 @@ def _run_benchmarks(build, out, log, summary, deadline, started, minimum: float 
         print(f"  benchmarks: up to {left:.0f} s ...", end=" ", flush=True)
         log.write(b"\n===== benchmarks =====\n"); log.flush()
         size = "smoke" if summary["profile"] == "smoke" else "auto"
-        command = [sys.executable, str(script), "--size", size, "--out", str(build / "bench")]
+        command = [sys.executable, str(script), "--size", size, "--out", str(out / "bench"),
+                   "--max-seconds", f"{strategy_seconds(left):.0f}"]
         status, seconds = run_limited(command, left, log, _environment("auto"))
         summary["bench"] = {"status": status, "seconds": round(seconds, 1)}
+        if (out / "bench").exists():
+            shutil.copytree(out / "bench", build / "bench", dirs_exist_ok=True)
     print(f"benchmarks: {summary['bench']['status']}", flush=True)
     _save_progress(summary, build, out, started)
 
 
 def gpu_run(out_dir: str | Path, profile: str = "full", budget: float = BUDGET_SECONDS,
-            course_budget: float | None = COURSE_BUDGET_SECONDS,
-            precision: str = "auto", notebook_dir: str | Path = "notebooks", build_dir: str | Path = "build") -> dict:
-    """Run the course (most valuable notebook first) and then the benchmarks within ``budget`` seconds in all,
-    the notebooks within ``course_budget``. ``out_dir`` receives :data:`ARCHIVE`, :data:`SUMMARY` and :data:`LOG`,
-    updated after every notebook. ``precision`` other than ``auto`` forces that precision (a list such as
-    ``"bf16,fp16"`` is cycled over the notebooks), on the CPU too: the rehearsal tries the GPU's paths that way.
-    Returns the summary."""
-    check_arguments(profile, budget, course_budget, precision)
+            course_budget: float | None = None, precision: str = "auto", notebook_dir: str | Path = "notebooks",
+            build_dir: str | Path = "build", part: str = "course") -> dict:
+    """Run one ``part`` within ``budget`` seconds: ``course``, the notebooks (most valuable first, within
+    ``course_budget``, by default the whole budget); ``bench``, the benchmarks alone; ``all``, the notebooks and
+    then the benchmarks on what they leave. ``out_dir`` receives :data:`ARCHIVE`, :data:`SUMMARY` and
+    :data:`LOG`, updated after every notebook (and ``bench/``, each strategy as it finishes). ``precision`` other
+    than ``auto`` forces that precision (a list such as ``"bf16,fp16"`` is cycled over the notebooks), on the CPU
+    too: the rehearsal tries the GPU's paths that way. Returns the summary."""
+    check_arguments(profile, budget, course_budget, precision, part)
     out, build = Path(out_dir), Path(build_dir)
     paths = run_order([p for p in notebook_paths(notebook_dir) if not p.name.startswith(TAKEAWAYS)])
     if not paths:
@@ -221,13 +248,19 @@ def gpu_run(out_dir: str | Path, profile: str = "full", budget: float = BUDGET_S
     out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(build, ignore_errors=True)
     started = time.perf_counter()
-    summary = {"profile": profile, "precision": precision, "budget_seconds": budget,
+    summary = {"profile": profile, "part": part, "precision": precision, "budget_seconds": budget,
                "course_budget_seconds": course_budget or budget, "environment": environment(), "notebooks": []}
-    print(f"GPU run: {len(paths)} notebooks, profile {profile}, precision {precision}, budget {budget:.0f} s, "
-          f"on {summary['environment']['device']}", flush=True)
+    what = "the benchmarks" if part == "bench" else f"{len(paths)} notebooks"
+    print(f"GPU run, part {part}: {what}, profile {profile}, precision {precision}, budget {budget:.0f} s, on "
+          f"{summary['environment']['device']}", flush=True)
     with open(out / LOG, "ab") as log:
-        _run_course_part(paths, build, out, log, summary, started + (course_budget or budget), started)
-        _run_benchmarks(build, out, log, summary, started + budget, started)
+        if part != "bench":
+            _run_course_part(paths, build, out, log, summary, started + (course_budget or budget), started)
+        if part == "course":
+            summary["bench"] = {"status": "skipped", "reason": "part course: the benchmarks run in window 2"}
+            _save_progress(summary, build, out, started)
+        else:
+            _run_benchmarks(build, out, log, summary, started + budget, started)
     print(f"Done in {summary['seconds']:.0f} s: {out / ARCHIVE}, {out / SUMMARY}, {out / LOG}", flush=True)
     return summary
 
@@ -244,6 +277,9 @@ def import_gpu_run(out_dirs, build_dir: str | Path = "build-gpu", docs_dir: str 
     archives = _archives(outs)
     shutil.rmtree(build, ignore_errors=True)
     timing = _unpack_all(archives, build)
+    for out in outs:  # what the benchmarks wrote before a command was killed, beside the archive
+        if (out / "bench").is_dir():
+            shutil.copytree(out / "bench", build / "bench", dirs_exist_ok=True)
     _run_takeaways(Path(notebook_dir), build, timing)
     (build / "results" / "course_timing.json").write_text(json.dumps(timing, indent=2) + "\n")
     if bench_dir is not None and (build / "bench").exists():

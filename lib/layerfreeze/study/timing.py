@@ -314,3 +314,96 @@ def profile_groups(model: nn.Module, batch: tuple[torch.Tensor, ...], steps: int
     frozen = dict(zip(names, _profile_pass(model, batch, steps, warmup, device, precision, clock)))
     return GroupCosts(forward, backward, backward_input, full[-1], sum(p.numel() for p in model.parameters()),
                       frozen)
+
+
+# --- throughput: tokens per second and the fraction of the device's peak -------------------------------------------
+
+# bf16 dense tensor-core peaks from NVIDIA's datasheets (TFLOP/s, without sparsity), matched against the name torch
+# reports, most specific first. These are datasheet numbers, never measured here. T4 has no bf16: its fp16 peak.
+DATASHEET_PEAK_TFLOPS = (
+    ("H100 PCIe", 756, "bf16"), ("H100 NVL", 835, "bf16"), ("H100", 989, "bf16"),
+    ("H200 NVL", 835, "bf16"), ("H200", 989, "bf16"), ("A100", 312, "bf16"), ("L40S", 362, "bf16"),
+    ("L4", 121, "bf16"), ("A10", 125, "bf16"), ("T4", 65, "fp16"),
+)
+
+
+def _matmul_weights(group: LayerGroup) -> tuple[int, int]:
+    """Weights of ``group`` that multiply activations (linear layers; embedding tables are looked up, not
+    multiplied): ``(total, trainable)``."""
+    seen, total, trainable = set(), 0, 0
+    for module in group.modules.values():
+        for sub in module.modules():
+            weight = getattr(sub, "weight", None)
+            if id(sub) in seen or weight is None or weight.ndim != 2 or isinstance(sub, nn.Embedding):
+                continue
+            seen.add(id(sub))
+            total += weight.numel()
+            trainable += weight.numel() if weight.requires_grad else 0
+    return total, trainable
+
+
+def step_flops(model: nn.Module, batch_size: int, seq_len: int, cache_prefix: bool = False) -> float:
+    """The matrix arithmetic of one training step with ``model``'s current trainable set, in FLOPs: 2 per weight
+    and token forward through every group that runs (the head per sequence: it reads one token), and backward 4
+    per weight of a trainable group (input and weight gradients), 2 for a frozen group above the lowest trainable
+    one (input gradients only) and for the lowest trainable group (weight gradients only). Embedding tables and
+    attention's own products (about ``4 * seq_len / (24 * width)`` of a block, 1.4% for MiniLM at 32 tokens) are
+    left out, as in the usual 6 x parameters x tokens count. A block of ``W`` weights, all trainable, at
+    ``B x T`` tokens costs ``6 * W * B * T``:
+
+    >>> from layerfreeze.base.models import tiny_model
+    >>> model = tiny_model("bert", num_layers=2)
+    >>> head = step_flops(model, 1, 1) - 2 * 6 * _matmul_weights(layer_groups(model)[1])[0]
+    >>> step_flops(model, 4, 8) == 4 * 8 * 2 * 6 * _matmul_weights(layer_groups(model)[1])[0] + 4 * head
+    True
+    """
+    groups = layer_groups(model)
+    trains = [any(p.requires_grad for p in g.parameters.values()) for g in groups]
+    if not any(trains):
+        raise ValueError("the model has no trainable parameter: no training step to count")
+    lowest = trains.index(True)
+    flops = 0.0
+    for i, group in enumerate(groups):
+        if cache_prefix and i < lowest:
+            continue
+        weights, _ = _matmul_weights(group)
+        per_weight = 2 if i < lowest else 4 if i == lowest and i > 0 else 6 if trains[i] else 4
+        flops += per_weight * weights * (batch_size if group.kind == "head" else batch_size * seq_len)
+    return flops
+
+
+def matmul_flops_per_second(size: int = 2048, repeats: int = 3, device: torch.device | str = "cpu",
+                            clock: Callable[[], float] = time.process_time) -> float:
+    """The best FLOP/s of ``repeats`` fp32 ``size x size`` matrix products on ``device``, timed by ``clock``
+    (this process's CPU time by default, which other jobs barely change): the practical peak of a CPU with
+    torch's current thread count, which a training step can at best approach.
+
+    >>> matmul_flops_per_second(size=64, repeats=2) > 0
+    True
+    """
+    if size < 1 or repeats < 1:
+        raise ValueError(f"size={size!r} and repeats={repeats!r} must be positive integers")
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    torch.mm(a, b)  # the first product loads the kernels
+    best = float("inf")
+    for _ in range(repeats):
+        start = clock()
+        torch.mm(a, b)
+        best = min(best, clock() - start)
+    return 2 * size ** 3 / max(best, 1e-9)
+
+
+def device_peak(device: torch.device | str, clock: Callable[[], float] = time.process_time) -> tuple[float | None, str]:
+    """``(FLOP/s, where the number comes from)`` for the fraction of peak: on CUDA the datasheet's dense peak of a
+    known card (:data:`DATASHEET_PEAK_TFLOPS`; ``None`` for another card), on the CPU a large matrix product
+    measured here (:func:`matmul_flops_per_second`)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, tflops, precision in DATASHEET_PEAK_TFLOPS:
+            if key in name:
+                return tflops * 1e12, f"datasheet {precision} dense peak of the {key}: {tflops} TFLOP/s"
+        return None, f"no datasheet peak for {name}"
+    flops = matmul_flops_per_second(clock=clock)
+    return flops, (f"measured: the best of 3 fp32 2048 x 2048 matrix products on this CPU with "
+                   f"{torch.get_num_threads()} thread(s), {flops / 1e9:.1f} GFLOP/s")
