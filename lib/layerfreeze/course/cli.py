@@ -254,7 +254,7 @@ def add_train_parser(commands) -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="fine-tune with a freezing plan or an unfreezing schedule")
     train.add_argument("--config", type=config_file, help="a YAML file of these options (underscored, e.g. "
                        "learning_rate: 1.0e-4), LLaMA-Factory's freeze_* keys included; flags given here win")
-    train.add_argument("--model", "--model_name_or_path", dest="model", default="minilm",
+    train.add_argument("--model", default="minilm",
                        help="minilm, a Hub id, a local directory, or tiny:FAMILY")
     train.add_argument("--task", default="a", choices=TASK_NAMES, help="the task to fine-tune on")
     train.add_argument("--plan", type=plan, default=DEFAULT_PLAN, help=f"what trains without a schedule: {PLANS}")
@@ -262,28 +262,45 @@ def add_train_parser(commands) -> argparse.ArgumentParser:
                        help="an unfreezing schedule instead of a fixed plan")
     train.add_argument("--every", type=positive_int, default=DEFAULT_EVERY,
                        help="steps between unfreezing steps of a schedule")
-    train.add_argument("--lr", "--learning-rate", "--learning_rate", dest="lr", type=positive_float, default=1e-4,
+    train.add_argument("--lr", type=positive_float, default=1e-4,
                        help="the top group's learning rate")
     train.add_argument("--discriminative", type=factor, default=0.0,
                        help="divide the rate by this factor per group down (ULMFiT: 2.6); 0 for one rate")
     train.add_argument("--curve", default="linear", choices=CURVES, help="the learning-rate curve")
-    train.add_argument("--epochs", "--num_train_epochs", dest="epochs", type=positive_int, default=DEFAULT_EPOCHS,
+    train.add_argument("--epochs", type=positive_int, default=DEFAULT_EPOCHS,
                        help="passes over the training data")
-    train.add_argument("--max-steps", "--max_steps", dest="max_steps", type=positive_int,
+    train.add_argument("--max-steps", type=positive_int,
                        help="optimizer steps in all, instead of --epochs: at most one epoch, or whole epochs")
-    train.add_argument("--batch-size", "--per_device_train_batch_size", dest="batch_size", type=positive_int,
-                       default=32, help="examples per step and process")
+    train.add_argument("--batch-size", type=positive_int, default=32, help="examples per step and process")
     train.add_argument("--train-limit", type=positive_int, default=4000, help="training examples to use")
     train.add_argument("--eval-limit", type=positive_int, default=500, help="validation examples to use")
     train.add_argument("--max-length", type=positive_int, default=64, help="tokens per text, at most")
     train.add_argument("--seed", type=natural_int, default=0, help="seeds the data order and the new head")
     train.add_argument("--output", type=output_file, help="write the metrics JSON here (rank 0)")
-    train.add_argument("--output-dir", "--output_dir", dest="output_dir", type=output_folder,
+    train.add_argument("--output-dir", type=output_folder,
                        help="save the fine-tuned model there (save_pretrained), its tokenizer, freezing_plan.json "
                             "and metrics.json (rank 0)")
     add_factory_plan_flags(train)
+    add_aliases(train, HF_ALIASES)
     train.set_defaults(run=_train)
     return train
+
+
+# Hugging Face's (and LLaMA-Factory's) names for flags that mean the same here.
+HF_ALIASES = {"--model_name_or_path": "--model", "--learning_rate": "--lr", "--num_train_epochs": "--epochs",
+              "--per_device_train_batch_size": "--batch-size", "--max_steps": "--max-steps",
+              "--output_dir": "--output-dir"}
+
+
+def add_aliases(parser: argparse.ArgumentParser, aliases: dict[str, str]) -> None:
+    """Other names for flags: each its own option on the same destination, so that an error names the flag as it
+    was typed (one option with several names would list them all)."""
+    flags = {option: action for action in parser._actions for option in action.option_strings}
+    group = parser.add_argument_group("Hugging Face's names (the same flags)")
+    for alias, flag in aliases.items():
+        action = flags[flag]
+        group.add_argument(alias, dest=action.dest, type=action.type, choices=action.choices,
+                           default=argparse.SUPPRESS, metavar=action.dest.upper(), help=f"the same as {flag}")
 
 
 def add_factory_plan_flags(train: argparse.ArgumentParser) -> None:
