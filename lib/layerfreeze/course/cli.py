@@ -186,7 +186,7 @@ def add_gpu_parsers(commands) -> None:
                      help="seconds for the notebooks; the benchmarks get what is left")
     gpu.add_argument("--precision", type=precision_list, default="auto",
                      help="auto, fp32, bf16 or fp16, forced in every notebook, on the CPU too; several, separated "
-                          "by commas, are cycled over the notebooks (the rehearsal: bf16,fp16)")
+                          "by commas, are cycled over the notebooks (make gpu-rehearsal forces bf16)")
     gpu.add_argument("--build-dir", type=Path, default=Path("build-gpu"))
     gpu.add_argument("--notebook-dir", type=Path, default=_checkout_notebooks())
     gpu.set_defaults(run=_gpu_run)
@@ -441,7 +441,7 @@ def _train_and_report(args, rank: int, world_size: int) -> None:
     train = encode(splits["train"].select(range(examples)), tokenizer, args.max_length)
     validation = encode(splits["validation"], tokenizer, args.max_length)
     if rank == 0:
-        print(f"{args.model}: {trains}; {steps} steps", flush=True)
+        print(f"{args.model}: {trains}; {steps} step{'s' * (steps != 1)}", flush=True)
     bars = rank == 0 and sys.stderr.isatty()  # a log file gets the result lines, not a progress bar's redraws
     history = fit(model, train, validation, epochs=epochs, lr=rates, batch_size=args.batch_size,
                   curve=args.curve, schedule=schedule, seed=args.seed, device=device, progress=bars)

@@ -9,7 +9,7 @@ takeaways notebook (07) trains nothing and reads every other notebook's results,
 it runs here, at import, over everything that came back.
 
     python -m layerfreeze gpu-run --out $OUT                                   # on the GPU machine
-    python -m layerfreeze gpu-run --out build/rehearsal --profile smoke --precision bf16,fp16   # rehearsal (CPU)
+    python -m layerfreeze gpu-run --out build/rehearsal --profile smoke --precision bf16   # rehearsal (CPU)
 
 Back here, :func:`import_gpu_run` unpacks what came back (from one window, or several that each finished part of
 the course) and publishes it as its own results page.
@@ -72,7 +72,8 @@ def time_limit(expected: float, seconds_left: float) -> float:
 
 
 def precisions(precision: str) -> list[str]:
-    """``"bf16,fp16"`` is cycled over the notebooks, so one rehearsal tries both of the GPU's paths.
+    """A list such as ``"bf16,fp16"`` is cycled over the notebooks, so one run can try both of the GPU's paths (the
+    rehearsal forces ``bf16`` alone: fp16 is emulated on the CPU, too slow for the notebooks).
 
     >>> precisions("bf16,fp16")
     ['bf16', 'fp16']
@@ -211,7 +212,7 @@ def gpu_run(out_dir: str | Path, profile: str = "full", budget: float = BUDGET_S
     """Run the course (most valuable notebook first) and then the benchmarks within ``budget`` seconds in all,
     the notebooks within ``course_budget``. ``out_dir`` receives :data:`ARCHIVE`, :data:`SUMMARY` and :data:`LOG`,
     updated after every notebook. ``precision`` other than ``auto`` forces that precision (a list such as
-    ``"bf16,fp16"`` is cycled over the notebooks), on the CPU too: the rehearsal tries the GPU's paths that way.
+    ``"bf16,fp16"`` is cycled over the notebooks), on the CPU too: the rehearsal forces bf16 that way.
     Returns the summary."""
     check_arguments(profile, budget, course_budget, precision)
     out, build = Path(out_dir), Path(build_dir)
