@@ -48,7 +48,7 @@ def test_on_colab_the_cell_installs_the_kit_from_kit_source(tmp_path):
     result = run_cell({"LAYERFREEZE_FORCE_COLAB": "1", "KIT_SOURCE": str(ROOT), "PIP_TARGET": str(target),
                        "PIP_NO_DEPS": "1", "PIP_NO_BUILD_ISOLATION": "0"}, tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert (target / "layerfreeze" / "colab.py").is_file()
+    assert (target / "layerfreeze" / "course" / "colab.py").is_file()
     assert not (target / "torch").exists()
     assert "No GPU" in result.stdout and "Runtime > Change runtime type" in result.stdout
 
@@ -84,12 +84,13 @@ def test_an_uploaded_wheel_installs_and_the_course_command_says_where_the_notebo
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
                             str(wheels), str(ROOT)], capture_output=True, text=True, timeout=600)
     assert built.returncode == 0, built.stderr[-2000:]
-    (wheel,) = wheels.glob("layerfreeze-*.whl")
+    (built_wheel,) = wheels.glob("layerfreeze-*.whl")
+    wheel = built_wheel.rename(built_wheel.with_name(built_wheel.stem + " (1).whl"))  # as Colab names a re-upload
     target = tmp_path / "site"
     result = run_cell({"LAYERFREEZE_FORCE_COLAB": "1", "KIT_SOURCE": str(wheel), "PIP_TARGET": str(target),
                        "PIP_NO_DEPS": "1"}, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
-    assert (target / "layerfreeze" / "cli.py").is_file() and not (target / "notebooks").exists()
+    assert (target / "layerfreeze" / "course" / "cli.py").is_file() and not (target / "notebooks").exists()
     env = {**os.environ, "PYTHONPATH": str(target), "HF_HUB_OFFLINE": "1"}
     course = subprocess.run([sys.executable, "-m", "layerfreeze", "course", "--profile", "smoke"], env=env,
                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
