@@ -9,10 +9,13 @@ under ``torchrun --nproc_per_node N`` or ``accelerate launch``: each process tra
 DistributedDataParallel, re-wrapped whenever the trainable set changes, and rank 0 writes the metrics, including
 whether every parameter ended identical on all ranks.
 
-Every argument is checked before any model or data loads; a bad one ends the command with one line on stderr that
-names it, the value and what is valid (exit status 2), never a traceback. Building the parser imports no torch, and
-the package parses the command line before it imports its API (:func:`check_before_import`), so ``--help`` and a
-bad flag answer at once; each command imports what it needs when it runs.
+Every argument that can be checked without the model is checked before anything loads, contradicting flags
+included; what needs the model's layers (``--plan top:99``, ``--trainable-layers 99``) is checked right after the model
+loads, before any training. A bad one ends the command with one line on stderr that names it, the value and what is
+valid (exit status 2); a run that fails (the Hub unreachable, a missing package, a loss that became NaN) ends with one
+line and exit status 1; never a traceback (``LAYERFREEZE_TRACEBACK=1`` shows one). Building the parser imports no
+torch, and the package parses the command line before it imports its API (:func:`check_before_import`), so ``--help``
+and a bad flag answer at once; each command imports what it needs when it runs.
 """
 
 from __future__ import annotations
@@ -516,8 +519,8 @@ def config_values(train: argparse.ArgumentParser, path: Path) -> dict:
 
     try:
         settings = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ValueError(f"--config {path}: not valid YAML ({' '.join(str(error).split())})") from None
+    except (yaml.YAMLError, OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"--config {path}: cannot be read as YAML ({' '.join(str(error).split())})") from None
     if not isinstance(settings, dict):
         raise ValueError(f"--config {path}: expected 'key: value' lines, e.g. 'freeze_trainable_layers: 2'")
     if settings.pop("finetuning_type", "freeze") != "freeze":
