@@ -257,21 +257,18 @@ def add_train_parser(commands) -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="fine-tune with a freezing plan or an unfreezing schedule")
     train.add_argument("--config", type=config_file, help="a YAML file of these options (underscored, e.g. "
                        "learning_rate: 1.0e-4), LLaMA-Factory's freeze_* keys included; flags given here win")
-    train.add_argument("--model", default="minilm",
-                       help="minilm, a Hub id, a local directory, or tiny:FAMILY")
+    train.add_argument("--model", default="minilm", help="minilm, a Hub id, a local directory, or tiny:FAMILY")
     train.add_argument("--task", default="a", choices=TASK_NAMES, help="the task to fine-tune on")
     train.add_argument("--plan", type=plan, default=DEFAULT_PLAN, help=f"what trains without a schedule: {PLANS}")
     train.add_argument("--schedule", default="none", choices=["none", "gradual", "chain-thaw"],
                        help="an unfreezing schedule instead of a fixed plan")
     train.add_argument("--every", type=positive_int, default=DEFAULT_EVERY,
                        help="steps between unfreezing steps of a schedule")
-    train.add_argument("--lr", type=positive_float, default=1e-4,
-                       help="the top group's learning rate")
+    train.add_argument("--lr", type=positive_float, default=1e-4, help="the top group's learning rate")
     train.add_argument("--discriminative", type=factor, default=0.0,
                        help="divide the rate by this factor per group down (ULMFiT: 2.6); 0 for one rate")
     train.add_argument("--curve", default="linear", choices=CURVES, help="the learning-rate curve")
-    train.add_argument("--epochs", type=positive_int, default=DEFAULT_EPOCHS,
-                       help="passes over the training data")
+    train.add_argument("--epochs", type=positive_int, default=DEFAULT_EPOCHS, help="passes over the training data")
     train.add_argument("--max-steps", type=positive_int,
                        help="optimizer steps in all, instead of --epochs: at most one epoch, or whole epochs")
     train.add_argument("--batch-size", type=positive_int, default=32, help="examples per step and process")
