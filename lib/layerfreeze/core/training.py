@@ -505,6 +505,19 @@ def _epoch_batches(run: _Run, epoch: int):
                          run.world_size)
 
 
+def _stop_if_diverged(run: _Run, loss: torch.Tensor) -> None:
+    """Stop at the first non-finite loss, on every rank at once (a rank that stopped alone would leave the others
+    waiting in their next all-reduce); training on would only spread NaN through the weights."""
+    diverged = (~torch.isfinite(loss)).float()
+    if run.world_size > 1:
+        torch.distributed.all_reduce(diverged, op=torch.distributed.ReduceOp.MAX)
+    if diverged.item():
+        rate = max(g["lr"] for g in run.optimizer.param_groups)
+        raise FloatingPointError(f"training diverged: the loss is {loss.item()} at step {run.step} (learning rate "
+                                 f"{rate:.3g}); try a learning rate 10 to 100 times smaller, a longer warmup, or "
+                                 "precision='fp32'")
+
+
 def _train_epoch(run: _Run, epoch: int, on_step_end) -> tuple[torch.Tensor, float]:
     """One pass over the training data; returns the summed loss and the seconds it took."""
     from tqdm.auto import tqdm
@@ -523,6 +536,7 @@ def _train_epoch(run: _Run, epoch: int, on_step_end) -> tuple[torch.Tensor, floa
         loss = _optimizer_step(run, index)
         running_loss += loss.float()
         run.step += 1
+        _stop_if_diverged(run, loss)
         if run.schedule.observe(run.step, run.model, run.groups):  # a schedule that decides as it goes
             run.change_steps.add(run.step)
         if on_step_end is not None:

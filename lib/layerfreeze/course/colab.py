@@ -3,7 +3,9 @@
 The first cell (the same few lines in every notebook, since Colab opens one notebook at a time) installs the kit
 from ``KIT_SOURCE`` with pip, which keeps Colab's own torch (the kit asks only for ``torch>=2.3``), then calls
 :func:`report`. Anywhere else, that cell does nothing. The kit has no public home yet, so ``KIT_SOURCE`` defaults to
-what you uploaded: the kit's folder at :data:`DEFAULT_KIT_SOURCE`, else the newest ``/content/layerfreeze-*.whl``.
+what you uploaded: the kit's folder at :data:`DEFAULT_KIT_SOURCE`, else the newest ``/content/layerfreeze-*.whl``
+(by version, then upload time; a re-upload that Colab renamed ``... (1).whl`` is installed from a copy under its
+built name).
 It may also name another folder, a wheel or a git URL. When it cannot be installed, the cell prints one paragraph on
 how to set it and stops (no traceback). The cell runs before the kit is installed, so it cannot import this module:
 ``tests/test_colab.py`` keeps the two in step.

@@ -80,7 +80,8 @@ def time_limit(expected: float, seconds_left: float) -> float:
 
 
 def precisions(precision: str) -> list[str]:
-    """``"bf16,fp16"`` is cycled over the notebooks, so one rehearsal tries both of the GPU's paths.
+    """A list such as ``"bf16,fp16"`` is cycled over the notebooks, so one run can try both of the GPU's paths (the
+    rehearsal forces ``bf16`` alone: fp16 is emulated on the CPU, too slow for the notebooks).
 
     >>> precisions("bf16,fp16")
     ['bf16', 'fp16']
