@@ -205,3 +205,9 @@ def test_a_model_sharing_the_cached_blocks_still_runs_them():
     fit(model, data, epochs=2, batch_size=16, lr=1e-3, cache_prefix=True, progress=False,
         on_epoch_end=lambda epoch: seen.append(evaluate(twin, data)["loss"]))
     assert seen == [before, before]
+
+
+def test_evaluate_on_zero_rows_is_a_clear_error():
+    empty = (torch.zeros(0, 6, dtype=torch.long), torch.ones(0, 6, dtype=torch.long), torch.zeros(0, dtype=torch.long))
+    with pytest.raises(ValueError, match="data has 0 rows: evaluate needs at least one labelled example"):
+        evaluate(tiny_model("bert", num_layers=1), empty)
