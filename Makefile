@@ -37,6 +37,8 @@ $(VENV)/.setup-done: requirements.txt requirements-test.txt pyproject.toml
 	$(PY) -m pip install -r requirements.txt -r requirements-test.txt
 	$(PY) -m pip install --no-deps -e .
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (layerfreeze)" >/dev/null
+	# the kernel starts under the kit's thread policy (docs/instructor_guide.md, "Many learners on one machine")
+	$(PY) -m layerfreeze.course.kernelspec $(VENV)/share/jupyter/kernels/python3 >/dev/null
 	touch $@
 
 test: setup
@@ -60,6 +62,7 @@ course: setup
 
 bench: setup
 	$(PY) benchmarks/run.py
+	$(PY) benchmarks/contention.py
 
 # The GPU run: one command on the device machine (docs/gpu_runs.md). `make gpu` packs what it carries and prints it.
 GPU_COMMAND := source .carry/gpu-env.sh && python3 -m layerfreeze gpu-run --out $$OUT

@@ -40,7 +40,7 @@ import layerfreeze as lf
 from layerfreeze.core.data import real_lengths
 from layerfreeze.core.memory import PeakMemory
 from layerfreeze.core.optim import fused_available
-from layerfreeze.core.runtime import grad_scaler, resolve_precision
+from layerfreeze.core.runtime import apply_thread_policy, grad_scaler, resolve_precision
 from layerfreeze.core.schedules import lr_multiplier
 from layerfreeze.study.timing import CONFIDENCE, TOLERANCE, Spread
 from layerfreeze.core.trainer import TrainerDataset, collate_trimmed
@@ -231,8 +231,9 @@ def main(argv=None):
         return 0
 
     device = lf.pick_device()
+    apply_thread_policy()
     if device.type == "cpu":
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(args.threads)  # the timer's own choice, after the policy: see --threads
     size = args.size if args.size != "auto" else ("full" if device.type == "cuda" else "cpu")
     plan = PLANS[size]
     precision = resolve_precision("auto", device)

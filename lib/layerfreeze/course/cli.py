@@ -26,6 +26,7 @@ from pathlib import Path
 
 from .contract import DEFAULT_CELL_TIMEOUT, PROFILES
 from .gpu_run import BUDGET_SECONDS, COURSE_BUDGET_SECONDS
+from .runner import CourseFailed
 from ..core.data import TASK_NAMES
 from ..core.schedules import CURVES
 
@@ -110,7 +111,7 @@ def _course(args) -> None:
 
     if not notebook_paths(args.notebook_dir):
         raise FileNotFoundError(_notebooks_missing(args.notebook_dir))
-    run_course(args.profile, str(args.build_dir), str(args.notebook_dir), args.only)
+    run_course(args.profile, str(args.build_dir), str(args.notebook_dir), args.only, args.cell_timeout)
 
 
 def _publish(args) -> None:
@@ -127,8 +128,9 @@ def add_course_parser(commands) -> None:
     course.add_argument("--build-dir", type=Path, default=Path("build"), help="where results and figures go")
     course.add_argument("--notebook-dir", type=Path, default=_checkout_notebooks(), help="the course's notebooks")
     course.add_argument("--only", nargs="+", metavar="PREFIX", help="notebook prefixes to run, e.g. 01 03")
-    course.add_argument("--cell-timeout", type=positive_int, default=DEFAULT_CELL_TIMEOUT,
-                        help="stop a cell that runs longer than this many seconds")
+    course.add_argument("--cell-timeout", type=positive_int, default=None,
+                        help="stop a cell that runs longer than this many seconds (default: from the profile and "
+                             f"this machine's measured speed; {DEFAULT_CELL_TIMEOUT} for full)")
     course.set_defaults(run=_course)
 
 
@@ -342,11 +344,14 @@ def _with_defaults_shown(add_parser):
 
 
 def main(argv: list[str] | None = None) -> None:
+    from ..core.runtime import apply_thread_policy
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        apply_thread_policy()  # after torch loaded: its thread count; the notebooks' kernels: the whole policy
         args.run(args)
-    except (ValueError, FileNotFoundError) as error:  # the library's checks name the argument and what is valid
+    except (ValueError, FileNotFoundError, CourseFailed) as error:  # one line: what failed and what to do
         parser.exit(2, f"python -m layerfreeze {args.command}: error: {error}\n")
 
 
@@ -361,3 +366,8 @@ def check_before_import() -> None:
         module = command.index("-m") + 1
         if command[module:module + 1] == [__package__.split(".")[0]]:
             build_parser().parse_args(command[module + 1:])
+            from ..core.runtime import apply_thread_policy
+            try:
+                apply_thread_policy()  # before the package imports torch: OpenMP reads the wait policy at its start
+            except ValueError:
+                pass  # a bad LAYERFREEZE_THREAD_POLICY: main() says so in one line, after the package has loaded
