@@ -158,8 +158,15 @@ def process_device(rank: int) -> torch.device:
 # --- threads beside other jobs -------------------------------------------------------------------------------------
 
 def policy_threads(cpu_count: int | None = None) -> int:
-    """How many threads torch runs under the kit's policy on a machine with ``cpu_count`` cores."""
-    return max(1, (cpu_count or os.cpu_count() or 1))
+    """How many threads torch runs under the kit's policy: one per core this process may use (``taskset`` and
+    cpusets count; a container's CPU quota does not, which is why a JupyterHub sets ``OMP_NUM_THREADS`` itself).
+
+    >>> policy_threads(4)
+    4
+    """
+    if cpu_count is None:
+        cpu_count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, cpu_count or 1)
 
 
 def thread_policy_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
