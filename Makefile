@@ -22,7 +22,7 @@ help:
 	@echo "make test    set up .venv, then run the unit tests and the whole course (profile=smoke)"
 	@echo "make floor   the same tests in .venv-floor, with the oldest supported versions (requirements-floor.txt)"
 	@echo "make course  set up .venv, then run every notebook (PROFILE=$(PROFILE)) into build/"
-	@echo "make bench   benchmarks: fit vs a hand-written loop vs the Trainer"
+	@echo "make bench   benchmarks: fit vs a hand-written loop vs the Trainer; contention beside equal jobs (long)"
 	@echo "make gpu     pack .carry/ and print the one command for the GPU machine (docs/gpu_runs.md)"
 	@echo "make gpu-rehearsal  that command on this CPU: smoke sizes, bf16 forced, then published to build/"
 	@echo "make lab     JupyterLab in notebooks/"
@@ -63,6 +63,7 @@ course: setup
 bench: setup
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/contention.py
+	$(PY) benchmarks/contention.py --level notebook
 
 # The GPU run: one command on the device machine (docs/gpu_runs.md). `make gpu` packs what it carries and prints it.
 GPU_COMMAND := source .carry/gpu-env.sh && python3 -m layerfreeze gpu-run --out $$OUT

@@ -61,13 +61,12 @@ def watch(learners: list[subprocess.Popen], started: float) -> tuple[list[float 
 def rehearse(learners: int, profile: str, only: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         load_start, memory_before = os.getloadavg(), memory_in_use()
-        started = time.monotonic()
+        started, started_at = time.monotonic(), time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
         processes = start_learners(learners, profile, only, Path(folder))
         seconds, peak = watch(processes, started)
         tails = [(Path(folder) / f"learner{i}.log").read_text()[-600:] for i in range(learners)]
     return dict(learners=learners, profile=profile, only=only, cores=os.cpu_count(),
-                started=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(time.time() - (time.monotonic() -
-                                                                                            started))),
+                started=started_at,
                 load_average={"start": load_start, "end": os.getloadavg()},
                 seconds=[round(s, 1) for s in seconds], exit_codes=[p.returncode for p in processes],
                 memory_mib={"before": round(memory_before / MiB), "peak": round(peak / MiB),

@@ -121,3 +121,23 @@ def test_a_policy_that_comes_after_torch_runs_one_thread_in_that_process():
     own = subprocess.run([sys.executable, "-c", code], env=clean_environment(OMP_NUM_THREADS="2"),
                          capture_output=True, text=True, timeout=300)
     assert own.stdout.split()[1:] == ["2", "2"], own.stderr[-2000:]
+
+
+def test_a_kernel_started_from_the_rewritten_spec_runs_a_notebook_under_the_policy(tmp_path, monkeypatch):
+    import shutil
+
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    from layerfreeze.course.runner import run_notebook
+
+    installed = KernelSpecManager().get_kernel_spec("python3").resource_dir
+    shutil.copytree(installed, tmp_path / "jupyter" / "kernels" / "python3")
+    use_thread_policy(tmp_path / "jupyter" / "kernels" / "python3")
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    for name in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS"):  # what the launcher, and nothing else, sets
+        monkeypatch.delenv(name, raising=False)
+    report = tmp_path / "threads.txt"
+    notebook(tmp_path / "notebooks", "01_threads.ipynb",
+             f"import os\nopen({str(report)!r}, 'w').write(os.environ.get('OMP_WAIT_POLICY', 'unset'))")
+    run_notebook(tmp_path / "notebooks" / "01_threads.ipynb", tmp_path / "out", tmp_path, tmp_path, "smoke", 600)
+    assert report.read_text() == runtime.THREAD_POLICY["OMP_WAIT_POLICY"]
