@@ -7,7 +7,10 @@ tiny dummy batch (forward hooks; no weight changes, dropout off, the random stat
 * modules that run before the first block form ``embeddings``; those that run after the last block form ``head``;
 * a module that runs between two blocks joins the block after it (it prepares that block's input);
 * a module registered outside the blocks but used inside them (a position table every block reads) runs "before"
-  the blocks and belongs with ``embeddings``: its group says so in :attr:`LayerGroup.note`.
+  the blocks and belongs with ``embeddings``: its group says so in :attr:`LayerGroup.note`;
+* a module or parameter that never runs on token ids (ESM's contact head, XLNet's ``mask_emb``) goes where it is
+  registered, before the first block's parameters (``embeddings``) or after them (``head``), and its group's note
+  says that it did not run.
 
 Three special cases (``docs/layer_groups.md`` explains them):
 
