@@ -236,22 +236,39 @@ def _cell(spread: dict | None, unit: str = "x") -> str:
     return f"{spread['median']:.2f}{unit} [{spread['low']:.2f}-{spread['high']:.2f}]"
 
 
+def _load_range(row: dict) -> tuple[float, float]:
+    start, end = row["load_average"]["start"][0], row["load_average"]["end"][0]
+    return min(start, end), max(start, end)
+
+
+def _quiet_cost(row: dict, default: dict | None) -> str:
+    """This row's quiet step against the default's, where their load averages overlapped (else the other jobs on
+    the machine, not the settings, would make most of the difference)."""
+    quiet = row["summary"]["quiet_seconds"]
+    if not quiet or not default or not default["summary"]["quiet_seconds"]:
+        return "n/a"
+    (low, high), (default_low, default_high) = _load_range(row), _load_range(default)
+    if low > default_high or default_low > high:
+        return "n/a (other load)"
+    return f"{quiet['median'] / default['summary']['quiet_seconds']['median']:.2f}x"
+
+
 def markdown(payload: dict) -> str:
     loads = payload["loads"][1:]
-    quiet_default = next((r["summary"]["quiet_seconds"] for r in payload["results"] if r["candidate"] == "default"
-                          and r["summary"]["quiet_seconds"]), None)
+    default = next((r for r in payload["results"] if r["candidate"].split(" (")[0] == "default"
+                    and r["summary"]["quiet_seconds"]), None)
     header = ("| candidate | settings | quiet s | quiet cost vs default | "
               + " | ".join(f"beside {n} (goal <= {GOALS.get(n, '-')}x)" for n in loads) + " | load avg start-end |")
     lines = [f"# Contention ({payload['level']} level, {payload['machine']})", "",
              f"{payload['what']}. Ratios are loaded / quiet time: the median of {payload['rounds']} per-round "
-             "ratios [90% confidence interval; with fewer than 5 rounds, the full range]. " + payload["note"], "",
+             "ratios [90% confidence interval; with fewer than 5 rounds, the full range]. The quiet cost is shown "
+             "where the load average overlapped the default run's. " + payload["note"], "",
              header, "|" + "---|" * (5 + len(loads))]
     for row in payload["results"]:
-        quiet = row["summary"]["quiet_seconds"]
-        cost = f"{quiet['median'] / quiet_default['median']:.2f}x" if quiet and quiet_default else "n/a"
         settings = ", ".join(f"{k}={v}" for k, v in row["settings"].items()) or "-"
         load = row["load_average"]
-        lines.append(f"| {row['candidate']} | {settings} | {_cell(quiet, ' s')} | {cost} | "
+        lines.append(f"| {row['candidate']} | {settings} | {_cell(row['summary']['quiet_seconds'], ' s')} | "
+                     f"{_quiet_cost(row, default)} | "
                      + " | ".join(_cell(row["summary"].get(f"beside_{n}")) for n in loads)
                      + f" | {load['start'][0]:.1f}-{load['end'][0]:.1f} |")
     return "\n".join(lines) + "\n"
