@@ -23,7 +23,7 @@ help:
 	@echo "make test    set up .venv, then run the unit tests and the whole course (profile=smoke)"
 	@echo "make floor   the same tests in .venv-floor, with the oldest supported versions (requirements-floor.txt)"
 	@echo "make course  set up .venv, then run every notebook (PROFILE=$(PROFILE)) into build/"
-	@echo "make bench   benchmarks: fit vs a hand-written loop vs the Trainer"
+	@echo "make bench   benchmarks: fit vs a hand-written loop vs the Trainer; contention beside equal jobs (long)"
 	@echo "make gpu     pack .carry/ and print the two commands for the GPU machine (docs/gpu_runs.md)"
 	@echo "make gpu-rehearsal  both windows on this CPU: smoke sizes, bf16 forced, then published to build/"
 	@echo "make lab     JupyterLab in notebooks/"
@@ -38,6 +38,8 @@ $(VENV)/.setup-done: requirements.txt requirements-test.txt pyproject.toml
 	$(PY) -m pip install -r requirements.txt -r requirements-test.txt
 	$(PY) -m pip install --no-deps -e .
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (layerfreeze)" >/dev/null
+	# the kernel starts under the kit's thread policy (docs/instructor_guide.md, "Many learners on one machine")
+	$(PY) -m layerfreeze.course.kernelspec $(VENV)/share/jupyter/kernels/python3 >/dev/null
 	touch $@
 
 test: setup
@@ -61,6 +63,8 @@ course: setup
 
 bench: setup
 	$(PY) benchmarks/run.py
+	$(PY) benchmarks/contention.py
+	$(PY) benchmarks/contention.py --level notebook
 
 # The GPU run: two commands on the device machine (docs/gpu_runs.md), window 1 the notebooks, window 2 the
 # benchmarks alone. `make gpu` packs what they carry and prints them.

@@ -48,6 +48,7 @@ from layerfreeze.core.costs import step_seconds
 from layerfreeze.core.layers import num_blocks
 from layerfreeze.core.memory import PeakMemory, estimate_memory
 from layerfreeze.core.optim import fused_available
+from layerfreeze.base.runtime import apply_thread_policy
 from layerfreeze.core.schedules import lr_multiplier
 from layerfreeze.core.trainer import TrainerDataset, collate_trimmed
 from layerfreeze.core.training import fit
@@ -284,8 +285,9 @@ def main(argv=None):
         return 0
 
     device = pick_device()
+    apply_thread_policy()
     if device.type == "cpu":
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(args.threads)  # the timer's own choice, after the policy: see --threads
     size = args.size if args.size != "auto" else ("full" if device.type == "cuda" else "cpu")
     plan = chosen_plan(size, args.max_seconds, parser)
     precision = resolve_precision("auto", device)

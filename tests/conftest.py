@@ -1,13 +1,13 @@
 import os
 
 import pytest
-import torch
 
-from layerfreeze import tiny_model
+from layerfreeze.base.models import tiny_model
+from layerfreeze.base.runtime import apply_thread_policy
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # as `make test` sets it; kernels inherit it
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+apply_thread_policy()  # this process's torch threads, and the whole policy for the kernels and commands it starts
 
 FAMILIES = ["bert", "distilbert", "roberta", "gpt2", "llama"]
 

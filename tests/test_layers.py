@@ -89,8 +89,76 @@ def test_a_block_reused_twice_is_one_group_with_a_warning_and_a_note():
     assert groups[2].note == "runs 2 times per forward pass: its layers share these weights."
 
 
-def test_parameter_on_the_root_is_an_error():
-    model = Custom()
-    model.scale = nn.Parameter(torch.ones(1))
-    with pytest.raises(ValueError, match="scale"):
-        layer_groups(model)
+def test_parameter_on_the_root_goes_where_torch_lists_it_without_a_trace():
+    model = Custom()  # no input embedding, so no trace: every group follows registration order
+    model.scale = nn.Parameter(torch.ones(1))  # torch lists a module's own parameters before its children's
+    groups = layer_groups(model)
+    assert groups[0].parameters["scale"] is model.scale
+    assert all("scale" not in g.parameters for g in groups[1:])
+
+
+# --- the hidden edges of issue 23: tiny random models of three more families, built from their configs offline ----
+
+def _xlnet():
+    import transformers as tf
+    config = tf.XLNetConfig(vocab_size=100, d_model=16, n_layer=2, n_head=2, d_inner=32)
+    return tf.XLNetForSequenceClassification(config)
+
+
+def _esm():
+    import transformers as tf
+    config = tf.EsmConfig(vocab_size=33, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                          intermediate_size=32, pad_token_id=1, mask_token_id=32, max_position_embeddings=64)
+    return tf.EsmForSequenceClassification(config)
+
+
+def _funnel():
+    import transformers as tf
+    config = tf.FunnelConfig(vocab_size=100, d_model=16, n_head=2, d_head=8, d_inner=32, block_sizes=[2, 2],
+                             num_decoder_layers=1)
+    return tf.FunnelForSequenceClassification(config)
+
+
+def _owner(groups, name):
+    (owner,) = [g for g in groups if name in g.parameters]
+    return owner
+
+
+def test_xlnet_mask_embedding_never_runs_and_its_group_says_so():
+    from layerfreeze.core.layers import layer_groups as groups_of
+    groups = groups_of(_xlnet())
+    assert [g.name for g in groups] == ["embeddings", "block.0", "block.1", "head"]
+    owner = _owner(groups, "transformer.mask_emb")  # only used with target_mapping (XLNet's pretraining)
+    assert owner.name == "embeddings"
+    assert "transformer.mask_emb: not used in a forward pass" in owner.note
+
+
+def test_esm_contact_head_never_runs_and_goes_to_the_head_with_a_note():
+    from layerfreeze.core.layers import layer_groups as groups_of
+    groups = groups_of(_esm())
+    owner = _owner(groups, "esm.contact_head.regression.weight")  # only with return_contacts / predict_contacts
+    assert owner.name == "head"
+    assert "esm.contact_head: not used in a forward pass" in owner.note
+    assert "not used" not in groups[0].note
+
+
+def test_funnel_stages_are_the_blocks_in_the_order_they_run():
+    from layerfreeze.core.layers import find_blocks_paths, layer_groups as groups_of, module_run_order
+    model = _funnel()
+    assert find_blocks_paths(model) == ["funnel.encoder.blocks.0", "funnel.encoder.blocks.1"]
+    groups = groups_of(model)
+    assert [g.name for g in groups] == ["embeddings", "encoder.0", "encoder.1", "encoder.2", "encoder.3", "head"]
+    order = module_run_order(model)
+    blocks = [next(iter(g.modules)) for g in groups[1:-1]]
+    assert blocks == sorted(blocks, key=order.index)
+    assert set(groups[-1].modules) == {"classifier"}  # the classification model is the encoder alone
+    owned = [id(p) for g in groups for p in g.parameters.values()]
+    assert len(owned) == len(set(owned)) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize("build", [_xlnet, _esm, _funnel])
+def test_every_parameter_of_the_three_families_lands_in_exactly_one_group(build):
+    from layerfreeze.core.layers import layer_groups as groups_of
+    model = build()
+    owned = [id(p) for g in groups_of(model) for p in g.parameters.values()]
+    assert len(owned) == len(set(owned)) == len(list(model.parameters()))

@@ -113,3 +113,16 @@ def test_tiny_tokenizer_is_built_in_code():
     assert encoded["input_ids"][1][-1] == PAD_ID and tokenizer.pad_token_id == PAD_ID
     assert tokenizer.unk_token_id not in encoded["input_ids"][0]  # words and word pieces cover plain text
     assert tokenizer.decode(encoded["input_ids"][0], skip_special_tokens=True) == "the soup was not bad"
+
+
+@pytest.mark.parametrize("sizes, message", [
+    (dict(num_layers=0), "num_layers must be a whole number of at least 1, got 0"),
+    (dict(num_layers=2.0), "num_layers must be a whole number"),
+    (dict(hidden_size=0), "hidden_size must be a whole number of at least 1, got 0"),
+    (dict(hidden_size=30), "hidden_size must be a multiple of 4"),
+    (dict(vocab_size=-1), "vocab_size must be a whole number"),
+])
+def test_tiny_model_sizes_are_checked_before_building(sizes, message):
+    from layerfreeze.base.models import tiny_model as build
+    with pytest.raises(ValueError, match=message):
+        build("bert", **sizes)

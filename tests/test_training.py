@@ -221,3 +221,9 @@ def test_bucketing_by_length_trains_every_example_and_bad_values_are_refused():
     assert history.steps == 4 and sorted(seen) == [2, 3, 7, 8]  # each batch pairs two rows of one length
     with pytest.raises(ValueError, match="bucket_by_length='yes'; valid: True or False"):
         fit(model, (ids, mask, ids[:, 0] % 2), bucket_by_length="yes")
+
+
+def test_evaluate_on_zero_rows_is_a_clear_error():
+    empty = (torch.zeros(0, 6, dtype=torch.long), torch.ones(0, 6, dtype=torch.long), torch.zeros(0, dtype=torch.long))
+    with pytest.raises(ValueError, match="data has 0 rows: evaluate needs at least one labelled example"):
+        evaluate(tiny_model("bert", num_layers=1), empty)

@@ -293,6 +293,16 @@ def _tiny_config(family: str, hidden: int, layers: int, vocab_size: int, num_lab
     return builders[family]()
 
 
+def _check_tiny_sizes(**sizes: int) -> None:
+    """Whole numbers of at least 1; ``hidden_size`` a multiple of the 4 attention heads."""
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
+    if sizes["hidden_size"] % 4:
+        raise ValueError(f"hidden_size must be a multiple of 4 (the tiny models have 4 attention heads), "
+                         f"got {sizes['hidden_size']}")
+
+
 def tiny_model(family: str = "bert", task: str = "classification", num_labels: int = 2, *,
                vocab_size: int = 30522, hidden_size: int = 32, num_layers: int = 4, seed: int = 0,
                tie_word_embeddings: bool = True) -> nn.Module:
@@ -314,6 +324,7 @@ def tiny_model(family: str = "bert", task: str = "classification", num_labels: i
         raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
     if task == "causal-lm" and family not in DECODER_FAMILIES:
         raise ValueError(f"{family} is not a decoder: causal-lm needs one of {', '.join(DECODER_FAMILIES)}")
+    _check_tiny_sizes(num_layers=num_layers, hidden_size=hidden_size, vocab_size=vocab_size)
     config = _tiny_config(family, hidden_size, num_layers, vocab_size, num_labels, tie_word_embeddings)
     auto = tf.AutoModelForSequenceClassification if task == "classification" else tf.AutoModelForCausalLM
     if type(config) not in auto._model_mapping:

@@ -16,14 +16,18 @@ from __future__ import annotations
 import os
 import platform
 import random
+import sys
 from contextlib import contextmanager, nullcontext
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Iterator, Mapping
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+THREAD_POLICY_VARIABLE = "LAYERFREEZE_THREAD_POLICY"  # "off": torch's own thread defaults
+THREAD_POLICY = {"OMP_WAIT_POLICY": "PASSIVE"}  # and OMP_NUM_THREADS from policy_threads()
+LATE_THREADS = 1  # torch's threads where the policy comes after torch started (see apply_thread_policy)
 MiB = 2 ** 20  # bytes
 FORCE_VARIABLE = "LAYERFREEZE_PRECISION"
 
@@ -212,3 +216,76 @@ def local_bytes(tensor: torch.Tensor) -> int:
     """
     local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
     return local.numel() * local.element_size()
+
+
+# --- threads beside other jobs -------------------------------------------------------------------------------------
+
+def policy_threads(cpu_count: int | None = None) -> int:
+    """How many threads torch runs under the kit's policy: one per core this process may use (``taskset`` and
+    cpusets count; a container's CPU quota does not, which is why a JupyterHub sets ``OMP_NUM_THREADS`` itself).
+
+    >>> policy_threads(4)
+    4
+    """
+    if cpu_count is None:
+        cpu_count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, cpu_count or 1)
+
+
+def thread_policy_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The thread settings the kit adds to an environment in which torch will start: only those the user has not
+    set (their own ``OMP_NUM_THREADS`` / ``OMP_WAIT_POLICY`` win), none when ``LAYERFREEZE_THREAD_POLICY=off``.
+
+    OpenMP threads that wait for a core another process holds spin by default, and a training step beside one
+    equal job took several times its quiet time; ``benchmarks/results/contention-step.md`` has the measurements
+    behind the choice.
+
+    >>> thread_policy_env({"OMP_WAIT_POLICY": "ACTIVE", "OMP_NUM_THREADS": "4"})
+    {}
+    >>> thread_policy_env({"LAYERFREEZE_THREAD_POLICY": "off"})
+    {}
+    """
+    environ = os.environ if environ is None else environ
+    switch = environ.get(THREAD_POLICY_VARIABLE, "on")
+    if switch not in ("on", "off"):
+        raise ValueError(f"{THREAD_POLICY_VARIABLE}={switch!r}; valid: on, off")
+    if switch == "off":
+        return {}
+    policy = {**THREAD_POLICY, "OMP_NUM_THREADS": str(policy_threads())}
+    return {name: value for name, value in policy.items() if name not in environ}
+
+
+def apply_thread_policy() -> dict[str, str]:
+    """Apply the kit's thread policy to this process and the processes it starts; returns what it set.
+
+    The variables go into ``os.environ``: child processes (notebook kernels) inherit them, and this process's
+    OpenMP reads them if torch is not imported yet. If it is, OpenMP has read its wait policy already, and threads
+    that spin while another job holds a core are what the policy avoids: this process then runs torch on
+    :data:`LATE_THREADS` thread (unless the user set ``OMP_NUM_THREADS``).
+
+    >>> import os
+    >>> if os.environ.get(THREAD_POLICY_VARIABLE) != "off":
+    ...     _ = apply_thread_policy()
+    ...     assert os.environ["OMP_WAIT_POLICY"] and os.environ["OMP_NUM_THREADS"]
+    """
+    added = thread_policy_env()
+    os.environ.update(added)
+    if "torch" in sys.modules and "OMP_NUM_THREADS" in added:
+        late = "OMP_WAIT_POLICY" in added  # set only now: this process's threads still spin while they wait
+        sys.modules["torch"].set_num_threads(LATE_THREADS if late else int(added["OMP_NUM_THREADS"]))
+    return added
+
+
+def launch_with_thread_policy(argv: list[str]) -> None:
+    """Replace this process with ``python -m MODULE ARGS...`` (``argv = [MODULE, *ARGS]``) under the thread
+    policy: what the notebook kernel's spec runs (``python runtime.py --launch ipykernel_launcher -f ...``),
+    as a file, so that the policy is in the environment before anything imports torch."""
+    if not argv:
+        raise ValueError("launch_with_thread_policy needs the module to run, e.g. ['ipykernel_launcher', '-f', ...]")
+    os.environ.update(thread_policy_env())
+    options = sys.orig_argv[1:len(sys.orig_argv) - len(sys.argv)]  # the interpreter's own, e.g. -Xfrozen_modules=off
+    os.execv(sys.executable, [sys.executable, *options, "-m", *argv])
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--launch"]:
+    launch_with_thread_policy(sys.argv[2:])

@@ -7,7 +7,10 @@ tiny dummy batch (forward hooks; no weight changes, dropout off, the random stat
 * modules that run before the first block form ``embeddings``; those that run after the last block form ``head``;
 * a module that runs between two blocks joins the block after it (it prepares that block's input);
 * a module registered outside the blocks but used inside them (a position table every block reads) runs "before"
-  the blocks and belongs with ``embeddings``: its group says so in :attr:`LayerGroup.note`.
+  the blocks and belongs with ``embeddings``: its group says so in :attr:`LayerGroup.note`;
+* a module or parameter that never runs on token ids (ESM's contact head, XLNet's ``mask_emb``) goes where it is
+  registered, before the first block's parameters (``embeddings``) or after them (``head``), and its group's note
+  says that it did not run.
 
 Three special cases (``docs/layer_groups.md`` explains them):
 
@@ -47,6 +50,10 @@ import torch
 from torch import nn
 
 TRACE_SEQ_LEN = 8
+# Tensor methods that read what a parameter is, not its values (transformers' ``model.dtype`` calls the first two on
+# the first parameter in every forward pass): they do not count as a use.
+_METADATA_READS = frozenset({"__get__", "is_floating_point", "is_complex", "dim", "size", "numel", "stride",
+                             "element_size", "data_ptr", "is_contiguous", "get_device"})
 _LAYOUT_ATTR = "_layerfreeze_layout"
 
 
@@ -86,8 +93,20 @@ def _get_submodule(model: nn.Module, path: str) -> nn.Module | None:
 
 
 def _is_block_list(module: nn.Module | None) -> bool:
+    """Same-class children that run (a list of lists, Funnel's stages, never runs itself: see :func:`_stage_lists`)."""
     return (isinstance(module, nn.ModuleList) and len(module) > 0
-            and len({type(child) for child in module}) == 1)
+            and len({type(child) for child in module}) == 1
+            and not isinstance(module[0], (nn.ModuleList, nn.ModuleDict)))
+
+
+def _stage_lists(model: nn.Module) -> list[str]:
+    """The stages of a model whose blocks come as a list of block lists (Funnel Transformer's encoder): the
+    paths of the stages, or ``[]``. The stages run one after the other, so their blocks are the model's blocks."""
+    for name, module in model.named_modules():
+        if (isinstance(module, nn.ModuleList) and len(module) > 1 and all(_is_block_list(m) for m in module)
+                and len({type(block) for stage in module for block in stage}) == 1):
+            return [f"{name}.{i}" for i in range(len(module))]
+    return []
 
 
 def _longest_block_list(model: nn.Module, prefix: str = "") -> str | None:
@@ -112,7 +131,9 @@ def find_blocks_paths(model: nn.Module) -> list[str]:
         paths = [_longest_block_list(model.get_submodule(s), s) for s in stacks]
         if len(stacks) == 2 and all(paths):
             return paths
-    path = _longest_block_list(model)
+    path, stages = _longest_block_list(model), _stage_lists(model)
+    if stages and (path is None or sum(len(model.get_submodule(s)) for s in stages) > len(model.get_submodule(path))):
+        return stages
     if path is None:
         raise ValueError(
             f"cannot find the repeated blocks of {type(model).__name__}: it has no nn.ModuleList of same-class "
@@ -178,7 +199,8 @@ class _ParameterUse(torch.overrides.TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        for value in torch.utils._pytree.tree_leaves((args, kwargs)):
+        reads_attribute = getattr(func, "__name__", "") in _METADATA_READS  # model.dtype: no use of the weights
+        for value in torch.utils._pytree.tree_leaves((args, kwargs)) if not reads_attribute else ():
             if isinstance(value, nn.Parameter):
                 self.timeline.first_use.setdefault(id(value), self.timeline.slot())
                 self.timeline.ticks.setdefault(id(value), len(self.timeline.ticks))
@@ -282,7 +304,7 @@ def module_run_order(model: nn.Module) -> list[str]:
 def _stack_name(path: str, paths: list[str]) -> str:
     if len(paths) == 1:
         return "block"
-    return next((part for part in path.split(".") if part in ("encoder", "decoder")), path)
+    return next((part for part in path.split(".") if part in ("encoder", "decoder")), "block")
 
 
 def _block_slots(model: nn.Module, paths: list[str]) -> tuple[list[str], list[str], list[nn.Module]]:
@@ -333,9 +355,13 @@ def _subtree_slots(module: nn.Module, timeline: _Timeline) -> set[tuple]:
 
 
 def _place_modules(model: nn.Module, block_ids: set[int], num_blocks: int, timeline: _Timeline,
-                   tied_first_group: dict[int, int]) -> dict[str, int]:
-    """Map the largest module subtrees that run in one place (outside the blocks) to a group index."""
+                   tied_first_group: dict[int, int]) -> tuple[dict[str, int], list[str]]:
+    """Map the largest module subtrees that run in one place (outside the blocks) to a group index; a subtree that
+    never runs (ESM's contact head, used only when contacts are asked for) goes where it is registered. Returns the
+    placement and the names of the subtrees that never ran."""
     placed: dict[str, int] = {}
+    never_ran: list[str] = []
+    by_registration = _registration_side(model, block_ids, num_blocks)
     seen: set[int] = set()  # a module registered under two names (T5's shared embedding) is placed once
 
     def visit(prefix: str, module: nn.Module) -> None:
@@ -354,9 +380,41 @@ def _place_modules(model: nn.Module, block_ids: set[int], num_blocks: int, timel
                 if tied and index <= num_blocks:  # a second input embedding (a decoder's) joins its tied twin
                     index = min(tied + [index])
                 placed[qualified] = index
+            elif any(True for _ in child.parameters()):
+                placed[qualified] = by_registration(child.parameters())
+                never_ran.append(qualified)
 
     visit("", model)
-    return placed
+    return placed, never_ran
+
+
+def _registration_side(model: nn.Module, block_ids: set[int], num_blocks: int):
+    """A function of some parameters: the embeddings (0) if the first is registered before the first block's,
+    else the head (``num_blocks + 1``): where a module or parameter goes when no trace says where it runs."""
+    rank = {id(p): i for i, p in enumerate(model.parameters())}
+    first_block = min((rank[id(p)] for m in model.modules() if id(m) in block_ids for p in m.parameters()),
+                      default=len(rank))
+    return lambda params: 0 if min((rank[id(p)] for p in params), default=len(rank)) < first_block else num_blocks + 1
+
+
+def _place_direct_parameters(model: nn.Module, block_ids: set[int], num_blocks: int,
+                             timeline: _Timeline | None) -> tuple[dict[str, int], list[str]]:
+    """Parameters registered directly on a module that holds blocks (XLNet's ``transformer.mask_emb``, a learned
+    scale on the root): the group where each is first used, else where it is registered. Returns the placement
+    and the names of those never used."""
+    by_registration = _registration_side(model, block_ids, num_blocks)
+    placed: dict[str, int] = {}
+    never_used: list[str] = []
+    for module_name, module in model.named_modules():
+        if id(module) in block_ids or not any(id(m) in block_ids for m in module.modules()):
+            continue
+        for name, param in module.named_parameters(prefix=module_name, recurse=False):
+            if timeline is not None and id(param) in timeline.first_use:
+                placed[name] = _group_index(timeline.first_use[id(param)], num_blocks)
+            else:
+                placed[name] = by_registration([param])
+                never_used += [name] if timeline is not None else []
+    return placed, never_used
 
 
 def _place_by_registration(model: nn.Module, block_ids: set[int], num_blocks: int) -> dict[str, int]:
@@ -402,6 +460,7 @@ class _Layout:
     notes: list[str]
     runs: list[int] = field(default_factory=list)
     warning: str = ""
+    parameter_names: list[list[str]] = field(default_factory=list)  # parameters set directly on a module of blocks
 
 
 def _signature(model: nn.Module, blocks) -> tuple:
@@ -419,9 +478,11 @@ def _build_layout(model: nn.Module, blocks: str | list[str] | None) -> _Layout:
     num_blocks, block_ids = len(block_modules), {id(b) for b in block_modules}
     timeline = _trace(model, block_modules)
     if timeline is None:
-        placed = _place_by_registration(model, block_ids, num_blocks)
+        placed, never_ran = _place_by_registration(model, block_ids, num_blocks), []
     else:
-        placed = _place_modules(model, block_ids, num_blocks, timeline, _tied_first_group(model, timeline, num_blocks))
+        placed, never_ran = _place_modules(model, block_ids, num_blocks, timeline,
+                                           _tied_first_group(model, timeline, num_blocks))
+    direct, never_used = _place_direct_parameters(model, block_ids, num_blocks, timeline)
     module_names: list[list[str]] = [[] for _ in range(num_blocks + 2)]
     registered = {name: i for i, (name, _) in enumerate(model.named_modules())}
     run_order = (lambda n: (_first_tick(model.get_submodule(n), timeline), registered[n])) if timeline else \
@@ -431,16 +492,28 @@ def _build_layout(model: nn.Module, blocks: str | list[str] | None) -> _Layout:
     for i, name in enumerate(block_module_names):  # modules that prepare a block's input run before it
         module_names[1 + i].append(name)
     layout = _Layout(_signature(model, blocks), ["embeddings"] + block_names + ["head"],
-                     ["embeddings"] + ["block"] * num_blocks + ["head"], module_names, [""] * (num_blocks + 2))
+                     ["embeddings"] + ["block"] * num_blocks + ["head"], module_names, [""] * (num_blocks + 2),
+                     parameter_names=[[n for n, i in direct.items() if i == index] for index in range(num_blocks + 2)])
     _shared_notes(model, timeline, layout, paths, block_modules)
+    _never_ran_notes(layout, [n for n in never_ran + never_used], {**placed, **direct})
     return layout
+
+
+def _never_ran_notes(layout: _Layout, names: list[str], placed: dict[str, int]) -> None:
+    """Say in its group's note which modules or parameters did not run in the traced forward pass."""
+    for index in sorted({placed[n] for n in names}):
+        unused = [n for n in names if placed[n] == index]
+        note = (f"{', '.join(unused)}: not used in a forward pass on token ids (only with other inputs, or never), "
+                "so placed where registered.")
+        layout.notes[index] = f"{layout.notes[index]} {note}".strip()
 
 
 def _shared_notes(model: nn.Module, timeline: _Timeline | None, layout: _Layout, paths: list[str],
                   block_modules: list[nn.Module]) -> None:
     """Notes for blocks that run several times and for tables that every block reads; sets the layout's warning."""
     if timeline is not None:
-        read = [name for name in layout.module_names[0] if _slot_of(model.get_submodule(name), timeline)[0] == "in"
+        read = [name for name in layout.module_names[0]
+                if any(s[0] == "in" for s in _subtree_slots(model.get_submodule(name), timeline))
                 or any(r == name or r.startswith(name + ".") for r in timeline.read_by_blocks)]
         if read:
             layout.notes[0] = (f"{', '.join(read)}: read by every block (beside the hidden states), so with the "
@@ -499,10 +572,11 @@ def layer_groups(model: nn.Module, blocks: str | list[str] | None = None) -> lis
         raise ValueError(f"model must be a torch.nn.Module (e.g. from load_model), got {type(model).__name__}")
     layout = _layout(model, blocks)
     groups = []
-    for name, kind, names, note, runs in zip(layout.names, layout.kinds, layout.module_names, layout.notes,
-                                             layout.runs):
+    for name, kind, names, note, runs, direct in zip(layout.names, layout.kinds, layout.module_names, layout.notes,
+                                                     layout.runs, layout.parameter_names):
         modules = {n: model.get_submodule(n) for n in names}
-        groups.append(LayerGroup(name, kind, modules, _parameters_of(modules), note, runs))
+        parameters = {n: model.get_parameter(n) for n in direct} | _parameters_of(modules)
+        groups.append(LayerGroup(name, kind, modules, parameters, note, runs))
     _check_coverage(model, groups)
     return groups
 

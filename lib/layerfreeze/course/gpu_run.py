@@ -38,7 +38,7 @@ from pathlib import Path
 from .contract import environment
 from .runner import notebook_paths, write_course_timing
 from .publish import publish_results
-from ..base.runtime import FORCE_VARIABLE, PRECISIONS, MiB
+from ..base.runtime import FORCE_VARIABLE, PRECISIONS, MiB, apply_thread_policy
 
 PRIORITY = ("04", "02", "03", "05", "01")
 TAKEAWAYS = "07"  # run at import, over the results of every window
@@ -248,6 +248,7 @@ def gpu_run(out_dir: str | Path, profile: str = "full", budget: float = BUDGET_S
         raise FileNotFoundError(f"no notebooks (NN_name.ipynb) in {Path(notebook_dir).resolve()}")
     out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(build, ignore_errors=True)
+    apply_thread_policy()  # each notebook and the benchmarks run in a child process, which inherits it
     started = time.perf_counter()
     summary = {"profile": profile, "part": part, "precision": precision, "budget_seconds": budget,
                "course_budget_seconds": course_budget or budget, "environment": environment(), "notebooks": []}

@@ -1,13 +1,77 @@
-"""The course runner: every notebook in order, under papermill, into ``build/``."""
+"""The course runner: every notebook in order, under papermill, into ``build/``.
+
+A cell that runs past its limit stops the course. The limit follows the profile and this machine's speed
+(:func:`profile_cell_timeout`): the longest cell of the profile on the reference machine, scaled by how fast this
+machine's cores are, times an allowance for other jobs beside it.
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import os
+import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from .contract import DEFAULT_CELL_TIMEOUT, environment, resolve_profile
-from ..base.runtime import describe_device
+from ..base.runtime import apply_thread_policy, describe_device
+
+# The longest cell of each profile, in seconds, on the reference machine (the quiet 2-core CPU of docs/results.md):
+# cpu's is notebook 02's strategy cell (182 s of the notebook's 195 s), smoke notebooks take well under a minute
+# each. The full profile is meant for a GPU, which the calibration below does not measure: it keeps the fixed bound.
+LONGEST_CELL_SECONDS = {"smoke": 60, "cpu": 195}
+# CPU seconds of calibration_seconds() on the reference machine: 0.190-0.195 in 5 runs, at load average 11.6-12.2
+# (CPU time: other jobs barely change it).
+REFERENCE_CALIBRATION_SECONDS = 0.19
+# Beside two equal jobs the goal is at most 4x the quiet time (benchmarks/contention.py); 25% more before a cell
+# counts as hung.
+CONTENTION_ALLOWANCE = 5
+MINIMUM_CELL_TIMEOUT = 120
+
+
+class CourseFailed(RuntimeError):
+    """A notebook of the course failed or ran out of time; the message is one line that says what to do."""
+
+
+def calibration_seconds(repeats: int = 3) -> float:
+    """The CPU seconds of a fixed single-thread workload (160 products of 384 x 384 matrices, MiniLM's width), the
+    fastest of ``repeats``: how fast this machine's cores are. CPU time, not wall time, so that other jobs barely
+    change it."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(384, 384, generator=generator), torch.randn(384, 384, generator=generator)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    best = math.inf
+    try:
+        for _ in range(repeats):
+            start = time.process_time()
+            for _ in range(160):
+                torch.mm(a, b)
+            best = min(best, time.process_time() - start)
+    finally:
+        torch.set_num_threads(threads)
+    return best
+
+
+def profile_cell_timeout(profile: str, calibration: float | None = None) -> int:
+    """Seconds a cell of ``profile`` may run here: its longest cell on the reference machine, times this machine's
+    slowness (``calibration`` CPU seconds, measured when not given, against the reference's), times
+    :data:`CONTENTION_ALLOWANCE`; at least :data:`MINIMUM_CELL_TIMEOUT`. The full profile keeps
+    :data:`DEFAULT_CELL_TIMEOUT`.
+
+    >>> [profile_cell_timeout(p, calibration=c) for p, c in [("cpu", 0.19), ("cpu", 0.38), ("smoke", 0.19)]]
+    [975, 1950, 300]
+    """
+    resolved = resolve_profile(profile)
+    if resolved not in LONGEST_CELL_SECONDS:
+        return DEFAULT_CELL_TIMEOUT
+    slowness = (calibration_seconds() if calibration is None else calibration) / REFERENCE_CALIBRATION_SECONDS
+    return max(MINIMUM_CELL_TIMEOUT, math.ceil(LONGEST_CELL_SECONDS[resolved] * slowness * CONTENTION_ALLOWANCE))
 
 
 def notebook_paths(notebook_dir: str | Path = "notebooks") -> list[Path]:
@@ -34,33 +98,67 @@ def run_notebook(notebook: str | Path, executed_dir: str | Path, results_dir: st
 
 
 def run_course(profile: str = "auto", build_dir: str | Path = "build", notebook_dir: str | Path = "notebooks",
-               only: list[str] | None = None, cell_timeout: int | None = DEFAULT_CELL_TIMEOUT) -> dict[str, float]:
+               only: list[str] | None = None, cell_timeout: int | None = None) -> dict[str, float]:
     """Run every notebook in order into ``build_dir``: executed notebooks in ``notebooks/``, metrics in
     ``results/``, figures in ``figures/``. Prints each notebook's time and where the output is. A cell that runs
-    past ``cell_timeout`` seconds stops the course with a message that says which, instead of hanging it."""
-    from nbclient.exceptions import CellTimeoutError
-
+    past ``cell_timeout`` seconds (by default :func:`profile_cell_timeout` for the profile on this machine) stops
+    the course with :class:`CourseFailed`, whose one-line message says which notebook and what to do."""
+    if cell_timeout is not None and (isinstance(cell_timeout, bool) or not isinstance(cell_timeout, int)
+                                     or cell_timeout < 1):
+        raise ValueError(f"cell_timeout must be a whole number of seconds of at least 1, or None, got {cell_timeout!r}")
     build = Path(build_dir)
     paths = [p for p in notebook_paths(notebook_dir) if not only or any(p.name.startswith(o) for o in only)]
     if not paths:
         raise ValueError(f"no notebooks to run in {notebook_dir!r} (only={only})")
+    apply_thread_policy()  # the kernels inherit it
+    limit = cell_timeout or profile_cell_timeout(profile)
     print(f"Running {len(paths)} notebooks with profile={profile} ({resolve_profile(profile)} here) "
-          f"on {describe_device()}")
+          f"on {describe_device()}; a cell may run {limit} s")
     timings = {}
     for path in paths:
         print(f"  {path.name} ...", end=" ", flush=True)
-        try:
-            timings[path.stem] = run_notebook(path, build / "notebooks", build / "results", build / "figures",
-                                              profile, cell_timeout)
-        except CellTimeoutError:
-            raise TimeoutError(f"{path.name}: a cell ran for more than {cell_timeout} s and was stopped (the "
-                               f"executed notebook, up to that cell: {build / 'notebooks' / path.name}). On a slow "
-                               f"or busy machine, allow more with --cell-timeout.") from None
+        timings[path.stem] = _run_course_notebook(path, build, profile, limit)
         print(f"{timings[path.stem]:.0f} s", flush=True)
     write_course_timing(build, profile, timings)
     print(f"Done in {sum(timings.values()) / 60:.1f} min.\n  executed notebooks: {build / 'notebooks'}\n"
           f"  metrics (JSON):     {build / 'results'}\n  figures (PNG):      {build / 'figures'}")
     return timings
+
+
+@contextmanager
+def _stderr_to(path: Path) -> Iterator[None]:
+    """Send this process's standard error, and that of the processes it starts (the notebook's kernel), to a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(path, "ab") as log:
+            os.dup2(log.fileno(), 2)
+            yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _run_course_notebook(path: Path, build: Path, profile: str, limit: int) -> float:
+    """One notebook of the course; a timeout or a failing cell becomes :class:`CourseFailed`, in one line."""
+    from nbclient.exceptions import CellTimeoutError
+    from papermill.exceptions import PapermillExecutionError
+
+    executed = build / "notebooks" / path.name
+    try:
+        with _stderr_to(executed.with_suffix(".log")):  # the kernel's own messages, e.g. its traceback when stopped
+            return run_notebook(path, build / "notebooks", build / "results", build / "figures", profile, limit)
+    except CellTimeoutError:
+        raise CourseFailed(f"{path.name}: a cell ran for more than {limit} s and was stopped (the notebook up to "
+                           f"that cell: {executed}; the kernel's messages: {executed.with_suffix('.log')}). The "
+                           "machine is slower or busier than this limit allows: run again when fewer jobs run beside "
+                           "it, or allow more with --cell-timeout SECONDS.") from None
+    except PapermillExecutionError as error:
+        raise CourseFailed(f"{path.name}: cell {error.exec_count} failed with {error.ename}: "
+                           f"{' '.join(str(error.evalue).split())[:300]} (the notebook up to that cell: {executed}). "
+                           "Open it to see the traceback; fix the cause and run the course again.") from None
 
 
 def write_course_timing(build_dir: str | Path, profile: str, seconds: dict[str, float]) -> Path:
