@@ -50,9 +50,9 @@ BAD_FLAGS = [
     (["--lr", "nan"], "--lr: invalid value 'nan': expected a finite number above 0"),
     (["--lr=-1e-3"], "--lr: invalid value '-1e-3'"),
     (["--discriminative", "inf"], "--discriminative: invalid value 'inf'"),
-    (["--plan", "top:x"], "--plan: invalid plan 'top:x': expected head, top:K, bottom:K, all or bitfit"),
-    (["--plan", "head:2"], "--plan: invalid plan 'head:2'"),
-    (["--plan", "top"], "--plan: invalid plan 'top'"),
+    (["--preset", "top:x"], "--preset: invalid preset 'top:x': expected head, top:K, bottom:K, all or bitfit"),
+    (["--preset", "head:2"], "--preset: invalid preset 'head:2'"),
+    (["--preset", "top"], "--preset: invalid preset 'top'"),
     (["--curve", "steps"], "--curve: invalid choice: 'steps'"),
     (["--task", "mnist"], "--task: invalid choice: 'mnist'"),
     (["--seed", "-1"], "--seed: invalid value '-1'"),
@@ -111,7 +111,7 @@ def test_plan_and_output_types(tmp_path):
     from layerfreeze.core.strategy import PRESETS
 
     assert set(cli.PRESETS_WITH_K + cli.PRESETS_WITHOUT_K) == set(PRESETS)
-    assert cli.plan("bottom:3") == ("bottom", 3) and cli.plan("bitfit") == ("bitfit", None)
+    assert cli.preset("bottom:3") == ("bottom", 3) and cli.preset("bitfit") == ("bitfit", None)
     assert cli.output_file(str(tmp_path / "new" / "m.json")) == tmp_path / "new" / "m.json"
     assert not (tmp_path / "new").exists()  # checked, not created, while parsing
 
@@ -120,7 +120,7 @@ def test_plan_and_output_types(tmp_path):
 def test_train_runs_and_writes_its_metrics(tmp_path):
     output = tmp_path / "out" / "metrics.json"
     result = command("train", "--model", "tiny:bert", "--train-limit", "16", "--eval-limit", "8", "--epochs", "1",
-                     "--batch-size", "8", "--plan", "top:1", "--output", str(output), cwd=tmp_path)
+                     "--batch-size", "8", "--preset", "top:1", "--output", str(output), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads(output.read_text())
     assert metrics["steps"] == 2 and metrics["replicas_identical"]
@@ -156,10 +156,10 @@ TINY = ["--model", "tiny:bert", "--train-limit", "40", "--eval-limit", "8", "--b
 # (flags, a part of the message, when it is refused): "parse" before torch is imported, "model" once the model
 # has loaded and before any training, "hub" where the Hub is needed (offline here).
 BAD_INVOCATIONS = [
-    (["--plan", "head", "--trainable-layers", "2"], "--plan head and --trainable-layers 2 both say what trains",
+    (["--preset", "head", "--trainable-layers", "2"], "--preset head and --trainable-layers 2 both say what trains",
      "parse"),
     (["--every", "5"], "--every 5 paces an unfreezing schedule", "parse"),
-    (["--schedule", "gradual", "--plan", "top:1"], "--plan top:1 is a fixed plan; --schedule gradual", "parse"),
+    (["--schedule", "gradual", "--preset", "top:1"], "--preset top:1 is a fixed plan; --schedule gradual", "parse"),
     (["--schedule", "chain-thaw", "--trainable-layers", "2"], "--trainable-layers 2 is a fixed plan", "parse"),
     (["--max-steps", "10", "--epochs", "2"], "--max-steps 10 and --epochs 2 both set the length", "parse"),
     (["--trainable-modules", "attention"], "need --trainable-layers N", "parse"),
@@ -178,7 +178,7 @@ BAD_INVOCATIONS = [
     (["--config", "{tmp}/list.yaml"], "expected 'key: value' lines", "parse"),
     (["--nosuch-flag"], "unrecognized arguments: --nosuch-flag", "parse"),
     (["--task", "sst5"], "--task: invalid choice: 'sst5'", "parse"),
-    ([*TINY, "--plan", "top:99"], "preset 'top' needs k, the number of blocks, from 1 to 4; got 99", "model"),
+    ([*TINY, "--preset", "top:99"], "preset 'top' needs k, the number of blocks, from 1 to 4; got 99", "model"),
     ([*TINY, "--trainable-layers", "99"], "trainable_layers must be a non-zero int from -4 to 4", "model"),
     ([*TINY, "--trainable-layers", "2", "--trainable-modules", "nonsense"], "matches no parameter", "model"),
     ([*TINY, "--trainable-layers", "2", "--extra-modules", "nosuchgroup"], "'nosuchgroup' is neither", "model"),
@@ -290,12 +290,12 @@ def test_max_steps_and_output_dir_save_a_model_from_pretrained_loads(tmp_path, c
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     out = tmp_path / "out"
-    train_in_process("--max-steps", "3", "--plan", "top:1", "--output_dir", str(out))
+    train_in_process("--max-steps", "3", "--preset", "top:1", "--output_dir", str(out))
     printed = capsys.readouterr().out
     assert "trains 13,826 of 62,274 parameters (22.2%): block.3, head; 3 steps" in printed
     assert json.loads((out / "metrics.json").read_text())["steps"] == 3
     record = json.loads((out / "freezing_plan.json").read_text())
-    assert record["flags"]["plan"] == "top:1" and record["trainable_params"] == 13_826
+    assert record["flags"]["preset"] == "top:1" and record["trainable_params"] == 13_826
     head_and_block_3 = ("bert.encoder.layer.3.", "bert.pooler.", "classifier.")
     assert all(name.startswith(head_and_block_3) for name in record["trainable_parameters"])
     model = AutoModelForSequenceClassification.from_pretrained(out)

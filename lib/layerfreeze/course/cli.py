@@ -10,7 +10,7 @@ DistributedDataParallel, re-wrapped whenever the trainable set changes (or, with
 sharded by FSDP2), and rank 0 writes the metrics, including whether every parameter ended identical on all ranks.
 
 Every argument that can be checked without the model is checked before anything loads, contradicting flags
-included; what needs the model's layers (``--plan top:99``, ``--trainable-layers 99``) is checked right after the model
+included; what needs the model's layers (``--preset top:99``, ``--trainable-layers 99``) is checked right after the model
 loads, before any training. A bad one ends the command with one line on stderr that names it, the value and what is
 valid (exit status 2); a run that fails (the Hub unreachable, a missing package, a loss that became NaN) ends with one
 line and exit status 1; never a traceback (``LAYERFREEZE_TRACEBACK=1`` shows one). Building the parser imports no
@@ -34,7 +34,7 @@ from ..core.schedules import CURVES
 
 # core.strategy.PRESETS, which imports torch; tests/test_cli.py keeps the two in step.
 PRESETS_WITH_K, PRESETS_WITHOUT_K = ("top", "bottom"), ("head", "all", "bitfit")
-PLANS = "head, top:K, bottom:K, all or bitfit"
+PRESET_CHOICES = "head, top:K, bottom:K, all or bitfit"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -65,25 +65,25 @@ nonzero_int = _number(int, "a whole number other than 0 (positive: the last n bl
                       lambda v: v != 0)
 
 
-class PlanChoice(tuple):
-    """``(preset, k)`` as ``--plan`` reads it, shown as it is written (``top:2``, ``head``)."""
+class PresetChoice(tuple):
+    """``(preset, k)`` as ``--preset`` reads it, shown as it is written (``top:2``, ``head``)."""
 
     def __str__(self) -> str:
         return self[0] if self[1] is None else f"{self[0]}:{self[1]}"
 
 
-def plan(text: str) -> tuple[str, int | None]:
-    """``--plan``: ``head``, ``all``, ``bitfit``, ``top:K`` or ``bottom:K`` as ``(preset, k)``.
+def preset(text: str) -> tuple[str, int | None]:
+    """``--preset``: ``head``, ``all``, ``bitfit``, ``top:K`` or ``bottom:K`` as ``(preset, k)``.
 
-    >>> plan("top:2"), plan("head")
+    >>> preset("top:2"), preset("head")
     (('top', 2), ('head', None))
     """
-    preset, colon, k = text.partition(":")
-    takes_k = preset in PRESETS_WITH_K
-    if preset not in PRESETS_WITH_K + PRESETS_WITHOUT_K or takes_k != bool(colon) or \
+    name, colon, k = text.partition(":")
+    takes_k = name in PRESETS_WITH_K
+    if name not in PRESETS_WITH_K + PRESETS_WITHOUT_K or takes_k != bool(colon) or \
             (takes_k and not (k.isdigit() and int(k) >= 1)):
-        raise argparse.ArgumentTypeError(f"invalid plan {text!r}: expected {PLANS} (K a whole number of at least 1)")
-    return PlanChoice((preset, int(k) if takes_k else None))
+        raise argparse.ArgumentTypeError(f"invalid preset {text!r}: expected {PRESET_CHOICES} (K a whole number of at least 1)")
+    return PresetChoice((name, int(k) if takes_k else None))
 
 
 def output_file(text: str) -> Path:
@@ -221,15 +221,15 @@ def _gpu_import(args) -> None:
 
 # --- train ---------------------------------------------------------------------------------------------------------
 
-class _DefaultPlan(PlanChoice):
-    """``--plan``'s default, told apart from the same plan given on the command line or in a config."""
+class _DefaultPreset(PresetChoice):
+    """``--preset``'s default, told apart from the same preset given on the command line or in a config."""
 
 
 class _DefaultCount(int):
     """A default count (``--epochs``, ``--every``), told apart from the same number given."""
 
 
-DEFAULT_PLAN, DEFAULT_EPOCHS, DEFAULT_EVERY = _DefaultPlan(("top", 2)), _DefaultCount(3), _DefaultCount(50)
+DEFAULT_PRESET, DEFAULT_EPOCHS, DEFAULT_EVERY = _DefaultPreset(("top", 2)), _DefaultCount(3), _DefaultCount(50)
 # LLaMA-Factory's config keys for the freeze plan, and what they set here.
 FACTORY_KEYS = {"freeze_trainable_layers": "trainable_layers", "freeze_trainable_modules": "trainable_modules",
                 "freeze_extra_modules": "extra_modules"}
@@ -237,7 +237,7 @@ FACTORY_KEYS = {"freeze_trainable_layers": "trainable_layers", "freeze_trainable
 
 def given(value) -> bool:
     """Whether a flag was given (on the command line or in a config), not left at its marked default."""
-    return not isinstance(value, (_DefaultPlan, _DefaultCount))
+    return not isinstance(value, (_DefaultPreset, _DefaultCount))
 
 
 def output_folder(text: str) -> Path:
@@ -267,7 +267,8 @@ def add_train_parser(commands) -> argparse.ArgumentParser:
                        help="your own task instead of --task: a CSV/JSONL/Parquet file, a folder, or a Hub dataset id")
     train.add_argument("--text-column", default="text", help="the text column of --data")
     train.add_argument("--label-column", default="label", help="the label column of --data (strings or numbers)")
-    train.add_argument("--plan", type=plan, default=DEFAULT_PLAN, help=f"what trains without a schedule: {PLANS}")
+    train.add_argument("--preset", type=preset, default=DEFAULT_PRESET,
+                       help=f"what trains without a schedule: {PRESET_CHOICES}")
     train.add_argument("--schedule", default="none", choices=["none", "gradual", "chain-thaw"],
                        help="an unfreezing schedule instead of a fixed plan")
     train.add_argument("--every", type=positive_int, default=DEFAULT_EVERY,
@@ -314,8 +315,8 @@ def add_aliases(parser: argparse.ArgumentParser, aliases: dict[str, str]) -> Non
 
 
 def add_factory_plan_flags(train: argparse.ArgumentParser) -> None:
-    """LLaMA-Factory's freeze fine-tuning flags (:func:`layerfreeze.plans.factory_plan`); they replace ``--plan``."""
-    group = train.add_argument_group("LLaMA-Factory-style plan (replaces --plan)")
+    """LLaMA-Factory's freeze fine-tuning flags (:func:`layerfreeze.core.plans.factory_plan`); they replace ``--preset``."""
+    group = train.add_argument_group("LLaMA-Factory-style plan (replaces --preset)")
     group.add_argument("--trainable-layers", type=nonzero_int, default=None,
                        help="positive n: train the last n blocks; negative n: the first n")
     group.add_argument("--trainable-modules", default="all",
@@ -331,17 +332,17 @@ def add_factory_plan_flags(train: argparse.ArgumentParser) -> None:
 def conflicting_flags(args) -> str | None:
     """Why the train flags contradict each other (None when they do not); needs no model or data.
 
-    >>> conflicting_flags(build_parser().parse_args(["train", "--plan", "head", "--trainable-layers", "2"]))
-    '--plan head and --trainable-layers 2 both say what trains: give one'
+    >>> conflicting_flags(build_parser().parse_args(["train", "--preset", "head", "--trainable-layers", "2"]))
+    '--preset head and --trainable-layers 2 both say what trains: give one'
     """
-    plan_text = f"--plan {args.plan}"
+    preset_text = f"--preset {args.preset}"
     if args.trainable_layers is None and (args.trainable_modules != "all" or args.extra_modules or args.untie):
         return ("--trainable-modules, --extra-modules and --untie need --trainable-layers N (got --trainable-modules "
                 f"{args.trainable_modules!r}, --extra-modules {args.extra_modules}, --untie {args.untie})")
-    if args.trainable_layers is not None and given(args.plan):
-        return f"{plan_text} and --trainable-layers {args.trainable_layers} both say what trains: give one"
-    if args.schedule != "none" and (args.trainable_layers is not None or given(args.plan)):
-        fixed = plan_text if given(args.plan) else f"--trainable-layers {args.trainable_layers}"
+    if args.trainable_layers is not None and given(args.preset):
+        return f"{preset_text} and --trainable-layers {args.trainable_layers} both say what trains: give one"
+    if args.schedule != "none" and (args.trainable_layers is not None or given(args.preset)):
+        fixed = preset_text if given(args.preset) else f"--trainable-layers {args.trainable_layers}"
         return f"{fixed} is a fixed plan; --schedule {args.schedule} decides what trains instead: give one"
     if args.schedule == "none" and given(args.every):
         return f"--every {args.every} paces an unfreezing schedule; a fixed plan has none (add --schedule gradual)"
@@ -429,7 +430,7 @@ def _training_setup(args, model, names: list[str], steps: int):
         schedule = unfreezing(names, args.every, steps, rates, curve=args.curve)
         return rates, schedule, describe_trainable(schedule=schedule)
     if args.trainable_layers is None:
-        report = Strategy("command line", *args.plan).apply(model)
+        report = Strategy("command line", *args.preset).apply(model)
     else:
         plan = factory_plan(model, args.trainable_layers, args.trainable_modules, args.extra_modules)
         report = apply_plan(model, plan, untie=args.untie)
@@ -497,13 +498,13 @@ def save_run(folder: Path, model, tokenizer, metrics: dict, trains: str) -> None
     print(f"saved: the model, its tokenizer, freezing_plan.json and metrics.json in {folder}")
 
 
-PLAN_FLAGS = ("plan", "schedule", "every", "trainable_layers", "trainable_modules", "extra_modules", "lr",
+TRAIN_FLAGS = ("preset", "schedule", "every", "trainable_layers", "trainable_modules", "extra_modules", "lr",
               "discriminative", "curve", "epochs", "max_steps", "batch_size", "seed")
 
 
 def _plain(value):
-    """A flag's value for JSON: a plan as it is written, a marked default as its number."""
-    return str(value) if isinstance(value, PlanChoice) else int(value) if isinstance(value, _DefaultCount) else value
+    """A flag's value for JSON: a preset as it is written, a marked default as its number."""
+    return str(value) if isinstance(value, PresetChoice) else int(value) if isinstance(value, _DefaultCount) else value
 
 
 def _report(args, history, digests: dict, rank: int, world_size: int, dist) -> dict | None:
@@ -518,7 +519,7 @@ def _report(args, history, digests: dict, rank: int, world_size: int, dist) -> d
     metrics = {"model": args.model, "task": args.task, "world_size": world_size,
                "replicas_identical": not differing, "differing_parameters": differing,
                "parameters_compared": len(digests), **history.summary(),
-               "flags": {name: _plain(getattr(args, name)) for name in PLAN_FLAGS}}
+               "flags": {name: _plain(getattr(args, name)) for name in TRAIN_FLAGS}}
     print(f"world size {world_size}: final validation accuracy {history.final_accuracy:.3f}; "
           f"{len(digests)} parameters {'identical' if not differing else 'DIFFER'} across ranks")
     if args.output:
