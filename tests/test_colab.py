@@ -97,3 +97,14 @@ def test_an_uploaded_wheel_installs_and_the_course_command_says_where_the_notebo
     assert course.returncode == 2 and "Traceback" not in course.stderr, course.stderr[-2000:]
     assert f"no course notebooks (NN_name.ipynb) in {tmp_path / 'notebooks'}" in course.stderr
     assert "--notebook-dir" in course.stderr and len(course.stderr.splitlines()) == 1
+
+
+def test_on_colab_the_default_results_folder_stays_under_the_working_folder(tmp_path, monkeypatch):
+    from layerfreeze.course.contract import results_folder, save_metrics
+
+    monkeypatch.chdir(tmp_path)
+    assert results_folder("../build/results") == Path("../build/results")  # a checkout: beside notebooks/
+    monkeypatch.setenv("LAYERFREEZE_FORCE_COLAB", "1")
+    assert results_folder("../build/results") == tmp_path / "build" / "results"
+    assert results_folder("/content/out") == Path("/content/out") and results_folder("out") == Path("out")
+    assert save_metrics({"seed": 0}, "../build/results", "02_x") == tmp_path / "build" / "results" / "02_x.json"

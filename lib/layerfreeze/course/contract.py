@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
+from .colab import on_colab
 from ..base.runtime import describe_device, pick_device, seed_everything
 
 if TYPE_CHECKING:
@@ -108,13 +109,27 @@ def _table(frame) -> dict:
     return {"columns": [str(c) for c in frame.columns], "rows": _clean(frame.values.tolist())}
 
 
+def results_folder(folder: str | Path) -> Path:
+    """Where a notebook's ``output_dir`` or ``figure_dir`` lands. The defaults (``../build/results``) are relative to
+    ``notebooks/`` in a checkout; on Colab a notebook runs in ``/content``, where ``..`` would leave the file
+    browser, so there a relative path that climbs out keeps its part below the climb, under the working folder.
+
+    >>> str(results_folder("../build/results"))
+    '../build/results'
+    """
+    path = Path(folder)
+    if on_colab() and not path.is_absolute() and ".." in path.parts:
+        return Path.cwd() / Path(*[part for part in path.parts if part != ".."])
+    return path
+
+
 def save_metrics(metrics: dict, output_dir: str | Path, notebook: str, key_tables: dict | None = None,
                  key_figures: tuple[str, ...] | list[str] = ()) -> Path:
     """Write ``metrics`` (plus the environment) to ``output_dir/<notebook>.json`` and return the path.
 
     ``key_tables`` (title -> DataFrame or list of records) and ``key_figures`` (names given to :func:`save_figure`)
     are what the course's results page shows for this notebook (:func:`publish_results`)."""
-    path = Path(output_dir) / f"{notebook}.json"
+    path = results_folder(output_dir) / f"{notebook}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"notebook": notebook, "environment": environment(), **_clean(metrics)}
     if key_tables:
@@ -127,7 +142,7 @@ def save_metrics(metrics: dict, output_dir: str | Path, notebook: str, key_table
 
 def save_figure(figure, name: str, figure_dir: str | Path) -> Path:
     """Save a matplotlib figure as ``figure_dir/<name>.png`` (at 110 dpi, small enough for a README)."""
-    path = Path(figure_dir) / f"{name}.png"
+    path = results_folder(figure_dir) / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110, bbox_inches="tight")
     return path
