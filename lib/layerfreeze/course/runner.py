@@ -98,9 +98,12 @@ def run_notebook(notebook: str | Path, executed_dir: str | Path, results_dir: st
 
 
 def run_course(profile: str = "auto", build_dir: str | Path = "build", notebook_dir: str | Path = "notebooks",
-               only: list[str] | None = None, cell_timeout: int | None = None) -> dict[str, float]:
+               only: list[str] | None = None, cell_timeout: int | None = None,
+               parameters: dict[str, dict] | None = None) -> dict[str, float]:
     """Run every notebook in order into ``build_dir``: executed notebooks in ``notebooks/``, metrics in
-    ``results/``, figures in ``figures/``. Prints each notebook's time and where the output is. A cell that runs
+    ``results/``, figures in ``figures/``. ``parameters`` maps a notebook's number prefix to papermill parameters
+    of its own (then only those notebooks run, e.g. :func:`~layerfreeze.course.contract.real_parameters`).
+    Prints each notebook's time and where the output is. A cell that runs
     past ``cell_timeout`` seconds (by default :func:`profile_cell_timeout` for the profile on this machine) stops
     the course with :class:`CourseFailed`, whose one-line message says which notebook and what to do."""
     if cell_timeout is not None and (isinstance(cell_timeout, bool) or not isinstance(cell_timeout, int)
@@ -108,6 +111,8 @@ def run_course(profile: str = "auto", build_dir: str | Path = "build", notebook_
         raise ValueError(f"cell_timeout must be a whole number of seconds of at least 1, or None, got {cell_timeout!r}")
     build = Path(build_dir)
     paths = [p for p in notebook_paths(notebook_dir) if not only or any(p.name.startswith(o) for o in only)]
+    if parameters is not None:
+        paths = [p for p in paths if p.name[:2] in parameters]
     if not paths:
         raise ValueError(f"no notebooks to run in {notebook_dir!r} (only={only})")
     apply_thread_policy()  # the kernels inherit it
@@ -117,7 +122,7 @@ def run_course(profile: str = "auto", build_dir: str | Path = "build", notebook_
     timings = {}
     for path in paths:
         print(f"  {path.name} ...", end=" ", flush=True)
-        timings[path.stem] = _run_course_notebook(path, build, profile, limit)
+        timings[path.stem] = _run_course_notebook(path, build, profile, limit, (parameters or {}).get(path.name[:2], {}))
         print(f"{timings[path.stem]:.0f} s", flush=True)
     write_course_timing(build, profile, timings)
     print(f"Done in {sum(timings.values()) / 60:.1f} min.\n  executed notebooks: {build / 'notebooks'}\n"
@@ -141,7 +146,7 @@ def _stderr_to(path: Path) -> Iterator[None]:
         os.close(saved)
 
 
-def _run_course_notebook(path: Path, build: Path, profile: str, limit: int) -> float:
+def _run_course_notebook(path: Path, build: Path, profile: str, limit: int, parameters: dict) -> float:
     """One notebook of the course; a timeout or a failing cell becomes :class:`CourseFailed`, in one line."""
     from nbclient.exceptions import CellTimeoutError
     from papermill.exceptions import PapermillExecutionError
@@ -149,7 +154,8 @@ def _run_course_notebook(path: Path, build: Path, profile: str, limit: int) -> f
     executed = build / "notebooks" / path.name
     try:
         with _stderr_to(executed.with_suffix(".log")):  # the kernel's own messages, e.g. its traceback when stopped
-            return run_notebook(path, build / "notebooks", build / "results", build / "figures", profile, limit)
+            return run_notebook(path, build / "notebooks", build / "results", build / "figures", profile, limit,
+                                **parameters)
     except CellTimeoutError:
         raise CourseFailed(f"{path.name}: a cell ran for more than {limit} s and was stopped (the notebook up to "
                            f"that cell: {executed}; the kernel's messages: {executed.with_suffix('.log')}). The "
