@@ -124,6 +124,19 @@ def test_train_runs_and_writes_its_metrics(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads(output.read_text())
     assert metrics["steps"] == 2 and metrics["replicas_identical"]
+    assert "tokens per text" in result.stdout  # --max-length not given: from the data
+
+
+def test_max_length_defaults_to_the_datas_and_a_given_one_is_checked_against_the_model():
+    from layerfreeze.base.data import load_task, suggest_max_length
+    from layerfreeze.base.models import tiny_tokenizer
+
+    splits, tokenizer = load_task("a", limit={"train": 40, "validation": 8}), tiny_tokenizer()
+    assert cli.build_parser().parse_args(["train"]).max_length is None
+    assert cli._max_length(None, splits, tokenizer) == suggest_max_length(splits, tokenizer)
+    assert cli._max_length(16, splits, tokenizer) == 16
+    with pytest.raises(ValueError, match="max_length must be a whole number from 3 to"):
+        cli._max_length(100000, splits, tokenizer)
 
 
 @pytest.mark.slow

@@ -287,7 +287,8 @@ def add_train_parser(commands) -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=positive_int, default=32, help="examples per step and process")
     train.add_argument("--train-limit", type=positive_int, default=4000, help="training examples to use")
     train.add_argument("--eval-limit", type=positive_int, default=500, help="validation examples to use")
-    train.add_argument("--max-length", type=positive_int, default=64, help="tokens per text, at most")
+    train.add_argument("--max-length", type=positive_int, default=None,
+                       help="tokens per text, at most (default: from the data, every text whole up to 256 tokens)")
     train.add_argument("--seed", type=natural_int, default=0, help="seeds the data order and the new head")
     train.add_argument("--output", type=output_file, help="write the metrics JSON here (rank 0)")
     train.add_argument("--fsdp", action="store_true",
@@ -444,7 +445,7 @@ def _training_setup(args, model, names: list[str], steps: int):
 def _train_and_report(args, rank: int, world_size: int) -> None:
     import torch.distributed as dist
 
-    from ..base.data import _check_max_length, batches_per_epoch, encode, load_task, num_labels
+    from ..base.data import batches_per_epoch, encode, load_task, num_labels
     from ..base.models import load_model
     from ..base.runtime import process_device, seed_everything
     from ..core.freezing import fingerprint
@@ -462,18 +463,28 @@ def _train_and_report(args, rank: int, world_size: int) -> None:
     model, tokenizer = load_model(args.model, num_labels=num_labels(splits))
     steps = epochs * batches_per_epoch(examples, args.batch_size, world_size)
     rates, schedule, trains = _training_setup(args, model, [g.name for g in layer_groups(model)], steps)
-    _check_max_length(args.max_length, tokenizer)  # the model's limit, before the texts are encoded
+    max_length = _max_length(args.max_length, splits, tokenizer)  # before the texts are encoded
     model.to(device)
-    train = encode(splits["train"].select(range(examples)), tokenizer, args.max_length)
-    validation = encode(splits["validation"], tokenizer, args.max_length)
+    train = encode(splits["train"].select(range(examples)), tokenizer, max_length)
+    validation = encode(splits["validation"], tokenizer, max_length)
     if rank == 0:
-        print(f"{args.model}: {trains}; {steps} step{'s' * (steps != 1)}", flush=True)
+        print(f"{args.model}: {trains}; {steps} step{'s' * (steps != 1)}; {max_length} tokens per text", flush=True)
     bars = rank == 0 and sys.stderr.isatty()  # a log file gets the result lines, not a progress bar's redraws
     history = fit(model, train, validation, epochs=epochs, lr=rates, batch_size=args.batch_size,
                   curve=args.curve, schedule=schedule, seed=args.seed, device=device, progress=bars, fsdp=args.fsdp)
     metrics = _report(args, history, fingerprint(model), rank, world_size, dist)
     if rank == 0 and args.output_dir:
         save_run(args.output_dir, model, tokenizer, metrics, trains)
+
+
+def _max_length(given: int | None, splits, tokenizer) -> int:
+    """``--max-length`` as given (within the model's limit), or from the data when not given."""
+    from ..base.data import _check_max_length, suggest_max_length
+
+    if given is None:
+        return suggest_max_length(splits, tokenizer)
+    _check_max_length(given, tokenizer)
+    return given
 
 
 def _quiet_datasets() -> None:
