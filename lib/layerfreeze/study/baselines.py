@@ -1,0 +1,108 @@
+"""Baselines that give an accuracy its meaning: what a model with no pretraining, and the pretrained features with
+no fine-tuning, already reach on the task.
+
+- :func:`tfidf_logistic`: TF-IDF of words and word pairs, then logistic regression (scikit-learn). No pretraining at
+  all: a fine-tuned transformer that does not beat it has bought nothing with its pretraining on this task.
+- :func:`linear_probe`: logistic regression on the pretrained model's mean-pooled last hidden states, the body
+  untouched. The classic linear probe; a head-only fine-tune is a noisier, costlier version of it.
+
+Each chooses its regularisation strength ``C`` on the validation split from a grid of five values a decade apart and
+says when the choice sits on the grid's edge; each returns per-example correctness on the test split, so a strategy's
+gain over it gets a paired interval (:func:`above_baselines`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from ..base.data import _text_and_labels, as_tensors
+from ..core.inspection import hidden_states
+from .evidence import difference_interval, grid_edge
+
+C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
+
+
+@dataclass
+class Baseline:
+    """One baseline's test result: ``correct`` holds 0/1 per test example; ``c`` is the chosen ``C``."""
+
+    name: str
+    accuracy: float
+    correct: np.ndarray = field(repr=False)
+    c: float
+    validation_by_c: dict
+    note: str = ""
+
+
+def _fit_logistic(name, train, validation, test, grid) -> Baseline:
+    """Fit one logistic regression per ``C`` of ``grid`` on ``train = (features, labels)``, keep the one that
+    scores best on ``validation``, and score it on ``test``."""
+    from sklearn.linear_model import LogisticRegression
+
+    if len(grid) < 2 or any(c <= 0 for c in grid):
+        raise ValueError(f"grid must hold at least two values of C above 0; got {grid!r}")
+    scores, models = {}, {}
+    for c in grid:
+        models[c] = LogisticRegression(C=c, max_iter=3000).fit(*train)
+        scores[c] = float(models[c].score(*validation))
+    best = max(grid, key=lambda c: (scores[c], -abs(np.log10(c))))  # ties: the less extreme C
+    correct = (models[best].predict(test[0]) == np.asarray(test[1])).astype(float)
+    edge = grid_edge(best, list(grid)).replace("rate", "C")
+    return Baseline(name, float(correct.mean()), correct, best, scores, f"C {best:g}" + (f", {edge}" if edge else ""))
+
+
+def tfidf_logistic(task, grid=C_GRID) -> Baseline:
+    """TF-IDF (words and word pairs, sublinear counts) + logistic regression on ``task`` (a :func:`load_task`
+    result with ``train``, ``validation`` and ``test`` splits).
+
+    >>> from layerfreeze.base.data import load_task
+    >>> round(tfidf_logistic(load_task("b", limit={"train": 200, "validation": 50, "test": 50})).accuracy, 1) > 0.2
+    True
+    """
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    (train_x, train_y), (val_x, val_y), (test_x, test_y) = (_text_and_labels(task[s])
+                                                            for s in ("train", "validation", "test"))
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True).fit(train_x)
+    return _fit_logistic("TF-IDF + logistic regression", (vectorizer.transform(train_x), train_y),
+                         (vectorizer.transform(val_x), val_y), (vectorizer.transform(test_x), test_y), grid)
+
+
+def pooled_features(model, data) -> np.ndarray:
+    """The mean-pooled last hidden states of encoded ``data`` (``(input_ids, attention_mask, labels)``)."""
+    input_ids, attention_mask, _ = as_tensors(data)
+    return hidden_states(model, input_ids, attention_mask)[-1].float().cpu().numpy()
+
+
+def linear_probe(model, train, validation, test, grid=C_GRID) -> Baseline:
+    """Logistic regression on ``model``'s frozen, mean-pooled last hidden states (the pretrained body, no
+    fine-tuning); ``train``, ``validation`` and ``test`` are encoded data (:func:`~layerfreeze.base.data.encode`).
+    Features are standardised with the training split's mean and spread."""
+    features = [pooled_features(model, split) for split in (train, validation, test)]
+    mean, spread = features[0].mean(0), features[0].std(0) + 1e-6
+    scaled = [(f - mean) / spread for f in features]
+    labels = [as_tensors(split)[2].cpu().numpy() for split in (train, validation, test)]
+    return _fit_logistic("linear probe (frozen, mean-pooled)", *zip(scaled, labels), grid=grid)
+
+
+def above_baselines(accuracies: dict, correct: dict, baselines: list[Baseline], chance: float) -> pd.DataFrame:
+    """Each strategy's test accuracy raw, above chance and above the best baseline (points, with the paired 95%
+    interval over the same test examples): ``accuracies`` and ``correct`` by strategy name.
+
+    >>> b = Baseline("b", 0.5, np.array([1, 0, 1, 0]), 1.0, {})
+    >>> float(above_baselines({"s": 0.75}, {"s": np.array([1, 1, 1, 0])}, [b], chance=0.5).loc["s", "above_baseline_points"])
+    25.0
+    """
+    best = max(baselines, key=lambda b: b.accuracy)
+    rows = {}
+    for name, accuracy in accuracies.items():
+        gain = difference_interval(correct[name], best.correct)
+        rows[name] = {"accuracy": accuracy, "above_chance_points": (accuracy - chance) * 100,
+                      "above_baseline_points": gain.estimate * 100, "above_baseline_low": gain.low * 100,
+                      "above_baseline_high": gain.high * 100}
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.attrs["baseline"] = best.name
+    return table
