@@ -59,14 +59,14 @@ def test_verdicts_from_every_notebook_but_no_pattern_rows():
 
 
 def test_the_guide_cites_the_runs_numbers_and_says_what_was_not_measured():
-    guide = decision_guide(RESULTS).set_index("choose")["this course's evidence"]
-    freeze = guide[guide.index.str.startswith("freeze the embeddings")].iloc[0]
-    assert "top 3 92.0%" in freeze and "98% of all's" in freeze and "'full beats the probe': holds" in freeze
-    lora = guide[guide.index.str.startswith("LoRA")].iloc[0]
+    guide = decision_guide(RESULTS).set_index("when")["this course's evidence"]
+    freeze = guide[guide.index.str.startswith("memory or compute")].iloc[0]
+    assert "top 3 92.0%" in freeze and "98% of all's" in freeze and "'full beats head only': holds" in freeze
+    lora = guide[guide.index.str.startswith("many tasks")].iloc[0]
     assert "300,000" in lora and "'LoRA learns less': within noise" in lora
-    keep_old_task = guide[guide.index.str.startswith("freeze the bottom")].iloc[0]
+    keep_old_task = guide[guide.index.str.startswith("one shared model")].iloc[0]
     assert "forgetting of task A, least first: head only" in keep_old_task
-    assert guide[guide.index.str.startswith("continued")].iloc[0].startswith("not measured")
+    assert guide[guide.index.str.startswith("the text is far")].iloc[0].startswith("not measured")
 
 
 def test_the_checklist_reports_this_runs_signals():
@@ -86,7 +86,27 @@ def test_the_guide_reads_fields_not_names():
         row["strategy"] = "method " + row["strategy"].upper()
     for notebook in ("02_freezing_early_vs_late", "04_catastrophic_forgetting"):
         renamed[notebook]["verdicts"][0]["finding"] = "reworded"
-    guide = decision_guide(renamed).set_index("choose")["this course's evidence"]
-    assert "'full beats the probe': holds" in guide[guide.index.str.startswith("freeze the embeddings")].iloc[0]
-    lora = guide[guide.index.str.startswith("LoRA")].iloc[0]
+    guide = decision_guide(renamed).set_index("when")["this course's evidence"]
+    assert "'full beats head only': holds" in guide[guide.index.str.startswith("memory or compute")].iloc[0]
+    lora = guide[guide.index.str.startswith("many tasks")].iloc[0]
     assert "method LORA trained 300,000" in lora and "'LoRA learns less': within noise" in lora
+
+
+def test_the_guide_recommends_only_what_this_runs_finding_backs():
+    flipped = json.loads(json.dumps(RESULTS))
+    full_row = lambda results: decision_guide(results).set_index("when")["choose"].filter(like="accuracy is what").iloc[0]
+    assert full_row(RESULTS) == "full fine-tuning, its rate chosen on validation data"  # its finding holds
+    flipped["02_freezing_early_vs_late"]["verdicts"][0]["verdict"] = "does not hold"
+    assert full_row(flipped).startswith("no clear choice from this run ('full beats head only': does not hold)")
+    del flipped["02_freezing_early_vs_late"]
+    assert full_row(flipped).startswith("not tested in this run (notebook 02)")
+
+
+def test_notebook_06s_failure_modes_and_guide_reach_the_takeaways():
+    from layerfreeze.study.takeaways import llm_work
+
+    run = {"06_freezing_in_llm_work": {"failure_modes": [{"failure mode": "head-only plateau", "seen": True}],
+                                       "guide": [{"priority": "memory", "choose": "LoRA", "because": "164 MiB"}]}}
+    table = llm_work(run).set_index("what")["result"]
+    assert table["failure mode: head-only plateau"] == "seen" and table["priority: memory"] == "LoRA (164 MiB)"
+    assert "not measured" in llm_work({}).iloc[0]["result"]

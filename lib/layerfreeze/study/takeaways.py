@@ -80,14 +80,16 @@ def _points(row: dict, measure: str) -> str:
             f"{row[measure + '_high'] * 100:.1f})")
 
 
+def _finding(results: dict, notebook: str, key: str) -> Finding | None:
+    """The finding ``key`` of ``notebook`` (:class:`~layerfreeze.study.evidence.Finding`), or None."""
+    found = map(Finding.from_record, (_notebook(results, notebook) or {}).get("verdicts", []))
+    return next((f for f in found if f.key == key), None)
+
+
 def _verdict(results: dict, notebook: str, key: str) -> str:
-    """The verdict of the finding ``key`` of ``notebook`` (:class:`~layerfreeze.study.evidence.Finding`), else
-    'not run'."""
-    for row in (_notebook(results, notebook) or {}).get("verdicts", []):
-        found = Finding.from_record(row)
-        if found.key == key:
-            return found.verdict
-    return "not run"
+    """The verdict of the finding ``key`` of ``notebook``, else 'not run'."""
+    found = _finding(results, notebook, key)
+    return found.verdict if found else "not run"
 
 
 def verdict_table(results: dict) -> pd.DataFrame:
@@ -118,7 +120,7 @@ def _guide_freeze(results: dict) -> str:
             f"({upper['test_accuracy'] / full['test_accuracy']:.0%} of {full['name']}'s {full['test_accuracy']:.1%}) "
             f"with {upper['percent_trainable']:.0f}% of the parameters trainable and "
             f"{upper['estimated_memory_mib']:.0f} MiB estimated against {full['estimated_memory_mib']:.0f} MiB; "
-            f"'full beats the probe': {_verdict(results, '02', 'full_beats_head_only')}")
+            f"'full beats head only': {_verdict(results, '02', 'full_beats_head_only')}")
 
 
 def _guide_full(results: dict) -> str:
@@ -163,25 +165,65 @@ def _guide_continued_pretraining(results: dict) -> str:
     return f"04: perplexity on general text after domain training rose {rises} ({decoder['model']})"
 
 
+# Each row of the guide: when, what to choose, the finding that must hold for this run to back the choice (notebook,
+# key; None where no single finding decides), and the run's evidence.
+GUIDE_ROWS = (
+    ("memory or compute is tight, and the pretrained features nearly fit the task",
+     "freeze the embeddings and the lower blocks; train the top blocks and the head (cache the frozen prefix)",
+     ("02", "top_beats_bottom"), _guide_freeze),
+    ("the new task's accuracy is what counts, and the model's other abilities do not",
+     "full fine-tuning, its rate chosen on validation data", ("02", "full_beats_head_only"), _guide_full),
+    ("one shared model must keep an earlier task or general ability",
+     "freeze the bottom blocks or use LoRA, and measure forgetting on a held-out general task",
+     ("04", "more_frozen_less_forgetting"), _guide_keep_old_task),
+    ("many tasks on one base model, or adapters to store and swap",
+     "LoRA, rank 8-16, alpha = 2 x rank, on attention and MLP projections", ("04", "lora_forgets_less"),
+     _guide_lora),
+    ("the text is far from the pretraining data, and unlabelled domain text is plentiful",
+     "continued pre-training on the domain text first, then one of the above", None,
+     _guide_continued_pretraining),
+)
+
+
+def choice(results: dict, advice: str, finding: tuple[str, str] | None) -> str:
+    """``advice`` where this run's ``finding`` holds; otherwise the advice marked as not backed here, with the
+    verdict, so the guide never recommends against its own evidence.
+
+    >>> run = {"02_x": {"verdicts": [{"key": "k", "finding": "a beats b", "verdict": "within noise"}]}}
+    >>> choice(run, "train a", ("02", "k"))
+    "no clear choice from this run ('a beats b': within noise); the usual advice: train a"
+    """
+    if finding is None:
+        return f"the usual advice (no finding of this course tests it): {advice}"
+    notebook, key = finding
+    row = _finding(results, notebook, key)
+    if row is None:
+        return f"not tested in this run (notebook {notebook}); the usual advice: {advice}"
+    if row.verdict == "holds":
+        return advice
+    return f"no clear choice from this run ('{row.claim}': {row.verdict}); the usual advice: {advice}"
+
+
 def decision_guide(results: dict) -> pd.DataFrame:
-    """When to freeze which layers, when LoRA, when full fine-tuning, when continued pre-training; each row with
-    the evidence of this run."""
-    rows = [
-        ("memory or compute is tight, and the pretrained features nearly fit the task",
-         "freeze the embeddings and the lower blocks; train the top blocks and the head (cache the frozen prefix)",
-         _guide_freeze(results)),
-        ("the new task's accuracy is what counts, and the model's other abilities do not",
-         "full fine-tuning, its rate chosen on validation data", _guide_full(results)),
-        ("one shared model must keep an earlier task or general ability",
-         "freeze the bottom blocks or use LoRA, and measure forgetting on a held-out general task",
-         _guide_keep_old_task(results)),
-        ("many tasks on one base model, or adapters to store and swap",
-         "LoRA, rank 8-16, alpha = 2 x rank, on attention and MLP projections", _guide_lora(results)),
-        ("the text is far from the pretraining data, and unlabelled domain text is plentiful",
-         "continued pre-training on the domain text first, then one of the above",
-         _guide_continued_pretraining(results)),
-    ]
+    """When to freeze which layers, when LoRA, when full fine-tuning, when continued pre-training; each choice
+    backed by a finding of this run (or marked as not backed), each row with the run's evidence."""
+    rows = [(when, choice(results, advice, finding), evidence(results))
+            for when, advice, finding, evidence in GUIDE_ROWS]
     return pd.DataFrame(rows, columns=["when", "choose", "this course's evidence"])
+
+
+def llm_work(results: dict) -> pd.DataFrame:
+    """Notebook 06's findings: the failure modes it looked for (seen or not) and its guide's choices, as rows."""
+    run = _notebook(results, "06")
+    if run is None:
+        return pd.DataFrame([{"what": "notebook 06", "result": _missing("06")}])
+    rows = [{"what": f"failure mode: {row['failure mode']}", "result": "seen" if row.get("seen") else "not seen"}
+            for row in run.get("failure_modes", [])]
+    rows += [{"what": f"priority: {row['priority']}", "result": f"{row['choose']} ({row['because']})"}
+             for row in run.get("guide", [])]
+    rows += [{"what": f.claim, "result": f.verdict + (f" ({f.reason})" if f.reason else "")}
+             for f in map(Finding.from_record, run.get("verdicts", []))]
+    return pd.DataFrame(rows, columns=["what", "result"])
 
 
 def _check_head_plateau(results: dict) -> str:
