@@ -232,3 +232,67 @@ class PeakMemory:
         else:
             self._stop.set()
             self._thread.join()
+
+
+# --- what LISA's memory argument looks like at real sizes, from configs alone ------------------------------------
+
+# Shapes of real models, copied from the config.json files their authors publish on the Hub (no weights are read):
+# (transformers config class, keyword arguments, the model it describes).
+REAL_CONFIGS = {
+    "MiniLM-L6 (this course)": ("BertConfig", dict(vocab_size=30522, hidden_size=384, num_hidden_layers=6,
+                                                   num_attention_heads=12, intermediate_size=1536)),
+    "SmolLM2-135M": ("LlamaConfig", dict(vocab_size=49152, hidden_size=576, intermediate_size=1536,
+                                         num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                                         tie_word_embeddings=True)),
+    "Qwen2.5-0.5B": ("Qwen2Config", dict(vocab_size=151936, hidden_size=896, intermediate_size=4864,
+                                         num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+                                         tie_word_embeddings=True)),
+    "Qwen2.5-1.5B": ("Qwen2Config", dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960,
+                                         num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
+                                         tie_word_embeddings=True)),
+    "Llama-3-8B": ("LlamaConfig", dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
+                                       num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                                       tie_word_embeddings=False)),
+}
+
+
+def meta_model(config_class: str, **values) -> nn.Module:
+    """A model built from a config on the meta device: every shape, no weights, no memory, no download."""
+    import transformers
+
+    config = getattr(transformers, config_class)(**values)
+    auto = transformers.AutoModel if config.model_type == "bert" else transformers.AutoModelForCausalLM
+    with torch.device("meta"):
+        return auto.from_config(config)
+
+
+def lisa_shares(model: nn.Module, gamma: int = 2) -> dict:
+    """Parameter shares that decide LISA's memory: the embeddings' (input and, if untied, output), one block's,
+    and what LISA trains at once (embeddings, head and ``gamma`` blocks) against full fine-tuning. Adam keeps two
+    fp32 values per trainable parameter, so its state shrinks by the same share.
+
+    >>> from ..base.models import tiny_model
+    >>> shares = lisa_shares(tiny_model("llama", num_layers=4), gamma=1)
+    >>> 0 < shares["one block"] < shares["LISA trains"] < 1
+    True
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a meta model cannot be traced: registration order is the run order here
+        groups = layer_groups(model)
+    unique = lambda tensors: sum(t.numel() for t in {id(t): t for t in tensors}.values())
+    total = unique(model.parameters())
+    outside = unique(p for g in groups if g.kind != "block" for p in g.parameters.values())
+    block = max(unique(g.parameters.values()) for g in groups if g.kind == "block")
+    blocks = sum(g.kind == "block" for g in groups)
+    lisa = outside + min(gamma, blocks) * block
+    return {"parameters (M)": total / 1e6, "blocks": blocks, "embeddings and head": outside / total,
+            "one block": block / total, "LISA trains": lisa / total,
+            "Adam state, full (GiB)": 8 * total / 2**30, "Adam state, LISA (GiB)": 8 * lisa / 2**30}
+
+
+def real_size_table(gamma: int = 2) -> pd.DataFrame:
+    """:func:`lisa_shares` for each of :data:`REAL_CONFIGS`, built on the meta device."""
+    return pd.DataFrame({name: lisa_shares(meta_model(cls, **values), gamma)
+                         for name, (cls, values) in REAL_CONFIGS.items()}).T

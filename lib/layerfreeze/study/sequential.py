@@ -27,7 +27,7 @@ from ..core.optim import follow_schedule
 from ..core.schedules import head_and_body_lrs
 from ..core.strategy import Strategy, apply_preset
 from ..core.training import evaluate, fit
-from .evidence import Interval, choose_learning_rate, correct_per_example, difference_interval
+from .evidence import Interval, choose_learning_rate, correct_per_example, difference_interval, direction
 from .runs import caches_prefix, memory_estimate
 
 # --- two heads over one body ---------------------------------------------------------------------------------------
@@ -267,3 +267,23 @@ def decoder_forgetting(model: nn.Module, domain_train, general_eval, domain_eval
     return {"preset": preset, "k": k, "before": before, "after": after,
             "general_rise": after["general"] / before["general"], "domain_gain": before["domain"] / after["domain"],
             "seconds": history.train_seconds}
+
+
+def clear_pick(values: dict, runs: list[dict] | None = None, measure: str | None = None,
+               tolerance: float = 0.10) -> tuple[str | None, str]:
+    """``(winner, runner-up)`` for the lowest of ``values``: the winner only where it is clearly lowest, else
+    ``None``. Clearly: by the paired interval of ``measure`` over ``runs`` (:func:`compare_strategies`) when given,
+    else by more than ``tolerance`` of the runner-up's value (0 for exact counts: any difference, but not a tie).
+
+    >>> clear_pick({"a": 80.0, "b": 100.0, "c": 120.0}), clear_pick({"a": 95.0, "b": 100.0})
+    (('a', 'b'), (None, 'b'))
+    """
+    order = sorted(values, key=values.get)
+    if len(order) == 1:
+        return order[0], order[0]
+    best, runner_up = order[:2]
+    if runs is not None and measure is not None:
+        clear = direction(compare_strategies(runs, best, runner_up, measure)) == "lower"
+    else:
+        clear = values[best] < (1 - tolerance) * values[runner_up]
+    return (best if clear else None), runner_up
