@@ -9,7 +9,7 @@ import torch
 
 from layerfreeze.base import data as data_module
 from layerfreeze import encode, load_task, num_labels
-from layerfreeze.base.data import generate_task
+from layerfreeze.base.data import generate_splits, generate_task
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -143,7 +143,7 @@ def test_data_card_counts_match_the_files():
             counts = Counter(r["label"] for r in rows)
             per_label = ", ".join(f"{name} {counts[i]}" for i, name in enumerate(data_module.LABEL_NAMES[task]))
             assert f"| {task} | {split} | {len(rows)} | {per_label} |" in card
-    assert f"{data_module.LABEL_NOISE:.0%} of labels" in card
+    assert f"{data_module.LABEL_NOISE:.0%} of the **training** labels" in card
 
 
 # --- your own data: files, folders and Hub ids through one path -------------------------------------------------
@@ -248,3 +248,10 @@ def test_length_buckets_cover_every_example_once_with_less_padding():
     assert [b.tolist() for b in length_bucketed_batches(lengths, 16, seed=3)] == [b.tolist() for b in bucketed]
     with pytest.raises(ValueError, match="chunk=0"):
         list(length_bucketed_batches(lengths, 16, chunk=0))
+
+
+def test_label_noise_is_in_the_training_split_only():
+    splits = generate_splits("a", seed=5, sizes={"train": 600, "validation": 300, "test": 300})
+    true = {row["text"]: row["label"] for row in generate_task("a", 3 * 1200, seed=5, label_noise=0.0)}
+    flipped = {split: sum(row["label"] != true[row["text"]] for row in rows) for split, rows in splits.items()}
+    assert flipped["validation"] == flipped["test"] == 0 and 10 < flipped["train"] < 40  # about 4% of 600

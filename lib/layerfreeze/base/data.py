@@ -175,15 +175,18 @@ def generate_task(task: str, n: int, seed: int = DEFAULT_SEED, label_noise: floa
 
 def generate_splits(task: str, seed: int = DEFAULT_SEED,
                     sizes: dict[str, int] | None = None) -> dict[str, list[dict]]:
-    """Train, validation and test splits of a generated task, with no text shared between splits."""
+    """Train, validation and test splits of a generated task, with no text shared between splits. Label noise is in
+    the training split only: validation and test keep the true labels, so a perfect model scores 100% there and
+    a method's score is not capped by labels it could never get right."""
     sizes = sizes or SPLIT_SIZES
-    rows = generate_task(task, 3 * sum(sizes.values()), seed)
-    unique = list({row["text"]: row for row in rows}.values())  # dict keeps the first of each text
+    noisy = generate_task(task, 3 * sum(sizes.values()), seed)
+    clean = generate_task(task, 3 * sum(sizes.values()), seed, label_noise=0.0)  # the same texts, true labels
+    unique = list({row["text"]: (row, true) for row, true in zip(noisy, clean)}.values())  # one row per text
     if len(unique) < sum(sizes.values()):
         raise RuntimeError(f"task {task!r} produced only {len(unique)} distinct texts for {sum(sizes.values())}")
     splits, start = {}, 0
     for split, size in sizes.items():
-        splits[split] = unique[start:start + size]
+        splits[split] = [pair[0] if split == "train" else pair[1] for pair in unique[start:start + size]]
         start += size
     return splits
 
