@@ -54,3 +54,32 @@ def test_gains_over_the_best_baseline_are_paired_over_the_same_examples():
     assert table.loc["same", "above_baseline_points"] == 0 and table.loc["same", "above_baseline_high"] == 0
     assert table.loc["better", "above_baseline_points"] == 50 and table.loc["better", "above_baseline_low"] > 0
     assert table.loc["better", "above_chance_points"] == 75
+
+
+def test_one_class_predictions_are_recognised_from_correctness_alone():
+    from layerfreeze.study.baselines import predicts_one_class
+    labels = np.array([0, 1, 1, 2, 0])
+    assert predicts_one_class(labels == 1, labels) and predicts_one_class(labels == 0, labels)
+    assert not predicts_one_class([1, 1, 1, 0, 1], labels)  # right on two classes: it tells them apart
+
+
+def test_from_scratch_tries_every_rate_keeps_the_validation_best_and_leaves_base_untouched():
+    from layerfreeze.study.baselines import from_scratch
+
+    def split(n, seed):  # the label is the first token: a random-weights model can learn it in a few epochs
+        g = torch.Generator().manual_seed(seed)
+        labels = torch.randint(0, 2, (n,), generator=g)
+        ids = torch.randint(10, 90, (n, 6), generator=g)
+        ids[:, 0] = 5 + labels
+        return ids, torch.ones_like(ids), labels
+
+    base = tiny_model("bert", num_layers=1)
+    before = [p.clone() for p in base.parameters()]
+    result = from_scratch(base, split(64, 0), split(32, 1), split(32, 2), grid=(1e-5, 3e-3), epochs=6, batch_size=16)
+    assert set(result.validation_by_c) == {1e-5, 3e-3}
+    assert result.c == max(result.validation_by_c, key=result.validation_by_c.get)
+    assert result.c == 3e-3 and result.accuracy > 0.8  # the tiny rate learns nothing in 6 epochs; its grid saves it
+    assert "upper edge" in result.note and "predicts a single class" not in result.note
+    assert all(torch.equal(a, b) for a, b in zip(before, base.parameters()))
+    with pytest.raises(ValueError, match="at least two learning rates"):
+        from_scratch(base, split(8, 0), split(8, 1), split(8, 2), grid=(1e-3,))

@@ -38,6 +38,40 @@ def test_02_each_strategy_chose_its_rate_from_the_same_grid_on_validation():
         assert sum(row["test_correct"]) / len(row["test_correct"]) == pytest.approx(row["test_accuracy"])
 
 
+def test_02_grids_bracket_or_say_so_and_every_run_trained_to_a_plateau():
+    metrics = course_results("02_freezing_early_vs_late")
+    grid, settings = metrics["settings"]["lr_grid"], metrics["settings"]
+    assert len(grid) >= (4 if metrics["profile"] == "full" else 3)
+    for row in metrics["strategies"]:
+        on_edge = row["lr"] in (min(grid), max(grid))
+        assert bool(row["rate_edge"]) == on_edge and (not on_edge or "edge of its grid" in row["rate_edge"])
+        assert 1 <= row["best_epoch"] <= row["stopped_epoch"] <= settings["epochs"]
+        assert row["stopped_epoch"] == len(row["epochs"]) and row["stop_reason"]
+        scores = [e["eval_accuracy"] for e in row["epochs"]]
+        assert scores[row["best_epoch"] - 1] == max(scores)
+
+
+def test_02_seeds_share_one_rate_and_each_verdict_says_what_its_interval_covers():
+    metrics = course_results("02_freezing_early_vs_late")
+    seeds = metrics["seeds"]
+    assert len(seeds) == metrics["settings"]["seeds"] and (metrics["profile"] != "full" or len(seeds) >= 5)
+    for row in metrics["strategies"]:
+        assert len(metrics["seed_accuracy"][row["name"]]) == len(seeds)
+        assert metrics["seed_accuracy"][row["name"]][0] == pytest.approx(row["test_accuracy"])
+    for found in metrics["verdicts"]:
+        if found["key"] in ("full_beats_head_only", "top_beats_bottom"):
+            assert found["seeds"] == len(seeds)
+            assert found["interval over"] == ("across seeds" if len(seeds) > 1 else "test sample")
+            assert found["effect size"].endswith(f"over {len(seeds)} seeds" if len(seeds) > 1 else ")") or \
+                "Cohen's h" in found["effect size"]
+        if found["verdict"] == "holds":
+            assert found["low"] > found["threshold"]
+        elif found["verdict"] == "does not hold":
+            assert found["high"] < found["threshold"]
+        elif found["verdict"] == "within noise":
+            assert found["low"] <= found["threshold"] <= found["high"]
+
+
 def test_02_memory_is_shown_as_measured_only_on_cuda():
     metrics = course_results("02_freezing_early_vs_late")
     on_cuda = all(row["memory_kind"].startswith("cuda") for row in metrics["strategies"])

@@ -102,3 +102,83 @@ def test_an_undecidable_claim_is_untestable_with_its_number():
     assert capped.verdict == "untestable here" and capped.reason.startswith("ceiling: full 95.5%, LoRA 95.3%")
     threshold = finding("k", "adds >= 10 points", Interval(0.05, 0.02, 0.08), {}, "x", threshold=0.10)
     assert threshold.verdict == "does not hold" and threshold.difference.endswith("against the claim's +10")
+
+
+# --- the protocol: intervals across seeds, effect sizes, too few seeds, one rate per method ---------------------------
+
+from layerfreeze.study.evidence import (ACROSS_SEEDS, SEEDS_AND_TEST_SAMPLE, TEST_SAMPLE, UNTESTABLE, Finding,
+                                        effect_size, finding, rate_fixed_across_seeds, seed_interval)
+
+
+def test_an_interval_says_what_it_resamples_and_over_how_many_seeds():
+    one = difference_interval(np.r_[np.ones(80), np.zeros(20)], np.r_[np.ones(60), np.zeros(40)])
+    assert (one.kind, one.seeds) == (TEST_SAMPLE, 1) and "seeds" not in one.points()
+    several = difference_interval(np.ones((3, 50)), np.zeros((3, 50)))
+    assert (several.kind, several.seeds) == (SEEDS_AND_TEST_SAMPLE, 3) and "3 seeds" in several.points()
+    across = seed_interval([0.80, 0.84, 0.82, 0.83, 0.81], [0.70, 0.71, 0.69, 0.72, 0.70])
+    assert (across.kind, across.seeds) == (ACROSS_SEEDS, 5) and "across 5 seeds" in across.points()
+
+
+def test_a_seed_interval_widens_with_run_to_run_spread_and_is_t_based():
+    steady = seed_interval([0.80, 0.80, 0.80], [0.75, 0.75, 0.75])
+    assert steady.low == steady.high == pytest.approx(0.05)
+    noisy = seed_interval([0.90, 0.70, 0.80], [0.75, 0.75, 0.75])
+    assert noisy.low < 0 < noisy.high  # a +5-point mean whose seeds disagree by 20 points shows nothing
+    # two seeds: t with 1 degree of freedom (12.71), far wider than the normal's 1.96
+    two = seed_interval([0.8, 0.9], [0.7, 0.7])
+    assert two.high - two.estimate == pytest.approx(12.706 * 0.0707107 / 2 ** 0.5, rel=1e-3)
+    with pytest.raises(ValueError, match="at least 2 seeds"):
+        seed_interval([0.8], [0.7])
+    with pytest.raises(ValueError, match="one value per seed"):
+        seed_interval([0.8, 0.9], [0.7])
+
+
+def test_effect_size_in_points_and_standardised():
+    assert effect_size([0.5], [0.5]) == "+0.0 points, Cohen's h 0.00"
+    assert effect_size([0.8], [0.9]).startswith("-10.0 points, Cohen's h -0.")
+    assert effect_size([0.9, 0.8], [0.8, 0.8]).endswith("over 2 seeds")
+    with pytest.raises(ValueError, match="one accuracy per seed"):
+        effect_size([0.9, 0.8], [0.8])
+
+
+def test_too_few_seeds_is_untestable_whatever_the_interval_and_says_how_many():
+    clear = Interval(0.10, 0.05, 0.15)  # one seed
+    assert finding("k", "a beats b", clear, {}, "x").verdict == "holds"
+    one = finding("k", "a beats b", clear, {}, "x", min_seeds=3)
+    assert one.verdict == UNTESTABLE and "1 seed" in one.reason and "at least 3" in one.reason
+    across = seed_interval([0.8, 0.82, 0.81], [0.7, 0.71, 0.7])
+    enough = finding("k", "a beats b", across, {}, "x", min_seeds=3, effect="+10 points")
+    assert enough.verdict == "holds" and enough.seeds == 3 and enough.interval_kind == ACROSS_SEEDS
+    row = enough.record()
+    assert row["interval over"] == ACROSS_SEEDS and row["seeds"] == 3 and row["effect size"] == "+10 points"
+    back = Finding.from_record(row)
+    assert (back.interval_kind, back.seeds, back.effect) == (ACROSS_SEEDS, 3, "+10 points")
+
+
+def test_a_threshold_claim_is_tested_against_its_threshold_not_zero():
+    gain = Interval(0.06, 0.03, 0.09)  # clearly above zero, clearly below 10 points
+    found = finding("last_block_adds_10", "the last block adds >= 10 points", gain, {}, "x", threshold=0.10)
+    assert found.verdict == "does not hold" and "against the claim's +10" in found.difference
+    assert finding("k", "adds >= 5", gain, {}, "x", threshold=0.05).verdict == "within noise"
+
+
+def test_the_rate_is_chosen_once_on_the_first_seed_and_fixed_for_the_others():
+    calls = []
+
+    def run(rate, seed):
+        calls.append((rate, seed))
+        best = {0: 1e-4, 1: 1e-3, 2: 1e-3}[seed]  # later seeds would prefer another rate: they must not get it
+        return {"best_accuracy": 1 - abs(np.log10(rate / best)), "seed": seed}
+
+    rate, results, scores = rate_fixed_across_seeds(run, [3e-5, 1e-4, 3e-4, 1e-3], seeds=[0, 1, 2])
+    assert rate == 1e-4 and set(scores) == {3e-5, 1e-4, 3e-4, 1e-3}
+    assert [seed for r, seed in calls if r != 1e-4] == [0, 0, 0]  # the grid runs on seed 0 only
+    assert [r["seed"] for r in results] == [0, 1, 2] and results[0]["rate_edge"] == ""
+    with pytest.raises(ValueError, match="at least 4 learning rates"):
+        rate_fixed_across_seeds(run, [1e-4, 1e-3], seeds=[0])
+
+
+def test_an_edge_choice_is_printed_and_recorded(capsys):
+    rate, results, _ = rate_fixed_across_seeds(lambda lr, seed: {"best_accuracy": -lr}, [1e-5, 1e-4, 1e-3, 1e-2],
+                                               seeds=[0, 1])
+    assert rate == 1e-5 and "lower edge" in results[0]["rate_edge"] and "lower edge" in capsys.readouterr().out

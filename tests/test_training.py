@@ -227,3 +227,54 @@ def test_evaluate_on_zero_rows_is_a_clear_error():
     empty = (torch.zeros(0, 6, dtype=torch.long), torch.ones(0, 6, dtype=torch.long), torch.zeros(0, dtype=torch.long))
     with pytest.raises(ValueError, match="data has 0 rows: evaluate needs at least one labelled example"):
         evaluate(tiny_model("bert", num_layers=1), empty)
+
+
+# --- early stopping -------------------------------------------------------------------------------------------------
+
+def _scripted(model, curve, snapshots):
+    """An on_epoch_end that overrides the validation accuracy with ``curve`` and keeps each epoch's weights."""
+    def on_epoch_end(epoch):
+        snapshots[epoch] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return {"eval_accuracy": curve[epoch - 1]}
+    return on_epoch_end
+
+
+def test_early_stopping_stops_after_patience_and_restores_the_best_epoch():
+    model, data, snapshots = tiny_model("bert", num_layers=2), toy_task(32), {}
+    curve = [0.5, 0.7, 0.6, 0.65, 0.95, 0.99]
+    history = fit(model, data, data, epochs=6, lr=3e-3, batch_size=16, progress=False, early_stopping=2,
+                  on_epoch_end=_scripted(model, curve, snapshots))
+    assert len(history.epochs) == 4 and history.stopped_epoch == 4 and history.best_epoch == 2
+    assert "early stopping" in history.stop_reason and "restored from epoch 2" in history.stop_reason
+    assert history.steps == 4 * 2
+    state = model.state_dict()
+    assert all(torch.equal(state[k], snapshots[2][k]) for k in state)
+    assert not all(torch.equal(state[k], snapshots[4][k]) for k in state)
+
+
+def test_early_stopping_runs_to_the_maximum_while_improving():
+    model, data, snapshots = tiny_model("bert", num_layers=2), toy_task(32), {}
+    history = fit(model, data, data, epochs=3, lr=3e-3, batch_size=16, progress=False, early_stopping=1,
+                  on_epoch_end=_scripted(model, [0.5, 0.6, 0.7], snapshots))
+    assert history.stopped_epoch == 3 and history.best_epoch == 3
+    assert "maximum of 3 epochs" in history.stop_reason and "restored" not in history.stop_reason
+    assert history.summary()["stop_reason"] == history.stop_reason
+
+
+def test_without_early_stopping_every_epoch_trains():
+    model, data = tiny_model("bert", num_layers=2), toy_task(32)
+    history = fit(model, data, data, epochs=3, lr=3e-3, batch_size=16, progress=False,
+                  on_epoch_end=lambda epoch: {"eval_accuracy": 1.0 - epoch / 10})
+    assert history.stopped_epoch == 3 and history.best_epoch is None and "no early stopping" in history.stop_reason
+
+
+@pytest.mark.parametrize("value, message", [(0, "early_stopping"), (True, "early_stopping"), (2.5, "early_stopping")])
+def test_early_stopping_rejects_bad_patience(value, message):
+    with pytest.raises(ValueError, match=message):
+        fit(tiny_model("bert", num_layers=2), toy_task(16), toy_task(16), epochs=2, early_stopping=value,
+            progress=False)
+
+
+def test_early_stopping_needs_validation_data():
+    with pytest.raises(ValueError, match="eval_data"):
+        fit(tiny_model("bert", num_layers=2), toy_task(16), epochs=2, early_stopping=1, progress=False)

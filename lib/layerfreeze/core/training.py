@@ -59,6 +59,9 @@ class History:
     trainable_params: int = 0
     total_params: int = 0
     phases: list[tuple[int, list[str]]] = field(default_factory=list)  # (step, groups that train from then on)
+    stopped_epoch: int | None = None  # the last epoch trained (early stopping: where it stopped)
+    best_epoch: int | None = None  # early stopping: the epoch whose weights the model holds at the end
+    stop_reason: str = ""  # why training stopped, in words
 
     @property
     def step_seconds(self) -> float:
@@ -92,7 +95,8 @@ class History:
                 "peak_memory_mib": None if self.peak_memory_bytes is None else self.peak_memory_bytes / MiB,
                 "memory_kind": self.memory_kind, "precision": self.precision, "cached_groups": self.cached_groups,
                 "trainable_params": self.trainable_params, "total_params": self.total_params,
-                "phases": self.phases, "epochs": self.epochs}
+                "phases": self.phases, "epochs": self.epochs, "stopped_epoch": self.stopped_epoch,
+                "best_epoch": self.best_epoch, "stop_reason": self.stop_reason}
 
     def __repr__(self) -> str:
         last = self.epochs[-1] if self.epochs else {}
@@ -226,6 +230,7 @@ class _Options:
     eval_batch_size: int
     fsdp: bool = False
     bucket_by_length: bool = False
+    early_stopping: int | None = None
 
 
 def _curve_and_schedule(options: _Options) -> None:
@@ -253,6 +258,7 @@ def _check_fit_arguments(model, train_data, eval_data, options: _Options) -> Non
         check_int("cache_prefix", options.cache_prefix, 0)
     if not isinstance(options.bucket_by_length, bool):
         raise ValueError(f"bucket_by_length={options.bucket_by_length!r}; valid: True or False")
+    _check_early_stopping(options, eval_data)
     if options.bucket_by_length and distributed_context()[1] > 1:
         raise ValueError("bucket_by_length=True is not supported under torchrun (several processes): pass False")
     if isinstance(options.warmup, float):
@@ -272,6 +278,19 @@ def _check_fit_arguments(model, train_data, eval_data, options: _Options) -> Non
     if schedule is None:
         check_choice("curve", options.curve, CURVES)
         check_rates("lr", options.lr)
+
+
+def _check_early_stopping(options: _Options, eval_data) -> None:
+    """``early_stopping`` is a patience in epochs (at least 1) or None, and needs validation data to watch."""
+    if options.early_stopping is None:
+        return
+    if isinstance(options.early_stopping, bool):
+        raise ValueError(f"early_stopping={options.early_stopping!r}; valid: None (off) or a patience in epochs, >= 1")
+    check_int("early_stopping", options.early_stopping, 1)
+    if eval_data is None:
+        raise ValueError("early_stopping needs eval_data: it stops when the validation accuracy stops improving")
+    if options.fsdp:
+        raise ValueError("early_stopping is not supported with fsdp=True (sharded weights): pass early_stopping=None")
 
 
 def _check_data(name: str, model: nn.Module, data) -> int:
@@ -573,6 +592,44 @@ def _record_epoch(run: _Run, epoch: int, running_loss: torch.Tensor, seconds: fl
     history.epochs.append(row)
 
 
+class _EarlyStopping:
+    """Watches the validation accuracy after each epoch, keeps a copy of the best epoch's weights, and says when
+    ``patience`` epochs in a row have not beaten it; at the end the model gets the best epoch's weights back."""
+
+    def __init__(self, model: nn.Module, patience: int | None, epochs: int):
+        self.model, self.patience, self.epochs = model, patience, epochs
+        self.best, self.best_epoch, self.best_state, self.waited = None, None, None, 0
+
+    def should_stop(self, history: History) -> bool:
+        if self.patience is None:
+            return False
+        row = history.epochs[-1]
+        if self.best is None or row["eval_accuracy"] > self.best:
+            self.best, self.best_epoch, self.waited = row["eval_accuracy"], row["epoch"], 0
+            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            return False
+        self.waited += 1
+        return self.waited >= self.patience
+
+    def finish(self, history: History) -> None:
+        """Record where and why training stopped; with early stopping, restore the best epoch's weights."""
+        history.stopped_epoch = len(history.epochs)
+        if self.patience is None:
+            history.stop_reason = f"trained all {self.epochs} epochs (no early stopping)"
+            return
+        history.best_epoch = self.best_epoch
+        if history.stopped_epoch < self.epochs:
+            history.stop_reason = (f"early stopping: validation accuracy did not beat epoch {self.best_epoch}'s "
+                                   f"{self.best:.4f} for {self.patience} epoch(s); stopped after epoch "
+                                   f"{history.stopped_epoch} of at most {self.epochs}")
+        else:
+            history.stop_reason = (f"reached the maximum of {self.epochs} epochs; best validation accuracy "
+                                   f"{self.best:.4f} at epoch {self.best_epoch}")
+        if self.best_epoch != history.stopped_epoch:
+            self.model.load_state_dict(self.best_state)
+            history.stop_reason += f"; weights restored from epoch {self.best_epoch}"
+
+
 # --- fit -----------------------------------------------------------------------------------------------------------
 
 def fit(model: nn.Module, train_data, eval_data=None, *, epochs: int = 3, lr: float | dict[str, float] = 5e-5,
@@ -580,7 +637,7 @@ def fit(model: nn.Module, train_data, eval_data=None, *, epochs: int = 3, lr: fl
         schedule: Schedule | None = None, max_grad_norm: float | None = 1.0, precision: str = "auto",
         seed: int = 0, device: torch.device | str | None = None, cache_prefix: bool | int = False,
         progress: bool = True, eval_batch_size: int = 256, on_epoch_end=None, on_step_end=None,
-        fsdp: bool = False, bucket_by_length: bool = False) -> History:
+        fsdp: bool = False, bucket_by_length: bool = False, early_stopping: int | None = None) -> History:
     """Fine-tune the model's trainable parameters on ``train_data``; evaluate on ``eval_data`` after each epoch.
 
     Data is ``(input_ids, attention_mask, labels)``, e.g. ``layerfreeze.encode(split, tokenizer)``. ``lr`` is one
@@ -602,7 +659,10 @@ def fit(model: nn.Module, train_data, eval_data=None, *, epochs: int = 3, lr: fl
     ``bucket_by_length=True`` batches examples of similar length together
     (:func:`~layerfreeze.base.data.length_bucketed_batches`): each batch is cut after its widest row, so less padding
     is computed (an epoch of 480 task A examples at 32 tokens took 0.66x and 0.71x the CPU time of shuffled batches),
-    at the cost of batches that are less random.
+    at the cost of batches that are less random. ``early_stopping=patience`` (off by default) trains to a plateau:
+    ``epochs`` is then the stated maximum, training stops once the validation accuracy has not improved for
+    ``patience`` epochs, and the model ends with the best epoch's weights; the History records ``stopped_epoch``,
+    ``best_epoch`` and ``stop_reason``. (The learning-rate curve still spans all ``epochs``.)
 
     >>> from layerfreeze import tiny_model, freeze_to
     >>> import torch
@@ -615,13 +675,17 @@ def fit(model: nn.Module, train_data, eval_data=None, *, epochs: int = 3, lr: fl
     """
     options = _Options(epochs, lr, batch_size, weight_decay, warmup, curve, schedule, max_grad_norm, precision, seed,
                        device, cache_prefix, progress, eval_batch_size, fsdp,
-                       bucket_by_length)
+                       bucket_by_length, early_stopping)
     _check_fit_arguments(model, train_data, eval_data, options)
     run = _start_run(model, train_data, eval_data, options)
+    stopper = _EarlyStopping(model, early_stopping, epochs)
     with run.cache, PeakMemory(run.device) as peak:
         run.trained = _wrap(model, run.device, run.world_size)
         for epoch in range(1, options.epochs + 1):
             running_loss, seconds = _train_epoch(run, epoch, on_step_end)
             _record_epoch(run, epoch, running_loss, seconds, on_epoch_end)
+            if stopper.should_stop(run.history):
+                break
+        stopper.finish(run.history)
     run.history.peak_memory_bytes, run.history.memory_kind = peak.peak_bytes, peak.kind
     return run.history

@@ -20,9 +20,10 @@ import pandas as pd
 
 from ..base.data import _text_and_labels, as_tensors
 from ..core.inspection import hidden_states
-from .evidence import difference_interval, grid_edge
+from .evidence import choose_learning_rate, difference_interval, grid_edge
 
 C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
+SCRATCH_GRID = (1e-4, 3e-4, 1e-3, 3e-3)  # random weights take larger steps than fine-tuning's
 
 
 @dataclass
@@ -86,6 +87,53 @@ def linear_probe(model, train, validation, test, grid=C_GRID) -> Baseline:
     scaled = [(f - mean) / spread for f in features]
     labels = [as_tensors(split)[2].cpu().numpy() for split in (train, validation, test)]
     return _fit_logistic("linear probe (frozen, mean-pooled)", *zip(scaled, labels), grid=grid)
+
+
+def predicts_one_class(correct, labels) -> bool:
+    """Whether per-example correctness is exactly that of always answering one class (right on that class's
+    examples, wrong on every other): the signature of a run that learned nothing.
+
+    >>> predicts_one_class([1, 0, 1, 0], [2, 1, 2, 0]), predicts_one_class([1, 1, 0, 0], [2, 1, 2, 0])
+    (True, False)
+    """
+    correct, labels = np.asarray(correct, dtype=bool), np.asarray(labels)
+    return any(np.array_equal(correct, labels == label) for label in np.unique(labels))
+
+
+def from_scratch(base, train, validation, test, grid=SCRATCH_GRID, *, epochs: int = 5, batch_size: int = 32,
+                 seed: int = 0, early_stopping: int | None = 2, **fit_options) -> Baseline:
+    """``base``'s architecture from random weights (seeded), every layer trained for at most ``epochs`` epochs
+    (early stopping on ``validation`` with patience ``early_stopping``), at each rate of ``grid`` (the head gets
+    the same rate: nothing in it is pretrained); the rate that scores best on ``validation`` is kept and scored on
+    ``test``. The note names the rate, says when it sits on the grid's edge, and when the model predicts a single
+    class on the test set (:func:`predicts_one_class`: a failed run, not the architecture's limit).
+
+    >>> from layerfreeze.base.models import tiny_model
+    >>> import torch
+    >>> data = (torch.randint(5, 99, (32, 6)), torch.ones(32, 6, dtype=torch.long), torch.randint(0, 2, (32,)))
+    >>> result = from_scratch(tiny_model("bert"), data, data, data, grid=(1e-3, 3e-3), epochs=1, batch_size=16)
+    note: the chosen rate ... is on the ... edge of its grid (... of 1e-03 to 3e-03)...
+    >>> result.name, len(result.correct), sorted(result.validation_by_c)
+    ('from scratch (tuned)', 32, [0.001, 0.003])
+    """
+    from ..core.strategy import Strategy
+    from .runs import run_strategy
+
+    if len(grid) < 2 or any(rate <= 0 for rate in grid):
+        raise ValueError(f"grid must hold at least two learning rates above 0; got {grid!r}")
+    def run(rate):
+        return run_strategy(base, Strategy("from scratch", "all", lr=rate, head_lr=rate, from_scratch=True), train,
+                            validation, test, epochs=epochs, batch_size=batch_size, seed=seed, progress=False,
+                            cache_prefix=False, early_stopping=early_stopping, **fit_options)
+
+    rate, row, scores = choose_learning_rate(run, list(grid))
+    correct = np.asarray(row["test_correct"], dtype=float)
+    labels = as_tensors(test)[2].cpu().numpy()
+    single = predicts_one_class(correct, labels)
+    edge = grid_edge(rate, list(grid))
+    note = (f"lr {rate:g}" + (f", {edge}" if edge else "") + (", predicts a single class" if single else "")
+            + (f"; {row['stop_reason']}" if row.get("stop_reason") else ""))
+    return Baseline("from scratch (tuned)", float(correct.mean()), correct, rate, scores, note)
 
 
 def above_baselines(accuracies: dict, correct: dict, baselines: list[Baseline], chance: float) -> pd.DataFrame:

@@ -30,6 +30,9 @@ from ..base.runtime import eval_mode
 
 UNTESTABLE = "untestable here"  # a ceiling reached, or a curve still rising: the run cannot decide the claim
 VERDICTS = ("holds", "does not hold", "within noise", UNTESTABLE)
+# What an interval covers: which test examples were drawn (one run), run-to-run variation (one accuracy per seed),
+# or both at once (per-example scores of several seeds, resampled together).
+TEST_SAMPLE, ACROSS_SEEDS, SEEDS_AND_TEST_SAMPLE = "test sample", "across seeds", "over seeds and test sample"
 
 
 # --- which examples a model gets right -----------------------------------------------------------------------------
@@ -59,10 +62,14 @@ class Interval:
     low: float
     high: float
     level: float = 0.95
+    kind: str = TEST_SAMPLE  # what the interval resamples: TEST_SAMPLE, ACROSS_SEEDS or SEEDS_AND_TEST_SAMPLE
+    seeds: int = 1
 
     def points(self) -> str:
-        """In accuracy points: ``+3.2 points (95% CI +1.0 to +5.4)``."""
-        return (f"{self.estimate * 100:+.1f} points ({self.level:.0%} CI {self.low * 100:+.1f} to "
+        """In accuracy points: ``+3.2 points (95% CI +1.0 to +5.4)``; an interval across seeds says so and over
+        how many (``95% CI across 5 seeds``)."""
+        over = "" if self.kind == TEST_SAMPLE else f" {self.kind.replace('seeds', f'{self.seeds} seeds', 1)}"
+        return (f"{self.estimate * 100:+.1f} points ({self.level:.0%} CI{over} {self.low * 100:+.1f} to "
                 f"{self.high * 100:+.1f})")
 
 
@@ -103,7 +110,56 @@ def difference_interval(a, b=None, *, level: float = 0.95, resamples: int = 2000
     means = np.array([paired[seeds[r]][:, examples[r]].mean() for r in range(resamples)])
     tail = (1 - level) / 2
     low, high = np.quantile(means, [tail, 1 - tail])
-    return Interval(float(paired.mean()), float(low), float(high), level)
+    kind = TEST_SAMPLE if n_seeds == 1 else SEEDS_AND_TEST_SAMPLE
+    return Interval(float(paired.mean()), float(low), float(high), level, kind, n_seeds)
+
+
+def seed_interval(a: Sequence[float], b: Sequence[float] | None = None, *, level: float = 0.95) -> Interval:
+    """Interval across seeds for ``mean(a - b)``: ``a`` and ``b`` hold one accuracy per seed (paired: seed i of
+    both sides shares its data order and initialisation), the interval Student's t over the seeds. It covers
+    run-to-run variation, not the test sample; :func:`difference_interval` covers the test sample.
+
+    >>> interval = seed_interval([0.90, 0.92, 0.91], [0.85, 0.86, 0.86])
+    >>> interval.kind, interval.seeds, round(interval.estimate, 3), interval.low > 0
+    ('across seeds', 3, 0.053, True)
+    >>> seed_interval([0.9])
+    Traceback (most recent call last):
+    ValueError: a needs at least 2 seeds for an interval across seeds; got 1
+    """
+    from scipy import stats
+
+    if not 0 < level < 1:
+        raise ValueError(f"level must be between 0 and 1; got {level!r}")
+    a = np.asarray(a, dtype=float)
+    b = np.zeros_like(a) if b is None else np.asarray(b, dtype=float)
+    if a.ndim != 1 or a.shape != b.shape:
+        raise ValueError(f"a and b must hold one value per seed, the same number each; got {np.shape(a)} and "
+                         f"{np.shape(b)}")
+    if len(a) < 2:
+        raise ValueError(f"a needs at least 2 seeds for an interval across seeds; got {len(a)}")
+    paired = a - b
+    half = stats.t.ppf(0.5 + level / 2, len(paired) - 1) * paired.std(ddof=1) / len(paired) ** 0.5
+    mean = float(paired.mean())
+    return Interval(mean, mean - float(half), mean + float(half), level, ACROSS_SEEDS, len(paired))
+
+
+def effect_size(a: Sequence[float], b: Sequence[float]) -> str:
+    """The size of a difference of accuracies beside its verdict: in points, and standardised. Cohen's h for two
+    accuracies (one seed each); Cohen's d of the paired per-seed differences for several seeds.
+
+    >>> effect_size([0.9], [0.8]), effect_size([0.90, 0.92, 0.91], [0.85, 0.86, 0.86])
+    ("+10.0 points, Cohen's h 0.28", "+5.3 points, Cohen's d 9.24 over 3 seeds")
+    """
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
+        raise ValueError(f"a and b must hold one accuracy per seed, the same number each; got {a.shape} and {b.shape}")
+    points = f"{(a - b).mean() * 100:+.1f} points"
+    if len(a) == 1:
+        h = 2 * np.arcsin(np.sqrt(a[0])) - 2 * np.arcsin(np.sqrt(b[0]))
+        return f"{points}, Cohen's h {h:.2f}"
+    spread = (a - b).std(ddof=1)
+    d = (a - b).mean() / spread if spread > 0 else float("inf") * np.sign((a - b).mean())
+    return f"{points}, Cohen's d {d:.2f} over {len(a)} seeds"
 
 
 def verdict(interval: Interval, threshold: float = 0.0) -> str:
@@ -287,6 +343,9 @@ class Finding:
     high: float | None = None
     threshold: float = 0.0
     reason: str = ""
+    interval_kind: str = TEST_SAMPLE
+    seeds: int = 1
+    effect: str = ""
 
     def __post_init__(self):
         if self.verdict not in VERDICTS:
@@ -297,7 +356,8 @@ class Finding:
         """The finding as a results row (the column names the notebooks' tables show)."""
         return {"key": self.key, "finding": self.claim, "difference (95% CI)": self.difference, "verdict": self.verdict,
                 "likely reason": self.reason, "estimate": self.estimate, "low": self.low, "high": self.high,
-                "threshold": self.threshold}
+                "threshold": self.threshold, "interval over": self.interval_kind, "seeds": self.seeds,
+                "effect size": self.effect}
 
     @classmethod
     def from_record(cls, row: dict) -> "Finding":
@@ -305,30 +365,40 @@ class Finding:
         claim = row.get("finding", row.get("ULMFiT finding", ""))  # 03's results before 2026-11-27
         return cls(row.get("key") or claim, claim, row.get("verdict", "within noise"),
                    row.get("difference (95% CI)", ""), row.get("estimate"), row.get("low"), row.get("high"),
-                   row.get("threshold", 0.0) or 0.0, row.get("likely reason", ""))
+                   row.get("threshold", 0.0) or 0.0, row.get("likely reason", ""),
+                   row.get("interval over", TEST_SAMPLE), row.get("seeds", 1) or 1, row.get("effect size", ""))
 
 
 def finding(key: str, claim: str, interval: Interval, curves: dict[str, Sequence[float]], otherwise: str,
             threshold: float = 0.0, *, examples: int | None = None, ceiling: float | None = None,
-            accuracies: dict[str, float] | None = None) -> Finding:
-    """A claim that a difference exceeds ``threshold``, tested on ``interval``.
+            accuracies: dict[str, float] | None = None, min_seeds: int | None = None, effect: str = "") -> Finding:
+    """A claim that a difference exceeds ``threshold``, tested on ``interval`` (a threshold claim against its
+    threshold, never against zero).
 
-    A verdict other than *holds* becomes *untestable here* when the run cannot decide it, with the number that
-    says so: a run of ``curves`` whose last epoch gained more than the noise of ``examples`` validation examples
-    (:func:`unconverged`), or ``accuracies`` all within noise of the task's ``ceiling`` (:func:`at_ceiling`).
-    Otherwise the reason is :func:`likely_reason`'s (measured, else ``otherwise`` as a hypothesis).
+    A verdict becomes *untestable here* when the run cannot decide it, with the number that says so: fewer seeds
+    behind ``interval`` than the ``min_seeds`` the claim needs (a claim about a method, not one run; checked first,
+    whatever the verdict), a run of ``curves`` whose last epoch gained more than the noise of ``examples``
+    validation examples (:func:`unconverged`), or ``accuracies`` all within noise of the task's ``ceiling``
+    (:func:`at_ceiling`). Otherwise the reason is :func:`likely_reason`'s (measured, else ``otherwise`` as a
+    hypothesis). ``effect`` (:func:`effect_size`) is printed beside the verdict.
 
     >>> finding("a_beats_b", "a beats b", Interval(0.05, 0.02, 0.08), {}, "the test set is small").verdict
     'holds'
     >>> found = finding("a_beats_b", "a beats b", Interval(0.01, -0.02, 0.04), {"a": [0.6, 0.8]}, "small", examples=500)
     >>> found.verdict, found.reason
     ('untestable here', 'not converged: a gained +20.0 points in its last epoch, more than the noise of 5.1')
+    >>> finding("a_beats_b", "a beats b", Interval(0.05, 0.02, 0.08), {}, "small", min_seeds=3).reason
+    'too few seeds: 1 seed behind this interval, the claim needs at least 3 (its estimate +5.0 points)'
     """
     word = verdict(interval, threshold)
     difference = interval.points() + (f", against the claim's {threshold * 100:+.0f}" if threshold else "")
     reason = likely_reason(word, curves, otherwise)
     rising = unconverged(curves, examples) if examples and word != "holds" else {}
-    if rising:
+    if min_seeds is not None and interval.seeds < min_seeds:
+        word, reason = UNTESTABLE, (f"too few seeds: {interval.seeds} seed{'s' if interval.seeds > 1 else ''} behind "
+                                    f"this interval, the claim needs at least {min_seeds} (its estimate "
+                                    f"{interval.estimate * 100:+.1f} points)")
+    elif rising:
         word, reason = UNTESTABLE, "not converged: " + ", ".join(
             f"{name} gained {gain * 100:+.1f} points in its last epoch, more than the noise of {noise * 100:.1f}"
             for name, (gain, noise) in rising.items())
@@ -337,7 +407,8 @@ def finding(key: str, claim: str, interval: Interval, curves: dict[str, Sequence
         word, reason = UNTESTABLE, (f"ceiling: {', '.join(f'{n} {a:.1%}' for n, a in accuracies.items())} all within "
                                     f"the noise ({accuracy_noise(ceiling, examples):.1%}) of the best possible "
                                     f"{ceiling:.1%}")
-    return Finding(key, claim, word, difference, interval.estimate, interval.low, interval.high, threshold, reason)
+    return Finding(key, claim, word, difference, interval.estimate, interval.low, interval.high, threshold, reason,
+                   interval.kind, interval.seeds, effect)
 
 
 # --- a fair learning rate ------------------------------------------------------------------------------------------
@@ -382,3 +453,32 @@ def choose_learning_rate(run: Callable[[float], dict], grid: Sequence[float], sc
     if edge:
         print(f"note: the chosen rate {_rate(best[0])} is {edge}")
     return best[0], best[1], scores
+
+
+def rate_fixed_across_seeds(run: Callable[[float, int], dict], grid: Sequence[float], seeds: Sequence[int],
+                            score: str = "best_accuracy", min_grid: int = 4):
+    """One method's protocol: its learning rate chosen once, on validation data with the first seed
+    (:func:`choose_learning_rate`, which prints a choice on the grid's edge), then fixed for every other seed, so that
+    seeds vary the run and never the rate. ``run(rate, seed)`` trains one run and returns its result; ``grid`` must
+    hold at least ``min_grid`` rates (a grid that can bracket its choice).
+
+    Returns ``(rate, results, scores)``: ``results`` one per seed, in the order of ``seeds``; ``scores`` the first
+    seed's validation score per rate; ``edge`` (:func:`grid_edge`) is in ``results[0]["rate_edge"]``.
+
+    >>> calls = []
+    >>> def run(rate, seed):
+    ...     calls.append((rate, seed))
+    ...     return {"best_accuracy": 1 - abs(rate - 3e-4) - seed / 100}
+    >>> rate, results, _ = rate_fixed_across_seeds(run, [1e-4, 3e-4, 1e-3, 3e-3], seeds=[0, 1, 2])
+    >>> rate, [seed for r, seed in calls if r == rate], len(calls)
+    (0.0003, [0, 1, 2], 6)
+    """
+    grid, seeds = list(grid), list(seeds)
+    if len(grid) < min_grid:
+        raise ValueError(f"grid must hold at least {min_grid} learning rates, to bracket the one it chooses; got "
+                         f"{len(grid)}: {grid}")
+    if not seeds:
+        raise ValueError("seeds must hold at least one seed (the first chooses the rate)")
+    rate, first, scores = choose_learning_rate(lambda lr: run(lr, seeds[0]), grid, score)
+    first["rate_edge"] = grid_edge(rate, grid)
+    return rate, [first] + [run(rate, seed) for seed in seeds[1:]], scores
