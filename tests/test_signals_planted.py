@@ -144,7 +144,9 @@ def test_a_decoders_top_probe_layer_is_labelled_with_its_final_norm():
     frame = signals.probe_by_layer(model, toy_task(32, seed=1), toy_task(32, seed=2))
     assert frame["output of"].to_list() == ["embeddings", "block.0", "block.1", "block.2 + transformer.ln_f"]
     seen = {}
-    model.transformer.h[2].register_forward_hook(lambda m, a, out: seen.setdefault("block", out[0]))
+    model.eval()  # no dropout: both sides run the same computation
+    model.transformer.h[2].register_forward_hook(  # a block returns a tuple in older transformers, a tensor in newer
+        lambda m, a, out: seen.update(block=out[0] if isinstance(out, tuple) else out))
     ids, mask, _ = toy_task(4)
     with torch.no_grad():
         top = model.transformer(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
