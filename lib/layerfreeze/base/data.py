@@ -418,7 +418,7 @@ def suggest_max_length(split, tokenizer, percentile: float = 95, cap: int = 256)
     texts = []
     for part in split.values() if isinstance(split, dict) else [split]:  # a whole task: every split's texts
         sample = part[:5000] if isinstance(part, list) else part.select(range(min(5000, len(part))))
-        texts += _text_and_labels(sample)[0]
+        texts += texts_and_labels(sample)[0]
     check_number("percentile", percentile, 0, 100)
     check_int("cap", cap, 2)
     if not callable(tokenizer):
@@ -536,14 +536,14 @@ def encode(split, tokenizer, max_length: int = 64):
     """
     import torch
 
-    texts, labels = _text_and_labels(split)
+    texts, labels = texts_and_labels(split)
     _check_max_length(max_length, tokenizer)
     batch = tokenizer(texts, padding="longest", truncation=True, max_length=max_length, return_tensors="pt")
     return torch.utils.data.TensorDataset(batch["input_ids"], batch["attention_mask"],
                                           torch.tensor(labels, dtype=torch.long))
 
 
-def _text_and_labels(split) -> tuple[list[str], list[int]]:
+def texts_and_labels(split) -> tuple[list[str], list[int]]:
     """The ``text`` and ``label`` columns of a split, checked: strings, and whole numbers of at least 0."""
     if isinstance(split, list) and all(isinstance(row, dict) for row in split):
         columns = {key: [row.get(key) for row in split] for key in ("text", "label")}

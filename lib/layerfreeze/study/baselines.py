@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ..base.data import _text_and_labels, as_tensors
+from ..base.data import texts_and_labels, as_tensors
 from ..core.inspection import hidden_states
 from .evidence import choose_learning_rate, difference_interval, grid_edge
 
@@ -51,7 +51,7 @@ def _fit_logistic(name, train, validation, test, grid) -> Baseline:
         scores[c] = float(models[c].score(*validation))
     best = max(grid, key=lambda c: (scores[c], -abs(np.log10(c))))  # ties: the less extreme C
     correct = (models[best].predict(test[0]) == np.asarray(test[1])).astype(float)
-    edge = grid_edge(best, list(grid)).replace("rate", "C")
+    edge = grid_edge(best, list(grid), what="C")
     return Baseline(name, float(correct.mean()), correct, best, scores, f"C {best:g}" + (f", {edge}" if edge else ""))
 
 
@@ -65,7 +65,7 @@ def tfidf_logistic(task, grid=C_GRID) -> Baseline:
     """
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    (train_x, train_y), (val_x, val_y), (test_x, test_y) = (_text_and_labels(task[s])
+    (train_x, train_y), (val_x, val_y), (test_x, test_y) = (texts_and_labels(task[s])
                                                             for s in ("train", "validation", "test"))
     vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True).fit(train_x)
     return _fit_logistic("TF-IDF + logistic regression", (vectorizer.transform(train_x), train_y),

@@ -413,9 +413,9 @@ def finding(key: str, claim: str, interval: Interval, curves: dict[str, Sequence
 
 # --- a fair learning rate ------------------------------------------------------------------------------------------
 
-def grid_edge(rate, grid: Sequence) -> str:
-    """Where a chosen rate sits in its grid: ``""`` inside it, else which edge, in words; a choice on an edge
-    says the grid did not bracket the best rate.
+def grid_edge(rate, grid: Sequence, what: str = "rate") -> str:
+    """Where a chosen rate (or another setting, named by ``what``) sits in its grid: ``""`` inside it, else which
+    edge, in words; a choice on an edge says the grid did not bracket the best value.
 
     >>> grid_edge(3e-4, [1e-4, 3e-4, 1e-3]), grid_edge(1e-4, [1e-4, 3e-4, 1e-3])
     ('', 'on the lower edge of its grid (1e-04 of 1e-04 to 1e-03): a lower rate may score higher')
@@ -424,7 +424,7 @@ def grid_edge(rate, grid: Sequence) -> str:
         return ""
     side, other = ("lower", "lower") if rate == min(grid) else ("upper", "higher")
     return (f"on the {side} edge of its grid ({_rate(rate)} of {_rate(min(grid))} to {_rate(max(grid))}): "
-            f"a {other} rate may score higher")
+            f"a {other} {what} may score higher")
 
 
 def _rate(rate) -> str:
