@@ -7,6 +7,7 @@ second; other jobs on the machine count too, which is why the memory in use befo
 
     python benchmarks/workshop.py                                  # 3 learners, cpu profile: the whole machine
     python benchmarks/workshop.py --learners 2 --profile smoke --only 01   # a dry run of the tooling
+    python benchmarks/workshop.py --keep /tmp/workshop                     # keep each learner's build folder
 
 Writes ``benchmarks/results/workshop-<learners>x<profile>.json`` and ``.md``; ``docs/instructor_guide.md`` derives
 its sizing rule from them.
@@ -15,6 +16,7 @@ its sizing rule from them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -58,8 +60,12 @@ def watch(learners: list[subprocess.Popen], started: float) -> tuple[list[float 
     return finished, peak
 
 
-def rehearse(learners: int, profile: str, only: list[str]) -> dict:
-    with tempfile.TemporaryDirectory() as folder:
+def rehearse(learners: int, profile: str, only: list[str], keep: str | None = None) -> dict:
+    """Start the learners together and watch them; ``keep``: a folder for their build folders and logs, which are
+    otherwise deleted (each ``learner<i>/`` is a whole course's ``build/``: its results can be published)."""
+    if keep is not None:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+    with (contextlib.nullcontext(keep) if keep is not None else tempfile.TemporaryDirectory()) as folder:
         load_start, memory_before = os.getloadavg(), memory_in_use()
         started, started_at = time.monotonic(), time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
         processes = start_learners(learners, profile, only, Path(folder))
@@ -97,10 +103,11 @@ def main(argv=None) -> int:
     parser.add_argument("--profile", default="cpu", choices=["smoke", "cpu"])
     parser.add_argument("--only", nargs="+", default=[], metavar="PREFIX", help="notebook prefixes (a dry run)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--keep", metavar="DIR", help="keep each learner's build folder and log in DIR")
     args = parser.parse_args(argv)
     if args.learners < 1:
         parser.error(f"--learners must be at least 1, got {args.learners}")
-    result = rehearse(args.learners, args.profile, args.only)
+    result = rehearse(args.learners, args.profile, args.only, args.keep)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"workshop-{args.learners}x{args.profile}{'-only-' + '-'.join(args.only) if args.only else ''}"

@@ -74,3 +74,19 @@ def test_the_workshop_table_says_whether_every_course_finished():
     assert "NOT every course finished (exit codes [0, 1])" in table and "| 1 | 1.5 min |" in table
     assert "1000 MiB more per learner" in table
     assert workshop.memory_in_use() > 0
+
+
+def test_the_workshop_keeps_each_learners_folder_when_asked(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    def start(count, profile, only, folder):  # stand-ins for the courses: each writes its build folder and a log
+        return [subprocess.Popen([sys.executable, "-c", f"import pathlib; p = pathlib.Path({str(folder)!r}) / "
+                                  f"'learner{i}'; p.mkdir(); (p / 'done').write_text('{profile}')"],
+                                 stdout=open(folder / f"learner{i}.log", "w")) for i in range(count)]
+
+    monkeypatch.setattr(workshop, "start_learners", start)
+    result = workshop.rehearse(2, "smoke", [], keep=str(tmp_path / "kept"))
+    assert result["exit_codes"] == [0, 0] and len(result["seconds"]) == 2
+    assert (tmp_path / "kept" / "learner1" / "done").read_text() == "smoke"
+    assert (tmp_path / "kept" / "learner0.log").exists()

@@ -176,3 +176,36 @@ def test_lora_adapts_gpt2s_conv1d_projections():
                             batch_size=16, progress=False)
     assert 0 < result.trainable_params < sum(p.numel() for p in model.parameters()) / 10
 
+
+
+def test_notebooks_04_and_06_share_one_protocol():
+    """Both notebooks build their settings from PROTOCOL, so model A and full fine-tuning on B are the same runs."""
+    import json
+    from pathlib import Path
+
+    from layerfreeze.study.sequential import PROTOCOL, protocol_settings
+
+    for stem in ("04_catastrophic_forgetting", "06_freezing_in_llm_work"):
+        cells = json.loads((Path(__file__).parent.parent / "notebooks" / f"{stem}.ipynb").read_text())["cells"]
+        assert any("settings = protocol_settings(" in "".join(c["source"]) for c in cells), stem
+    settings = protocol_settings(3, cpu={"epochs_b": 9, "probe": 100})
+    assert settings["cpu"]["epochs_b"] == 9 and settings["cpu"]["probe"] == 100  # a notebook's own settings win
+    assert settings["full"]["seeds"] == [3, 4, 5, 6, 7] and settings["full"]["train"] == PROTOCOL["full"]["train"]
+    with pytest.raises(ValueError, match="extra names profiles \\['gpu'\\]; valid: smoke, cpu, full"):
+        protocol_settings(0, gpu={})
+
+
+def test_reconcile_lists_the_measured_differences_when_intervals_do_not_overlap():
+    from layerfreeze.study.sequential import reconcile
+
+    here = {"forgetting": 0.10, "forgetting_low": 0.05, "forgetting_high": 0.15, "a_after_a": 0.70,
+            "lr": ["(0.0001, 0.001)"], "settings": {"epochs_b": 3, "train": 128}}
+    there = {"forgetting": -0.02, "forgetting_low": -0.04, "forgetting_high": 0.0, "a_after_a": 0.66,
+             "lr": ["(0.0003, 0.003)"], "settings": {"epochs_b": 2, "train": 128}}
+    word, reasons = reconcile(here, there)
+    assert word == "differ"
+    assert reasons == ["epochs_b: 3 here, 2 there", "model A scored 0.700 on A here, 0.660 there",
+                       "rates chosen: ['(0.0001, 0.001)'] here, ['(0.0003, 0.003)'] there"]
+    assert reconcile(here, {**here, "forgetting_low": 0.15, "forgetting_high": 0.2}) == ("agree", [])  # touching
+    assert reconcile(here, {**there, "forgetting_high": 0.049, "a_after_a": 0.70, "lr": here["lr"],
+                            "settings": here["settings"]}) == ("differ", [])

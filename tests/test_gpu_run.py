@@ -213,4 +213,5 @@ def test_every_notebook_is_sized_and_the_sizing_table_agrees():
     expected = gr.EXPECTED_SECONDS["full"]
     assert {prefix: int(seconds) for prefix, seconds in rows} == expected
     assert set(expected) | {gr.TAKEAWAYS} == {p.name[:2] for p in notebook_paths(ROOT / "notebooks")}
-    assert sum(expected.values()) <= 0.9 * gr.COURSE_BUDGET_SECONDS  # with 10% to spare
+    window_1 = [prefix for prefix in gr.PRIORITY]  # 06 runs last, in what is left (docs/gpu_runs.md)
+    assert sum(expected[p] for p in window_1) <= 0.9 * gr.COURSE_BUDGET_SECONDS  # with 10% to spare

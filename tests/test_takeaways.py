@@ -110,3 +110,19 @@ def test_notebook_06s_failure_modes_and_guide_reach_the_takeaways():
     table = llm_work(run).set_index("what")["result"]
     assert table["failure mode: head-only plateau"] == "seen" and table["priority: memory"] == "LoRA (164 MiB)"
     assert "not measured" in llm_work({}).iloc[0]["result"]
+
+
+def test_notebook_06s_oracle_verdicts_reach_the_takeaways():
+    from layerfreeze.study.takeaways import llm_work
+
+    signals = [{"signal": "probe", "proposal": "probe plan", "verdict": "costs accuracy", "regret_points": 26.7,
+                "rank_correlation": -0.25},
+               {"signal": "SNR", "proposal": "SNR plan", "verdict": "is the oracle", "regret_points": 0.0,
+                "rank_correlation": None}]
+    run = {"06_freezing_in_llm_work": {"oracle": {"plan": "SNR plan", "untestable": False, "signals": signals}}}
+    table = llm_work(run).set_index("what")["result"]
+    assert table["signal: probe (proposed probe plan)"] == ("costs accuracy: regret +26.7 points against SNR plan, "
+                                                           "rank correlation with training -0.25")
+    assert table["signal: SNR (proposed SNR plan)"] == "is the oracle: regret +0.0 points against SNR plan"
+    run["06_freezing_in_llm_work"]["oracle"]["untestable"] = True
+    assert llm_work(run)["result"].str.startswith("untestable here").all()

@@ -76,8 +76,8 @@ def test_python_m_layerfreeze_sets_the_policy_before_torch_starts():
 
 
 def test_the_cell_limit_follows_the_profile_and_the_machine():
-    assert profile_cell_timeout("cpu", calibration=0.19) == 975
-    assert profile_cell_timeout("cpu", calibration=0.38) == 2 * 975
+    assert profile_cell_timeout("cpu", calibration=0.19) == 2225
+    assert profile_cell_timeout("cpu", calibration=0.38) == 2 * 2225
     assert profile_cell_timeout("smoke", calibration=0.01) == 120  # never below two minutes
     assert profile_cell_timeout("full") == DEFAULT_CELL_TIMEOUT
     assert 120 <= profile_cell_timeout("smoke") < DEFAULT_CELL_TIMEOUT  # measured here: a few seconds

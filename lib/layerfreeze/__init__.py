@@ -49,7 +49,7 @@ _SUBMODULES = {name: f"{layer}.{name}" for layer, names in {
     "base": ("checks", "data", "models", "runtime"),
     "core": ("adapters", "cache", "costs", "forgetting", "freezing", "inspection", "layers", "memory", "optim",
              "plans", "schedules", "signals", "strategy", "trainer", "training"),
-    "study": ("baselines", "evidence", "plots", "runs", "sequential", "takeaways", "timing", "widgets")}.items() for name in names}
+    "study": ("baselines", "evidence", "oracle", "plots", "runs", "sequential", "takeaways", "timing", "widgets")}.items() for name in names}
 
 
 def __getattr__(name: str):

@@ -47,7 +47,9 @@ TAKEAWAYS = "07"  # run at import, over the results of every window
 # profiles (the rehearsal's `smoke`, on a CPU that may be busy) get a bound on a hang instead: a smoke notebook takes
 # well under a minute on a quiet 2-core machine, and up to about ten beside another job (02 took 630 s in bf16
 # beside a second `make test`).
-EXPECTED_SECONDS = {"full": {"04": 150, "02": 58, "03": 70, "05": 53, "01": 27, "06": 71}}
+# 03 and 06 grew after that (03: one group thawed per epoch and two layer-wise decay rows; 06: notebook 04's protocol
+# and the oracle sweep): their times are estimates from the same run, and 06 no longer fits window 1 beside the others.
+EXPECTED_SECONDS = {"full": {"04": 150, "02": 58, "03": 92, "05": 53, "01": 27, "06": 265}}
 BUDGET_SECONDS = COURSE_BUDGET_SECONDS = 480  # window 1: 8 minutes of notebooks; the benchmarks get window 2
 PARTS = ("course", "bench", "all")  # window 1, window 2, or both in one command (the notebooks first)
 BENCH_STRATEGIES = 5  # benchmarks/run.py's configurations: window 2's time is shared among them

@@ -232,3 +232,46 @@ def plot_cache_speedup(cached: pd.DataFrame, ax=None):
     ax.set_title("Epoch time with and without the frozen-prefix cache (median step time x steps)")
     ax.legend(frameon=False)
     return ax
+
+
+def plot_oracle(plans: pd.DataFrame, judged: pd.DataFrame, oracle: str, axes=None):
+    """The oracle sweep in two panels: every plan's accuracy on B (``plans``, from
+    :func:`~layerfreeze.oracle.plan_accuracy`, in its order: best validation accuracy first; bars span one standard
+    deviation over seeds), the oracle and each signal's proposal marked; and each signal's regret against the oracle
+    in points, with its paired interval, labelled with its rank correlation (``judged``, from
+    :func:`~layerfreeze.oracle.judge_signals`).
+
+    >>> plans = pd.DataFrame({"b_accuracy": [0.9, 0.7], "b_accuracy_std": [0.0, 0.0]}, index=["last 2 blocks", "p"])
+    >>> judged = pd.DataFrame({"proposal": ["p"], "rank_correlation": [0.5], "regret_points": [20.0],
+    ...                        "regret_low": [10.0], "regret_high": [30.0]}, index=["probe"])
+    >>> left, right = plot_oracle(plans, judged, "last 2 blocks")
+    >>> [t.get_text() for t in right.get_yticklabels()]
+    ['probe: p']
+    """
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(13, 0.32 * len(plans) + 1.8), width_ratios=(3, 2))
+    left, right = axes
+    proposed_by = {plan: [s for s in judged.index if judged.loc[s, "proposal"] == plan] for plan in plans.index}
+    colors = ["#264653" if plan == oracle else "#e76f51" if proposed_by[plan] else "#b0b7bf" for plan in plans.index]
+    rows = range(len(plans))[::-1]  # best at the top
+    left.barh(rows, plans["b_accuracy"], xerr=plans["b_accuracy_std"], color=colors, ecolor="#555", capsize=2)
+    names = [plan + (" (oracle)" if plan == oracle else "") + "".join(f" <- {s}" for s in proposed_by[plan])
+             for plan in plans.index]
+    left.set_yticks(list(rows), names, fontsize="small")
+    left.set_xlim(max(0.0, float(plans["b_accuracy"].min()) - 0.1), 1.0)
+    left.set(xlabel="accuracy on B (test; mean over seeds)",
+             title="Every plan a signal could propose, one budget\n"
+                   "(ordered by validation accuracy, as the oracle is chosen)")
+    left.grid(alpha=0.3, axis="x")
+    spread = [judged["regret_points"] - judged["regret_low"], judged["regret_high"] - judged["regret_points"]]
+    ys = range(len(judged))[::-1]
+    right.barh(ys, judged["regret_points"], xerr=spread, color="#e76f51", ecolor="#555", capsize=3)
+    right.axvline(0, color="#333", linewidth=0.8)
+    right.set_yticks(list(ys), [f"{s}: {judged.loc[s, 'proposal']}" for s in judged.index], fontsize="small")
+    for y, signal in zip(ys, judged.index):
+        rho = judged.loc[signal, "rank_correlation"]
+        right.annotate(f"rank corr. {rho:+.2f}" if rho == rho else "rank corr. n/a", (0, y), xytext=(4, 9),
+                       textcoords="offset points", fontsize="x-small", color="#333")
+    right.set(xlabel="regret: oracle minus proposal (points of B accuracy)", title="What trusting each signal cost")
+    right.grid(alpha=0.3, axis="x")
+    return left, right

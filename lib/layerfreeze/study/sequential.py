@@ -30,6 +30,38 @@ from ..core.training import evaluate, fit
 from .evidence import Interval, choose_learning_rate, correct_per_example, difference_interval, direction
 from .runs import caches_prefix, memory_estimate
 
+# --- the protocol notebooks 04 and 06 share ------------------------------------------------------------------------
+
+# (body or adapter rate, head rate) pairs a method chooses from on task B's validation data; LoRA's adapters
+# conventionally take higher rates, so their grid sits higher, with as many points
+RATE_GRID = [(1e-4, 1e-3), (3e-4, 3e-3)]
+LORA_GRID = [(3e-4, 1e-3), (1e-3, 3e-3)]
+PROTOCOL = {
+    "smoke": dict(train=48, eval=48, epochs_a=1, epochs_b=2, batch_size=16, seeds=1,
+                  lr_grid=RATE_GRID[:1], lora_grid=LORA_GRID[1:]),  # one point each: the code path
+    "cpu": dict(train=128, eval=150, epochs_a=3, epochs_b=3, batch_size=16, seeds=1, lr_grid=RATE_GRID,
+                lora_grid=LORA_GRID),
+    "full": dict(train=480, eval=500, epochs_a=3, epochs_b=4, batch_size=32, seeds=5, lr_grid=RATE_GRID,
+                 lora_grid=LORA_GRID),
+}
+
+
+def protocol_settings(seed: int, **extra: dict) -> dict[str, dict]:
+    """Per profile, the task A -> task B protocol of notebooks 04 and 06 (:data:`PROTOCOL`: examples per split, epochs
+    of A and of B, batch size, the rate grids) with ``seeds`` as the list of seeds from ``seed``, and each notebook's
+    own settings added (``extra``: profile -> settings). Both notebooks train model A and full fine-tuning on B
+    identically, so where they measure the same thing they measure the same runs.
+
+    >>> protocol_settings(7, cpu={"probe": 100})["cpu"]["seeds"], protocol_settings(7)["full"]["seeds"]
+    ([7], [7, 8, 9, 10, 11])
+    """
+    unknown = sorted(set(extra) - set(PROTOCOL))
+    if unknown:
+        raise ValueError(f"extra names profiles {unknown}; valid: {', '.join(PROTOCOL)}")
+    return {profile: {**shared, "seeds": [seed + i for i in range(shared["seeds"])], **extra.get(profile, {})}
+            for profile, shared in PROTOCOL.items()}
+
+
 # --- two heads over one body ---------------------------------------------------------------------------------------
 
 def with_new_head(model_a: nn.Module, num_labels: int, seed: int = 0) -> nn.Module:
@@ -287,3 +319,29 @@ def clear_pick(values: dict, runs: list[dict] | None = None, measure: str | None
     else:
         clear = values[best] < (1 - tolerance) * values[runner_up]
     return (best if clear else None), runner_up
+
+
+def reconcile(here: dict, there: dict, measure: str = "forgetting") -> tuple[str, list[str]]:
+    """Two notebooks' ``measure`` of the same strategy, side by side: ``("agree", [])`` when their intervals overlap
+    (``measure``, ``measure_low``, ``measure_high``), else ``("differ", reasons)``, each reason a measured
+    difference between the two runs: a protocol setting (``settings``), model A's accuracy (``a_after_a``), the
+    rates chosen (``lr``). An empty list of reasons says the runs match on all of these.
+
+    >>> full_04 = {"forgetting": 0.09, "forgetting_low": 0.03, "forgetting_high": 0.16, "a_after_a": 0.65,
+    ...            "lr": ["(0.0001, 0.001)"], "settings": {"epochs_b": 3}}
+    >>> reconcile(full_04, {**full_04, "forgetting": 0.05, "forgetting_low": 0.0, "forgetting_high": 0.1})
+    ('agree', [])
+    >>> reconcile(full_04, {**full_04, "forgetting": -0.01, "forgetting_low": -0.02, "forgetting_high": 0.0,
+    ...                     "settings": {"epochs_b": 2}})
+    ('differ', ['epochs_b: 3 here, 2 there'])
+    """
+    if here[f"{measure}_low"] <= there[f"{measure}_high"] and there[f"{measure}_low"] <= here[f"{measure}_high"]:
+        return "agree", []
+    mine, theirs = here.get("settings", {}), there.get("settings", {})
+    reasons = [f"{key}: {mine.get(key)} here, {theirs.get(key)} there" for key in sorted(set(mine) | set(theirs))
+               if mine.get(key) != theirs.get(key)]
+    if abs(here.get("a_after_a", 0) - there.get("a_after_a", 0)) > 1e-9:
+        reasons.append(f"model A scored {here['a_after_a']:.3f} on A here, {there['a_after_a']:.3f} there")
+    if here.get("lr") != there.get("lr"):
+        reasons.append(f"rates chosen: {here.get('lr')} here, {there.get('lr')} there")
+    return "differ", reasons

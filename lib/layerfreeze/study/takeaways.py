@@ -213,17 +213,28 @@ def decision_guide(results: dict) -> pd.DataFrame:
 
 
 def llm_work(results: dict) -> pd.DataFrame:
-    """Notebook 06's findings: the failure modes it looked for (seen or not) and its guide's choices, as rows."""
+    """Notebook 06's findings: each signal against the oracle, the failure modes it looked for (seen or not) and its
+    guide's choices, as rows."""
     run = _notebook(results, "06")
     if run is None:
         return pd.DataFrame([{"what": "notebook 06", "result": _missing("06")}])
-    rows = [{"what": f"failure mode: {row['failure mode']}", "result": "seen" if row.get("seen") else "not seen"}
-            for row in run.get("failure_modes", [])]
+    oracle = run.get("oracle", {})
+    rows = [{"what": f"signal: {row['signal']} (proposed {row['proposal']})",
+             "result": ("untestable here: every plan within noise of the oracle" if oracle.get("untestable") else
+                        f"{row['verdict']}: regret {row['regret_points']:+.1f} points against {oracle.get('plan')}")
+             + _rank(row.get("rank_correlation"))}
+            for row in oracle.get("signals", [])]
+    rows += [{"what": f"failure mode: {row['failure mode']}", "result": "seen" if row.get("seen") else "not seen"}
+             for row in run.get("failure_modes", [])]
     rows += [{"what": f"priority: {row['priority']}", "result": f"{row['choose']} ({row['because']})"}
              for row in run.get("guide", [])]
     rows += [{"what": f.claim, "result": f.verdict + (f" ({f.reason})" if f.reason else "")}
              for f in map(Finding.from_record, run.get("verdicts", []))]
     return pd.DataFrame(rows, columns=["what", "result"])
+
+
+def _rank(rho) -> str:
+    return "" if rho is None or rho != rho else f", rank correlation with training {rho:+.2f}"
 
 
 def _check_head_plateau(results: dict) -> str:
