@@ -14,7 +14,7 @@ from layerfreeze.base.data import generate_splits, generate_task
 DATA = Path(__file__).resolve().parents[1] / "data"
 
 
-@pytest.mark.parametrize("task", ["a", "b"])
+@pytest.mark.parametrize("task", ["a", "b", "c"])
 def test_committed_files_are_the_generators_output(task):
     splits = data_module.generate_splits(task)
     for split, rows in splits.items():
@@ -26,7 +26,7 @@ def test_data_is_small():
     assert sum(f.stat().st_size for f in DATA.rglob("*.jsonl")) < 5 * 2 ** 20
 
 
-@pytest.mark.parametrize("task", ["a", "b"])
+@pytest.mark.parametrize("task", ["a", "b", "c"])
 def test_splits_are_disjoint_balanced_and_noisy_as_documented(task):
     splits = data_module.generate_splits(task)
     texts = [set(r["text"] for r in rows) for rows in splits.values()]
@@ -61,6 +61,56 @@ def test_task_a_needs_structure_not_just_words():
     assert all(markers[m] > 200 for m in ("but", "although", "not", "however"))
 
 
+def tfidf_accuracy(task, difficulty):
+    """TF-IDF of words and word pairs, logistic regression: what a bag of n-grams can read from the task."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    splits = generate_splits(task, sizes={"train": 2000, "validation": 10, "test": 500}, difficulty=difficulty)
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True).fit([r["text"] for r in splits["train"]])
+    read = lambda split: (vectorizer.transform([r["text"] for r in splits[split]]), [r["label"] for r in splits[split]])
+    return LogisticRegression(C=10, max_iter=2000).fit(*read("train")).score(*read("test"))
+
+
+def test_task_c_is_read_from_its_structure_not_its_words():
+    """The marker's rule labels every text; words and neighbouring pairs do not, unless the task is made easy."""
+    families = {word: k for k, family in enumerate(data_module._C_FAMILIES) for word in family}
+
+    def rule(text):
+        words = text.rstrip(".").split()
+        return families[words[words.index(data_module._C_MARKER) + 2]]
+
+    for difficulty in data_module.DIFFICULTIES:
+        rows = generate_task("c", 500, seed=3, label_noise=0.0, difficulty=difficulty)
+        assert all(rule(r["text"]) == r["label"] for r in rows)
+        every_family = all(all(any(w in families and families[w] == k for w in r["text"].rstrip(".").split())
+                               for k in range(4)) for r in rows)
+        assert every_family == (difficulty != "easy")
+    assert tfidf_accuracy("c", "easy") > 0.95
+    assert tfidf_accuracy("c", "standard") < 0.40 and tfidf_accuracy("c", "hard") < 0.40  # chance: 0.25
+
+
+def test_difficulty_turns_each_tasks_knobs_and_standard_is_the_committed_data():
+    hard, easy = (generate_task("b", 600, seed=3, label_noise=0.0, difficulty=d) for d in ("hard", "easy"))
+    side = lambda rows: sum("," in r["text"] for r in rows) / len(rows)  # a side remark joins with a comma
+    assert side(hard) > 0.9 > 0.35 > side(easy)
+    assert generate_task("a", 50, seed=1) == generate_task("a", 50, seed=1, difficulty="standard")
+    verdicts = lambda d: sum(" overall, " in r["text"] or "all in all" in r["text"] or "in the end" in r["text"]
+                             for r in generate_task("a", 2000, seed=3, difficulty=d))
+    assert verdicts("easy") > 2 * verdicts("standard") > 4 * verdicts("hard")
+
+
+def test_load_task_takes_a_difficulty_for_the_generated_tasks_only():
+    hard = load_task("c", difficulty="hard", limit={"train": 16})
+    assert "difficulty 'hard'" in hard.note and hard["train"].features["label"].names == data_module.LABEL_NAMES["c"]
+    assert load_task("c", limit={"train": 16})["train"].num_rows == 16  # the committed files
+    with pytest.raises(ValueError, match="applies to the generated tasks \\(a, b, c\\) only; got difficulty='hard' "
+                                         "for task 'sst2'"):
+        load_task("sst2", difficulty="hard")
+    with pytest.raises(ValueError, match="difficulty must be one of easy, standard, hard"):
+        load_task("a", difficulty="Hard")
+
+
 def test_task_b_mentions_other_topics():
     rows = generate_task("b", 1000, seed=3, label_noise=0.0)
     side_remarks = sum(any(c in r["text"] for c in (" while ", " even as ", " just as ", " after ", " although "))
@@ -71,8 +121,10 @@ def test_task_b_mentions_other_topics():
 def test_generator_is_seeded():
     assert generate_task("a", 50, seed=1) == generate_task("a", 50, seed=1)
     assert generate_task("a", 50, seed=1) != generate_task("a", 50, seed=2)
-    with pytest.raises(ValueError, match="valid: a, b"):
-        generate_task("c", 5)
+    with pytest.raises(ValueError, match="valid: a, b, c"):
+        generate_task("d", 5)
+    with pytest.raises(ValueError, match="difficulty must be one of easy, standard, hard; got 'medium'"):
+        generate_task("a", 5, difficulty="medium")
 
 
 def test_load_task_columns_and_labels():
@@ -92,7 +144,7 @@ def test_load_task_without_files_generates_the_same(monkeypatch, tmp_path):
 
 
 def test_bad_names_are_clear():
-    with pytest.raises(ValueError, match="valid: a, b, sst2, ag_news, imdb"):
+    with pytest.raises(ValueError, match="valid: a, b, c, sst2, ag_news, imdb"):
         load_task("mnli")
     with pytest.raises(ValueError, match="valid splits: train, validation, test"):
         load_task("a", limit={"dev": 10})
@@ -138,7 +190,7 @@ def test_encode(minilm):
 
 def test_data_card_counts_match_the_files():
     card = (DATA / "README.md").read_text()
-    for task in "ab":
+    for task in "abc":
         for split, rows in data_module.generate_splits(task).items():
             counts = Counter(r["label"] for r in rows)
             per_label = ", ".join(f"{name} {counts[i]}" for i, name in enumerate(data_module.LABEL_NAMES[task]))

@@ -186,7 +186,8 @@ def test_load_task_refuses_bad_arguments_before_loading():
         (dict(limit={"tset": 5}), "limit names split 'tset'; valid splits: train, validation, test"),
         (dict(limit=100), "limit must be a dict of split name to example count"),
         (dict(seed=-1), "seed must be a whole number from 0"),
-        (dict(name=None), "unknown task None; valid: a, b, sst2, ag_news, imdb"),
+        (dict(difficulty="extreme"), "difficulty must be one of easy, standard, hard, and applies to the generated"),
+        (dict(name=None), "unknown task None; valid: a, b, c, sst2, ag_news, imdb"),
     ]
     for arguments, message in cases:
         with pytest.raises(ValueError, match=message):

@@ -4,6 +4,11 @@
   words alone do not give the label: what counts is the structure, negation ("not bad"), contrast ("..., but ...")
   and concession ("although ..."). The clause that wins is the main one.
 * Task **B**, topic (5 labels). Each text is about one topic but often mentions another in a side remark.
+* Task **C**, far from both and from pretraining (4 labels): strings of made-up words, where the label is the family
+  of the word two places after a marker word. Every text holds a word of every family, so neither words nor pairs
+  of neighbouring words give the label away: only reading the structure does.
+
+Each has a ``difficulty`` (:data:`DIFFICULTIES`: ``easy``, ``standard``, ``hard``); ``standard`` is the committed data.
 
 Both come from one seeded generator (:func:`generate_task`); ``data/`` holds the files it writes, and
 ``data/README.md`` is their data card. :func:`load_task` also reads Hub datasets and your own CSV, JSON-lines or
@@ -29,14 +34,28 @@ DATA_DIR_ENV_VAR = "LAYERFREEZE_DATA_DIR"
 DEFAULT_SEED = 1234
 SPLIT_SIZES = {"train": 4000, "validation": 500, "test": 1000}
 LABEL_NOISE = 0.04
-LABEL_NAMES = {"a": ["negative", "positive"], "b": ["sports", "technology", "food", "travel", "finance"]}
+LABEL_NAMES = {"a": ["negative", "positive"], "b": ["sports", "technology", "food", "travel", "finance"],
+               "c": ["amber", "cobalt", "jade", "ochre"]}
+DIFFICULTIES = ("easy", "standard", "hard")
+# Each generated task's knobs at each difficulty; "standard" is the committed data. a: the share of reviews that mix
+# both polarities, and of those closing with a verdict that gives the label away; b: the share with a side remark
+# about another topic; c: the filler words per text, how many words of each other family a text holds (easy: none, so
+# the key word alone gives the label away), and whether a decoy marker points at another family's word.
+KNOBS = {
+    "a": {"easy": dict(mixed=0.5, verdict=0.4), "standard": dict(mixed=0.85, verdict=0.15),
+          "hard": dict(mixed=0.97, verdict=0.03)},
+    "b": {"easy": dict(side=0.3), "standard": dict(side=0.65), "hard": dict(side=0.95)},
+    "c": {"easy": dict(fillers=(6, 10), per_family=0, decoy=False),
+          "standard": dict(fillers=(6, 10), per_family=1, decoy=False),
+          "hard": dict(fillers=(8, 14), per_family=2, decoy=True)},
+}
 # Hub dataset name -> (hub id, text column, split that serves as test when "test" has no labels)
 HUB_DATASETS = {
     "sst2": ("stanfordnlp/sst2", "sentence", "validation"),
     "ag_news": ("fancyzhx/ag_news", "text", "test"),
     "imdb": ("stanfordnlp/imdb", "text", "test"),
 }
-TASK_NAMES = ("a", "b", *HUB_DATASETS)
+TASK_NAMES = ("a", "b", "c", *HUB_DATASETS)
 
 # --- task A: compositional sentiment ---------------------------------------------------------------------------
 
@@ -74,11 +93,11 @@ def _clause(rng: random.Random, aspect: str, polarity: int) -> str:
     return f"i did not {base} the {aspect}" if negated else f"i {past} the {aspect}"
 
 
-def _review(rng: random.Random) -> tuple[str, int]:
+def _review(rng: random.Random, mixed: float, verdict: float) -> tuple[str, int]:
     aspects, subject = _DOMAINS[rng.choice(sorted(_DOMAINS))]
     first, second = rng.sample(aspects, 2)
     label = rng.randrange(2)
-    other = 1 - label if rng.random() < 0.85 else label  # most reviews mix both polarities
+    other = 1 - label if rng.random() < mixed else label  # most reviews mix both polarities
     pattern = rng.random()
     if pattern < 0.12:
         text = _clause(rng, first, label)
@@ -94,7 +113,7 @@ def _review(rng: random.Random) -> tuple[str, int]:
     else:  # three clauses: "although X, Y, but Z" - the clause after "but" decides
         third = rng.choice([a for a in aspects if a not in (first, second)])
         text = f"although {_clause(rng, first, label)}, {_clause(rng, second, other)}, but {_clause(rng, third, label)}"
-    if rng.random() < 0.15:  # a closing verdict, which gives the label away
+    if rng.random() < verdict:  # a closing verdict, which gives the label away
         verdict = rng.choice(["overall", "all in all", "in the end"])
         text = f"{text}. {verdict}, {subject} was {rng.choice(_POSITIVE if label else _NEGATIVE)}"
     return text + ".", label
@@ -132,12 +151,12 @@ _TOPICS = {
 _CONNECTORS = ["while", "even as", "just as", "after", "although"]
 
 
-def _topic_text(rng: random.Random) -> tuple[str, int]:
+def _topic_text(rng: random.Random, side: float) -> tuple[str, int]:
     names = LABEL_NAMES["b"]
     label = rng.randrange(len(names))
     subjects, events = _TOPICS[names[label]]
     main = f"{rng.choice(subjects)} {rng.choice(events)}"
-    if rng.random() < 0.65:  # a side remark from another topic, before or after the main clause
+    if rng.random() < side:  # a side remark from another topic, before or after the main clause
         other_subjects, other_events = _TOPICS[rng.choice([n for n in names if n != names[label]])]
         side = f"{rng.choice(other_subjects)} {rng.choice(other_events)}"
         if rng.random() < 0.5:
@@ -149,38 +168,82 @@ def _topic_text(rng: random.Random) -> tuple[str, int]:
     return text + ".", label
 
 
-_GENERATORS = {"a": _review, "b": _topic_text}
+# --- task C: far from A and from pretraining ---------------------------------------------------------------------
+
+def _made_up_words(count: int, rng: random.Random) -> list[str]:
+    """``count`` distinct pronounceable words that are in no English dictionary: two or three syllables each."""
+    onsets, vowels, codas = "bdfgklmnprstvz", "aeiou", ["", "", "n", "r", "l", "k"]
+    words: list[str] = []
+    while len(words) < count:
+        word = "".join(rng.choice(onsets) + rng.choice(vowels) + rng.choice(codas) for _ in range(rng.choice((2, 3))))
+        if word not in words:
+            words.append(word)
+    return words
 
 
-def generate_task(task: str, n: int, seed: int = DEFAULT_SEED, label_noise: float = LABEL_NOISE) -> list[dict]:
-    """``n`` examples ``{"text", "label"}`` of generated task ``"a"`` or ``"b"``; a fraction ``label_noise`` of
-    labels is replaced by a random other label.
+# One fixed vocabulary for every seed: the marker, the decoy marker, 10 words per family, 40 fillers.
+_C_WORDS = _made_up_words(2 + 4 * 10 + 40, random.Random("task-c-vocabulary"))
+_C_MARKER, _C_DECOY = _C_WORDS[:2]
+_C_FAMILIES = [_C_WORDS[2 + 10 * k:12 + 10 * k] for k in range(4)]
+_C_FILLERS = _C_WORDS[42:]
+
+
+def _far_text(rng: random.Random, fillers: tuple[int, int], per_family: int, decoy: bool) -> tuple[str, int]:
+    """Made-up words; the label is the family of the word two places after the marker (``marker filler KEY``).
+    Every family appears ``per_family`` times (at ``per_family >= 1`` counting words or pairs of neighbours gives
+    nothing away); a decoy marker points the same way at another family's word."""
+    label = rng.randrange(len(_C_FAMILIES))
+    key = rng.choice(_C_FAMILIES[label])
+    others = [rng.choice(family) for k, family in enumerate(_C_FAMILIES) for _ in range(per_family) if k != label]
+    others += [rng.choice(_C_FAMILIES[label]) for _ in range(per_family - 1)]
+    words = [rng.choice(_C_FILLERS) for _ in range(rng.randint(*fillers))] + others
+    rng.shuffle(words)
+    items = [[word] for word in words]  # the marker's span goes in whole, so no span splits another
+    if decoy:
+        pointed = next(i for i, word in enumerate(words) if word in others)
+        items[pointed] = [_C_DECOY, rng.choice(_C_FILLERS), words[pointed]]
+    items.insert(rng.randint(0, len(items)), [_C_MARKER, rng.choice(_C_FILLERS), key])
+    return " ".join(word for item in items for word in item) + ".", label
+
+
+_GENERATORS = {"a": _review, "b": _topic_text, "c": _far_text}
+
+
+def generate_task(task: str, n: int, seed: int = DEFAULT_SEED, label_noise: float = LABEL_NOISE,
+                  difficulty: str = "standard") -> list[dict]:
+    """``n`` examples ``{"text", "label"}`` of generated task ``"a"``, ``"b"`` or ``"c"`` at ``difficulty``
+    (:data:`KNOBS`); a fraction ``label_noise`` of labels is replaced by a random other label.
 
     >>> generate_task("b", 2, seed=0) == generate_task("b", 2, seed=0)
     True
+    >>> generate_task("c", 1, seed=0, difficulty="easy")[0]["label"]
+    2
     """
     if task not in _GENERATORS:
         raise ValueError(f"unknown generated task {task!r}; valid: {', '.join(_GENERATORS)}")
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f"difficulty must be one of {', '.join(DIFFICULTIES)}; got {difficulty!r}")
+    knobs = KNOBS[task][difficulty]
     rng = random.Random(f"{task}-{seed}")
     noise_rng = random.Random(f"{task}-{seed}-noise")  # separate, so the texts do not depend on the noise level
     num_labels = len(LABEL_NAMES[task])
     rows = []
     for _ in range(n):
-        text, label = _GENERATORS[task](rng)
+        text, label = _GENERATORS[task](rng, **knobs)
         if noise_rng.random() < label_noise:
             label = noise_rng.choice([k for k in range(num_labels) if k != label])
         rows.append({"text": text, "label": label})
     return rows
 
 
-def generate_splits(task: str, seed: int = DEFAULT_SEED,
-                    sizes: dict[str, int] | None = None) -> dict[str, list[dict]]:
+def generate_splits(task: str, seed: int = DEFAULT_SEED, sizes: dict[str, int] | None = None,
+                    difficulty: str = "standard") -> dict[str, list[dict]]:
     """Train, validation and test splits of a generated task, with no text shared between splits. Label noise is in
     the training split only: validation and test keep the true labels, so a perfect model scores 100% there and
     a method's score is not capped by labels it could never get right."""
     sizes = sizes or SPLIT_SIZES
-    noisy = generate_task(task, 3 * sum(sizes.values()), seed)
-    clean = generate_task(task, 3 * sum(sizes.values()), seed, label_noise=0.0)  # the same texts, true labels
+    noisy = generate_task(task, 3 * sum(sizes.values()), seed, difficulty=difficulty)
+    clean = generate_task(task, 3 * sum(sizes.values()), seed, label_noise=0.0, difficulty=difficulty)
     unique = list({row["text"]: (row, true) for row, true in zip(noisy, clean)}.values())  # one row per text
     if len(unique) < sum(sizes.values()):
         raise RuntimeError(f"task {task!r} produced only {len(unique)} distinct texts for {sum(sizes.values())}")
@@ -192,7 +255,8 @@ def generate_splits(task: str, seed: int = DEFAULT_SEED,
 
 
 def write_task_files(data_dir: str | Path, seed: int = DEFAULT_SEED) -> list[Path]:
-    """Write ``task_a/`` and ``task_b/`` JSON-lines splits under ``data_dir``; returns the files written."""
+    """Write ``task_a/``, ``task_b/`` and ``task_c/`` JSON-lines splits (standard difficulty) under ``data_dir``;
+    returns the files written."""
     written = []
     for task in _GENERATORS:
         folder = Path(data_dir) / f"task_{task}"
@@ -213,11 +277,11 @@ def data_dir() -> Path | None:
 
 
 def load_task(name: str = "a", *, limit: dict[str, int] | None = None, seed: int = 0, text_column: str = "text",
-              label_column: str = "label"):
+              label_column: str = "label", difficulty: str = "standard"):
     """Load a task as a ``datasets.DatasetDict`` with ``train``, ``validation`` and ``test`` splits.
 
-    ``name`` is ``"a"`` or ``"b"`` (the generated tasks, read from ``data/`` or generated afresh when the files are
-    absent), a known Hub dataset (``"sst2"``, ``"ag_news"``, ``"imdb"``), any Hub dataset id (``"org/name"``, from
+    ``name`` is ``"a"``, ``"b"`` or ``"c"`` (the generated tasks, read from ``data/`` or generated afresh when the
+    files are absent or ``difficulty`` is not ``"standard"``: :data:`KNOBS` says what it changes), a known Hub dataset (``"sst2"``, ``"ag_news"``, ``"imdb"``), any Hub dataset id (``"org/name"``, from
     the local cache while ``HF_HUB_OFFLINE=1``), or a local CSV, JSON-lines or Parquet file, or a folder of them in the
     Hub's layout (``train.csv``, ``data/train-00000-of-00001.parquet`` ...). ``text_column`` and ``label_column``
     name the columns of a file or Hub id; they become ``text`` and ``label``, and string labels become class labels
@@ -230,16 +294,20 @@ def load_task(name: str = "a", *, limit: dict[str, int] | None = None, seed: int
     import datasets
 
     _check_task_arguments(name, limit, seed, text_column, label_column)
+    if difficulty not in DIFFICULTIES or (difficulty != "standard" and name not in _GENERATORS):
+        raise ValueError(f"difficulty must be one of {', '.join(DIFFICULTIES)}, and applies to the generated tasks "
+                         f"({', '.join(_GENERATORS)}) only; got difficulty={difficulty!r} for task {str(name)!r}")
     if name in _GENERATORS:
         folder = data_dir()
-        if folder is not None:
-            files = {split: str(folder / f"task_{name}" / f"{split}.jsonl") for split in SPLIT_SIZES}
-            splits = datasets.load_dataset("json", data_files=files)
+        files = {split: folder / f"task_{name}" / f"{split}.jsonl" for split in SPLIT_SIZES} if folder else {}
+        if difficulty == "standard" and files and all(path.exists() for path in files.values()):
+            splits = datasets.load_dataset("json", data_files={s: str(path) for s, path in files.items()})
         else:
             splits = datasets.DatasetDict({s: datasets.Dataset.from_list(rows)
-                                           for s, rows in generate_splits(name).items()})
+                                           for s, rows in generate_splits(name, difficulty=difficulty).items()})
         splits = splits.cast_column("label", datasets.ClassLabel(names=LABEL_NAMES[name]))
-        splits.note = f"task {name!r}: the generated task's own train, validation and test splits"
+        splits.note = (f"task {name!r}" + (f" at difficulty {difficulty!r}" if difficulty != "standard" else "")
+                       + ": the generated task's own train, validation and test splits")
         if (text_column, label_column) != ("text", "label"):
             splits.note += f" (text_column and label_column do not apply: task {name!r} has its own columns)"
     else:
