@@ -209,3 +209,15 @@ def test_reconcile_lists_the_measured_differences_when_intervals_do_not_overlap(
     assert reconcile(here, {**here, "forgetting_low": 0.15, "forgetting_high": 0.2}) == ("agree", [])  # touching
     assert reconcile(here, {**there, "forgetting_high": 0.049, "a_after_a": 0.70, "lr": here["lr"],
                             "settings": here["settings"]}) == ("differ", [])
+
+
+def test_training_length_curves_follow_each_strategy_epoch_by_epoch_over_seeds():
+    from layerfreeze.study.sequential import training_length_curves
+
+    runs = [{"strategy": "full", "a_after_a": 0.9, "a_during_b": [0.8, 0.6], "b_during_b": [0.5, 0.9]},
+            {"strategy": "full", "a_after_a": 0.8, "a_during_b": [0.8, 0.8], "b_during_b": [0.7, 0.9]},
+            {"strategy": "LoRA", "a_after_a": 0.9, "a_during_b": [0.9, 0.85], "b_during_b": [0.4, 0.6]}]
+    curves = training_length_curves(runs).set_index(["strategy", "epoch"])
+    assert curves.loc[("full", 1), "forgetting"] == pytest.approx(5.0)  # 0.85 after A, 0.80 after epoch 1
+    assert curves.loc[("full", 2), "forgetting"] == pytest.approx(15.0) and curves.loc[("full", 2), "b_accuracy"] == 0.9
+    assert curves.loc[("LoRA", 2), "forgetting"] == pytest.approx(5.0) and len(curves) == 4

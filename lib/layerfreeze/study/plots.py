@@ -275,3 +275,28 @@ def plot_oracle(plans: pd.DataFrame, judged: pd.DataFrame, oracle: str, axes=Non
     right.set(xlabel="regret: oracle minus proposal (points of B accuracy)", title="What trusting each signal cost")
     right.grid(alpha=0.3, axis="x")
     return left, right
+
+
+def plot_training_length_curves(curves: pd.DataFrame, ax=None):
+    """Each strategy's path through learning and forgetting as B trains longer (``curves``, from
+    :func:`~layerfreeze.sequential.training_length_curves`): one marker per epoch, the first one open, the last one
+    labelled.
+
+    >>> curves = pd.DataFrame({"strategy": ["full", "full"], "epoch": [1, 2], "forgetting": [5.0, 9.0],
+    ...                        "b_accuracy": [0.8, 0.95]})
+    >>> [t.get_text() for t in plot_training_length_curves(curves).texts]
+    ['full (epoch 2)']
+    """
+    ax = _axes(ax)
+    for name, path in curves.groupby("strategy", sort=False):
+        line, = ax.plot(path["forgetting"], path["b_accuracy"], marker="o", markersize=4, linewidth=1.2, alpha=0.85)
+        ax.plot(path["forgetting"].iloc[:1], path["b_accuracy"].iloc[:1], marker="o", markersize=7,
+                markerfacecolor="white", color=line.get_color())  # where the path starts: epoch 1
+        last = path.iloc[-1]
+        ax.annotate(f"{name} (epoch {int(last['epoch'])})", (last["forgetting"], last["b_accuracy"]),
+                    xytext=(4, 3), textcoords="offset points", fontsize="x-small", color=line.get_color())
+    ax.set(xlabel="forgetting of task A (points, after each epoch of B)",
+           ylabel="accuracy on B (validation, after each epoch)",
+           title="Learning vs. forgetting over training length (open circle: epoch 1)")
+    ax.grid(alpha=0.3)
+    return ax

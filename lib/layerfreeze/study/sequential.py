@@ -267,6 +267,23 @@ def seed_means(runs: list[dict], column: str) -> dict[str, np.ndarray]:
             for name in dict.fromkeys(frame.strategy)}
 
 
+def training_length_curves(runs: list[dict]) -> pd.DataFrame:
+    """Learning against forgetting at every training length: per strategy and epoch of B (means over seeds), the
+    points of task A lost since training A (``forgetting``: A's accuracy after A minus after that epoch, head A) and
+    B's validation accuracy after that epoch (``b_accuracy``). Biderman et al. (2024) compare methods along such
+    curves, not at one training length.
+
+    >>> runs = [{"strategy": "full", "a_after_a": 0.9, "a_during_b": [0.8, 0.7], "b_during_b": [0.6, 0.9]}]
+    >>> training_length_curves(runs).round(3).to_dict(orient="records")[1]
+    {'strategy': 'full', 'epoch': 2, 'forgetting': 20.0, 'b_accuracy': 0.9}
+    """
+    a_before = {name: float(np.mean(mean)) for name, mean in seed_means(runs, "a_after_a").items()}
+    a_during, b_during = seed_means(runs, "a_during_b"), seed_means(runs, "b_during_b")
+    return pd.DataFrame([{"strategy": name, "epoch": epoch + 1, "forgetting": 100 * (a_before[name] - a),
+                          "b_accuracy": float(b)}
+                         for name in a_during for epoch, (a, b) in enumerate(zip(a_during[name], b_during[name]))])
+
+
 def cka_frame(runs: list[dict]) -> pd.DataFrame:
     """Linear CKA after task B against the model after task A: layers (``layer 0`` is the embeddings' output) by
     strategies, each the mean over seeds; what :func:`~layerfreeze.plots.plot_cka` draws."""
