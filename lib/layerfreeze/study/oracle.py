@@ -25,7 +25,7 @@ import pandas as pd
 from torch import nn
 
 from ..core.freezing import select_parameters
-from ..core.layers import layer_groups
+from ..core.layers import layer_groups, num_blocks
 from ..core.plans import Plan, factory_plan
 from .evidence import direction
 from .sequential import compare_strategies
@@ -42,7 +42,7 @@ def candidate_plans(model: nn.Module, ks: Sequence[int]) -> dict[str, Plan]:
     """Every plan the sweep trains, for each ``k`` in ``ks``: the last k blocks, the first k, and the last k blocks'
     MLP only and attention only (LLaMA-Factory's ``freeze_trainable_layers`` and ``freeze_trainable_modules``); each
     also trains the task head. ``ks`` are block counts from 1 to the model's number of blocks."""
-    blocks = sum(g.kind == "block" for g in layer_groups(model))
+    blocks = num_blocks(model)
     if isinstance(ks, (str, bytes)) or not isinstance(ks, Sequence) or not ks or any(
             isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= blocks for k in ks):
         raise ValueError(f"ks must be a non-empty list of block counts from 1 to {blocks} (the model's blocks); "
@@ -79,9 +79,9 @@ def signal_scores(model: nn.Module, plans: dict[str, Plan], probe: pd.DataFrame,
     for name, plan in plans.items():
         trained = select_parameters(model, *plan.selection, groups=groups)
         in_blocks = {n: p.numel() for n, p in trained.items() if group_of[n].startswith("block.")}
+        weights = np.array(list(in_blocks.values()), dtype=float)
         row = {}
         for signal, by_block in values.items():
-            weights = np.array(list(in_blocks.values()), dtype=float)
             scores = np.array([by_block.get(group_of[n], np.nan) for n in in_blocks])
             row[signal] = float(np.average(scores, weights=weights)) if in_blocks else np.nan
         matrices = [matrix_snr[n] for n in trained if n in matrix_snr]
@@ -164,5 +164,5 @@ def blocks_trained(model: nn.Module, plan: Plan) -> list[int]:
     [0, 1]
     """
     groups = layer_groups(model)
-    trained = select_parameters(model, *plan.selection, groups=groups)
-    return [i for i, g in enumerate(g for g in groups if g.kind == "block") if set(g.parameters) & set(trained)]
+    trained = set(select_parameters(model, *plan.selection, groups=groups))
+    return [i for i, g in enumerate(g for g in groups if g.kind == "block") if trained & set(g.parameters)]
