@@ -31,20 +31,26 @@ def course_results(name, profiles=("cpu", "full")):
 
 def test_02_each_strategy_chose_its_rate_from_the_same_grid_on_validation():
     metrics = course_results("02_freezing_early_vs_late")
-    grid = metrics["settings"]["lr_grid"]
     for row in metrics["strategies"]:
-        assert row["lr"] in grid and len(row["validation_by_lr"]) == len(grid)
-        assert row["lr"] == max(grid, key=lambda rate: row["validation_by_lr"][str(rate)])
+        grid = row["lr_grid"]  # the shared grid, or from scratch's own
+        assert grid == metrics["settings"]["lr_grid"] or row["from_scratch"]
+        tried = {float(rate): score for rate, score in row["validation_by_lr"].items()}  # in the order they ran
+        assert set(tried) <= set(grid) and row["lr"] == max(tried, key=tried.get)
         assert sum(row["test_correct"]) / len(row["test_correct"]) == pytest.approx(row["test_accuracy"])
 
 
 def test_02_grids_bracket_or_say_so_and_every_run_trained_to_a_plateau():
     metrics = course_results("02_freezing_early_vs_late")
-    grid, settings = metrics["settings"]["lr_grid"], metrics["settings"]
-    assert len(grid) >= (4 if metrics["profile"] == "full" else 3)
+    settings = metrics["settings"]
     for row in metrics["strategies"]:
+        grid = row["lr_grid"]
+        assert len(grid) >= 4
+        tried = {float(rate): score for rate, score in row["validation_by_lr"].items()}
         on_edge = row["lr"] in (min(grid), max(grid))
         assert bool(row["rate_edge"]) == on_edge and (not on_edge or "edge of its grid" in row["rate_edge"])
+        at = grid.index(row["lr"])
+        neighbours = [grid[i] for i in (at - 1, at + 1) if 0 <= i < len(grid)]
+        assert all(rate in tried and tried[rate] <= tried[row["lr"]] for rate in neighbours)  # bracketed
         assert 1 <= row["best_epoch"] <= row["stopped_epoch"] <= settings["epochs"]
         assert row["stopped_epoch"] == len(row["epochs"]) and row["stop_reason"]
         scores = [e["eval_accuracy"] for e in row["epochs"]]
@@ -78,6 +84,31 @@ def test_02_memory_is_shown_as_measured_only_on_cuda():
     assert metrics["memory_measured"] == on_cuda
     strategies_table = next(t for t in metrics["key_tables"] if t["title"] == "Strategies")
     assert ("peak_memory_mib" in strategies_table["columns"]) == on_cuda
+
+
+def bracketed_or_said(chosen, tried: dict, grid: list, edge: str) -> bool:
+    """A search's choice: the best of the rates it tried, with each grid neighbour tried and scoring no higher, or on
+    the grid's edge and said so."""
+    at = grid.index(chosen)
+    neighbours = [grid[i] for i in (at - 1, at + 1) if 0 <= i < len(grid)]
+    on_edge = at in (0, len(grid) - 1)
+    return (chosen == max(tried, key=tried.get) and bool(edge) == on_edge
+            and all(rate in tried and tried[rate] <= tried[chosen] for rate in neighbours))
+
+
+@pytest.mark.parametrize("name", ["04_catastrophic_forgetting", "06_freezing_in_llm_work"])
+def test_04_and_06_every_method_searched_its_rates_on_bs_validation(name):
+    metrics = course_results(name)
+    first_seed = metrics["settings"]["seeds"][0]
+    for run in metrics["runs"]:
+        if run["seed"] != first_seed or run.get("same_run_as"):
+            continue  # later seeds keep the first seed's rates; a shared run is its twin's
+        grid = [tuple(pair) for pair in metrics["settings"]["lora_grid" if run["strategy"].startswith("LoRA")
+                                                           else "lr_grid"]]
+        tried = {tuple(float(r) for r in key.strip("()").split(", ")): score
+                 for key, score in run["validation_by_lr"].items()}
+        assert len(grid) >= 4 and set(tried) <= set(grid) and len(tried) >= 3, run["strategy"]
+        assert bracketed_or_said(tuple(run["lr"]), tried, grid, run["rate_edge"]), run["strategy"]
 
 
 def test_04_what_never_moves_neither_forgets_nor_drifts():

@@ -84,6 +84,30 @@ def test_the_learning_rate_is_chosen_on_the_score_alone():
         choose_learning_rate(run, [])
 
 
+def test_a_line_search_brackets_its_choice_with_fewer_runs():
+    grid = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3]
+    for peak in grid:
+        seen = []
+
+        def run(rate):
+            seen.append(rate)
+            return {"best_accuracy": -abs(np.log10(rate / peak))}
+
+        rate, _, scores = choose_learning_rate(run, grid, start=[1e-4, 3e-4])
+        assert rate == peak and set(seen) == set(scores) and len(seen) == len(set(seen))
+        i = grid.index(peak)
+        assert all(grid[j] in scores for j in (i - 1, i + 1) if 0 <= j < len(grid))  # bracketed, or at the end
+        assert len(seen) < len(grid) or peak in (grid[0], grid[-1])
+    flat = []
+    rate, _, scores = choose_learning_rate(lambda lr: flat.append(lr) or {"best_accuracy": 0.6}, grid,
+                                           start=[1e-4, 3e-4])
+    assert rate == 1e-4 and flat == [1e-4, 3e-4, 3e-5]  # a tie keeps the first tried: one step, then it stops
+    with pytest.raises(ValueError, match="start must hold rates of the grid"):
+        choose_learning_rate(run, grid, start=[2e-4])
+    with pytest.raises(ValueError, match="ascending"):
+        choose_learning_rate(run, grid[::-1], start=[1e-4])
+
+
 def test_an_undecidable_claim_is_untestable_with_its_number():
     """Issue 24's cases: a curve still rising beyond its noise, or both sides at the ceiling, cannot refute a claim;
     a rise within the validation noise, or a clear result, keeps its verdict."""

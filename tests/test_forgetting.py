@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -167,6 +168,22 @@ def test_tuned_run_keeps_the_rates_that_bs_validation_prefers():
     scores = run["validation_by_lr"]
     assert set(scores) == {str(rates) for rates in grid} and str(run["lr"]) == max(scores, key=scores.get)
     assert run["b_validation_final"] == max(scores.values()) > min(scores.values())
+    alone = sequential_run(model_a, Strategy("all", "all", lr=run["lr"][0], head_lr=run["lr"][1]), b_train, a_eval,
+                           b_validation, 3, epochs=3, batch_size=16, progress=False)
+    assert run["correct"] == alone.correct  # "before" measured once for the search: the same as a run's own
+    assert run["a_during_b"][-1] == np.mean(run["correct"]["a_after"]) == run["a_after_b"]
+
+
+def test_a_search_brackets_the_rates_it_keeps():
+    pretrained = tiny_model("bert", num_layers=2, seed=0)
+    data = toy_task(32, seed=1)
+    model_a = train_task_a(pretrained, data, data, epochs=1, batch_size=16, progress=False)
+    grid = [(1e-9, 1e-9), (1e-6, 1e-6), (1e-2, 1e-2), (1e-1, 1e-1)]
+    run = tuned_sequential_run(model_a, Strategy("all", "all"), grid, data, data, data, 2, start=grid[1:3], epochs=2,
+                               batch_size=16, progress=False)
+    tried = [eval(rates) for rates in run["validation_by_lr"]]
+    assert tried[:2] == grid[1:3] and len(tried) == 3 and run["lr"] in tried  # two starts, one step
+    assert run["rate_edge"] == "" or run["lr"] in (grid[0], grid[-1])
 
 
 def test_lora_adapts_gpt2s_conv1d_projections():

@@ -82,7 +82,40 @@ def test_the_run_button_trains_in_a_thread(picker):
     picker.run_button.click()
     picker.wait(60)
     assert len(picker.results) == 1 and not picker.run_button.disabled
-    assert "done: accuracy" in picker.status.value
+    assert "done: validation accuracy" in picker.status.value
+
+
+def test_a_search_chooses_the_rate_on_validation_and_reports_the_test_split():
+    train, validation, test = (torch.utils.data.TensorDataset(*toy_task(32, seed=s)) for s in (0, 1, 2))
+    picker = LayerPicker(tiny_model("bert", num_layers=2), train, validation, test_data=test, epochs=1, batch_size=16,
+                         lr=None, rates=[1e-5, 1e-4, 1e-3, 1e-2])
+    assert picker.rate.options[0] == ("search on validation", None) and picker.rate.value is None
+    seen, train_once = {}, picker.session._train
+
+    def spy(trainable, rate, epochs, on_step_end):
+        seen[rate] = train_once(trainable, rate, epochs, on_step_end)
+        return seen[rate]
+
+    picker.session._train = spy
+    picker.apply_preset("all")
+    row = picker.run()
+    assert row["lr"] == max(seen, key=lambda rate: seen[rate]["validation_accuracy"])  # chosen on validation ...
+    assert row["accuracy"] == seen[row["lr"]]["test_accuracy"]  # ... reported on test
+    assert row["validation_accuracy"] == seen[row["lr"]]["validation_accuracy"] and row["rates_tried"] == len(seen) >= 3
+    picker.rate.value = 1e-3  # the menu fixes one rate
+    picker.run_button.click()
+    picker.wait(60)
+    assert picker.results.iloc[-1]["lr"] == 1e-3 and picker.results.iloc[-1]["rates_tried"] == 1
+    assert list(picker.session.results_table()["lr"])[-1] == "0.001" and "<td>0.001</td>" in picker.table.value
+    assert "done: test accuracy" in picker.status.value and "at lr 0.001" in picker.status.value
+
+
+def test_bad_rates_are_refused_before_any_run():
+    model = tiny_model("bert", num_layers=2)
+    with pytest.raises(ValueError, match="rates must hold at least 3 ascending"):
+        LayerPicker(model, rates=[1e-3, 1e-4, 1e-2])
+    with pytest.raises(ValueError, match="lr=None searches the rates: pass rates"):
+        LayerPicker(model, lr=None)
 
 
 def test_an_error_in_a_callback_is_shown_in_the_panel():

@@ -31,7 +31,8 @@ from torch import nn
 
 from . import cache as feature_cache
 from ..base.checks import check_choice, check_int, check_number, check_rates
-from ..base.data import as_tensors, batches_per_epoch, index_batches, length_bucketed_batches, real_lengths
+from ..base.data import (as_tensors, batches_per_epoch, by_length_batches, eval_batch_size as default_eval_batch_size,
+                         index_batches, length_bucketed_batches, real_lengths)
 from .freezing import count_parameters
 from .layers import LayerGroup, layer_groups
 from .memory import MiB, PeakMemory
@@ -180,9 +181,10 @@ def _forward(model, inputs, lengths, index, stand_in, cached, device):
         stand_in.value = None  # a model that shares the blocks runs them for real in between
 
 
-def evaluate(model: nn.Module, data, batch_size: int = 256, device: torch.device | None = None,
+def evaluate(model: nn.Module, data, batch_size: int | None = None, device: torch.device | None = None,
              precision: str = "auto", _stand_in=None, _cached=None) -> dict:
-    """Loss and accuracy of a classification model on ``data`` (``(input_ids, attention_mask, labels)``).
+    """Loss and accuracy of a classification model on ``data`` (``(input_ids, attention_mask, labels)``), in batches
+    of ``batch_size`` examples of similar length (by default :func:`~layerfreeze.base.data.eval_batch_size`).
 
     >>> from layerfreeze import tiny_model
     >>> import torch
@@ -195,13 +197,13 @@ def evaluate(model: nn.Module, data, batch_size: int = 256, device: torch.device
         raise ValueError("data has 0 rows: evaluate needs at least one labelled example (check the split or the "
                          "filter that produced it)")
     device = device or next(model.parameters()).device
-    precision = resolve_precision(precision, device)
+    precision, batch_size = resolve_precision(precision, device), batch_size or default_eval_batch_size(device)
     inputs = tuple(t.to(device) for t in tensors)
     lengths, labels = real_lengths(inputs[1]), inputs[2]
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     with eval_mode(model), torch.no_grad(), autocast(precision, device):
-        for index in index_batches(len(labels), batch_size):
+        for index in by_length_batches(lengths, batch_size):
             out = _forward(model, inputs, lengths, index, _stand_in, _cached, device)
             total_loss += out.loss.float() * len(index)
             correct += (out.logits.argmax(-1) == labels[index.to(device)]).sum()
@@ -227,7 +229,7 @@ class _Options:
     device: torch.device | str | None
     cache_prefix: bool | int
     progress: bool
-    eval_batch_size: int
+    eval_batch_size: int | None
     fsdp: bool = False
     bucket_by_length: bool = False
     early_stopping: int | None = None
@@ -249,7 +251,8 @@ def _check_fit_arguments(model, train_data, eval_data, options: _Options) -> Non
         raise ValueError(f"model must be a torch.nn.Module (e.g. from load_model), got {type(model).__name__}")
     _curve_and_schedule(options)
     epochs, batch_size = check_int("epochs", options.epochs), check_int("batch_size", options.batch_size)
-    check_int("eval_batch_size", options.eval_batch_size)
+    if options.eval_batch_size is not None:  # None: eval_batch_size(device)
+        check_int("eval_batch_size", options.eval_batch_size)
     check_int("seed", options.seed, 0, 2 ** 32 - 1)
     check_number("weight_decay", options.weight_decay, low_inclusive=True)
     if options.max_grad_norm is not None:
@@ -364,7 +367,8 @@ class _PrefixCache:
     def __init__(self, model: nn.Module, groups: list[LayerGroup], inputs: tuple, evaluation: tuple | None,
                  options: _Options, device: torch.device, precision: str):
         self.model, self.groups, self.inputs, self.evaluation = model, groups, inputs[:2], evaluation
-        self.batch_size, self.device, self.precision = options.eval_batch_size, device, precision
+        self.batch_size = options.eval_batch_size or default_eval_batch_size(device)
+        self.device, self.precision = device, precision
         self.prefix, self.train, self.eval, self.stand_in = 0, None, None, None
         self._scope, self._replaced = ExitStack(), None
 
@@ -636,7 +640,7 @@ def fit(model: nn.Module, train_data, eval_data=None, *, epochs: int = 3, lr: fl
         batch_size: int = 32, weight_decay: float = 0.01, warmup: float | int = 0.1, curve: str = "linear",
         schedule: Schedule | None = None, max_grad_norm: float | None = 1.0, precision: str = "auto",
         seed: int = 0, device: torch.device | str | None = None, cache_prefix: bool | int = False,
-        progress: bool = True, eval_batch_size: int = 256, on_epoch_end=None, on_step_end=None,
+        progress: bool = True, eval_batch_size: int | None = None, on_epoch_end=None, on_step_end=None,
         fsdp: bool = False, bucket_by_length: bool = False, early_stopping: int | None = None) -> History:
     """Fine-tune the model's trainable parameters on ``train_data``; evaluate on ``eval_data`` after each epoch.
 

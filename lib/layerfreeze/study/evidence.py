@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..base.data import as_tensors
+from ..base.data import as_tensors, by_length_batches, eval_batch_size, real_lengths
 from ..base.runtime import eval_mode
 
 UNTESTABLE = "untestable here"  # a ceiling reached, or a curve still rising: the run cannot decide the claim
@@ -38,18 +38,20 @@ TEST_SAMPLE, ACROSS_SEEDS, SEEDS_AND_TEST_SAMPLE = "test sample", "across seeds"
 # --- which examples a model gets right -----------------------------------------------------------------------------
 
 @torch.no_grad()
-def correct_per_example(model: nn.Module, data, batch_size: int = 256) -> np.ndarray:
+def correct_per_example(model: nn.Module, data, batch_size: int | None = None) -> np.ndarray:
     """A 0/1 array, one entry per example of ``data`` (``(input_ids, attention_mask, labels)``): 1 where the model's
-    prediction is right. Its mean is :func:`~layerfreeze.evaluate`'s accuracy."""
+    prediction is right. Its mean is :func:`~layerfreeze.evaluate`'s accuracy; the same batches of examples of
+    similar length, each cut after its widest row."""
     input_ids, attention_mask, labels = as_tensors(data)
     device = next(model.parameters()).device
-    hits = []
-    with eval_mode(model):
-        for start in range(0, len(labels), batch_size):
-            rows = slice(start, start + batch_size)
-            logits = model(input_ids=input_ids[rows].to(device), attention_mask=attention_mask[rows].to(device)).logits
-            hits.append((logits.argmax(-1).cpu() == labels[rows]).numpy())
-    return np.concatenate(hits).astype(float) if hits else np.zeros(0)
+    lengths, hits = real_lengths(attention_mask), np.zeros(len(labels))
+    with eval_mode(model), torch.no_grad():
+        for rows in by_length_batches(lengths, batch_size or eval_batch_size(device)):
+            width = int(lengths[rows].max())  # the padding past the widest row is masked out: no need to run it
+            logits = model(input_ids=input_ids[rows, :width].to(device),
+                           attention_mask=attention_mask[rows, :width].to(device)).logits
+            hits[rows.numpy()] = (logits.argmax(-1).cpu() == labels[rows]).numpy()
+    return hits
 
 
 # --- intervals -----------------------------------------------------------------------------------------------------
@@ -431,36 +433,69 @@ def _rate(rate) -> str:
     return ", ".join(f"{r:.0e}" for r in rate) if isinstance(rate, (tuple, list)) else f"{rate:.0e}"
 
 
-def choose_learning_rate(run: Callable[[float], dict], grid: Sequence[float], score: str = "best_accuracy"):
-    """Run ``run(rate)`` for every rate of ``grid`` and keep the one whose result scores highest on ``score`` (a key
-    of the result: validation accuracy of the method's own task, never the test set). Ties go to the earlier rate.
-    A choice on an edge of the grid is printed (:func:`grid_edge`): the grid did not bracket it.
+def choose_learning_rate(run: Callable[[float], dict], grid: Sequence[float], score: str = "best_accuracy",
+                         start: Sequence[float] | None = None):
+    """Run ``run(rate)`` for rates of ``grid`` and keep the one whose result scores highest on ``score`` (a key of
+    the result: validation accuracy of the method's own task, never the test set). Ties go to the rate tried first.
 
-    Returns ``(rate, result, scores)``, ``scores`` mapping each rate to its validation score.
+    Without ``start`` every rate runs. With ``start`` (some rates of ``grid``, which must then be ascending) it is a
+    line search, which brackets its choice for fewer runs: it runs the start rates, then, while the best so far sits
+    at an end of the rates tried, runs the grid's next rate beyond that end. It stops once the best has a tried
+    neighbour on each side that scores no higher (bracketed), or at the grid's end. It assumes the score rises, then
+    falls, with the rate. A choice on an edge of the grid is printed (:func:`grid_edge`): the grid did not bracket it.
+
+    Returns ``(rate, result, scores)``, ``scores`` mapping each rate tried to its validation score.
 
     >>> choose_learning_rate(lambda lr: {"best_accuracy": 1 - abs(lr - 3e-4)}, [1e-4, 3e-4, 1e-3])[0]
     0.0003
+    >>> peak = lambda lr: {"best_accuracy": -abs(lr - 1e-3)}
+    >>> rate, _, scores = choose_learning_rate(peak, [1e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2], start=[1e-4, 3e-4])
+    >>> rate, sorted(scores)  # 1e-5 and 1e-2 never ran
+    (0.001, [0.0001, 0.0003, 0.001, 0.003])
     """
+    grid = list(grid)
     if not grid:
         raise ValueError("grid must hold at least one learning rate")
-    best, scores = None, {}
-    for rate in grid:
-        result = run(rate)
-        scores[rate] = float(result[score])
-        if best is None or scores[rate] > scores[best[0]]:
-            best = (rate, result)
-    edge = grid_edge(best[0], list(grid))
+    if start is not None:
+        _check_start(grid, list(start))
+    scores, results = {}, {}
+
+    def best_rate():
+        return max(scores, key=lambda rate: scores[rate])  # the first tried wins a tie
+
+    for rate in grid if start is None else start:
+        results[rate] = run(rate)
+        scores[rate] = float(results[rate][score])
+    while start is not None:
+        tried = sorted(grid.index(rate) for rate in scores)
+        best = grid.index(best_rate())
+        step = -1 if best == tried[0] and best > 0 else 1 if best == tried[-1] and best < len(grid) - 1 else 0
+        if not step:
+            break
+        rate = grid[best + step]
+        results[rate] = run(rate)
+        scores[rate] = float(results[rate][score])
+    chosen = best_rate()
+    edge = grid_edge(chosen, grid)
     if edge:
-        print(f"note: the chosen rate {_rate(best[0])} is {edge}")
-    return best[0], best[1], scores
+        print(f"note: the chosen rate {_rate(chosen)} is {edge}")
+    return chosen, results[chosen], scores
+
+
+def _check_start(grid: list, start: list) -> None:
+    if not start or any(rate not in grid for rate in start):
+        raise ValueError(f"start must hold rates of the grid {grid}; got {start}")
+    if grid != sorted(grid):
+        raise ValueError(f"a search (start given) needs the grid in ascending order; got {grid}")
 
 
 def rate_fixed_across_seeds(run: Callable[[float, int], dict], grid: Sequence[float], seeds: Sequence[int],
-                            score: str = "best_accuracy", min_grid: int = 4):
+                            score: str = "best_accuracy", min_grid: int = 4, start: Sequence[float] | None = None):
     """One method's protocol: its learning rate chosen once, on validation data with the first seed
     (:func:`choose_learning_rate`, which prints a choice on the grid's edge), then fixed for every other seed, so that
     seeds vary the run and never the rate. ``run(rate, seed)`` trains one run and returns its result; ``grid`` must
-    hold at least ``min_grid`` rates (a grid that can bracket its choice).
+    hold at least ``min_grid`` rates (a grid that can bracket its choice); ``start`` makes the choice a line search
+    from those rates (:func:`choose_learning_rate`).
 
     Returns ``(rate, results, scores)``: ``results`` one per seed, in the order of ``seeds``; ``scores`` the first
     seed's validation score per rate; ``edge`` (:func:`grid_edge`) is in ``results[0]["rate_edge"]``.
@@ -479,6 +514,6 @@ def rate_fixed_across_seeds(run: Callable[[float, int], dict], grid: Sequence[fl
                          f"{len(grid)}: {grid}")
     if not seeds:
         raise ValueError("seeds must hold at least one seed (the first chooses the rate)")
-    rate, first, scores = choose_learning_rate(lambda lr: run(lr, seeds[0]), grid, score)
+    rate, first, scores = choose_learning_rate(lambda lr: run(lr, seeds[0]), grid, score, start)
     first["rate_edge"] = grid_edge(rate, grid)
     return rate, [first] + [run(rate, seed) for seed in seeds[1:]], scores

@@ -166,3 +166,20 @@ def blocks_trained(model: nn.Module, plan: Plan) -> list[int]:
     groups = layer_groups(model)
     trained = set(select_parameters(model, *plan.selection, groups=groups))
     return [i for i, g in enumerate(g for g in groups if g.kind == "block") if trained & set(g.parameters)]
+
+
+def same_plans(model: nn.Module, plans: dict[str, Plan]) -> dict[str, str]:
+    """Each plan that trains exactly the parameters of an earlier plan in ``plans``, mapped to that earlier plan's
+    name: one run then serves both, since the same parameters, seed and rate grid give the same run.
+
+    >>> from ..base.models import tiny_model
+    >>> model = tiny_model("bert", num_layers=4)
+    >>> plans = candidate_plans(model, [1, 2])
+    >>> same_plans(model, {**plans, "probe plan": plans["last 1 block"]})
+    {'probe plan': 'last 1 block'}
+    """
+    groups = layer_groups(model)
+    first, same = {}, {}
+    for name, plan in plans.items():
+        same[name] = first.setdefault(frozenset(select_parameters(model, *plan.selection, groups=groups)), name)
+    return {name: earlier for name, earlier in same.items() if earlier != name}

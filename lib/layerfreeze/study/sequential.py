@@ -25,24 +25,27 @@ from ..core.layers import layer_groups, replace_module
 from ..core.memory import MiB
 from ..core.optim import follow_schedule
 from ..core.schedules import head_and_body_lrs
-from ..core.strategy import Strategy, apply_preset
-from ..core.training import evaluate, fit
-from .evidence import Interval, choose_learning_rate, correct_per_example, difference_interval, direction
+from ..core.strategy import Lora, Strategy, apply_preset
+from ..core.training import fit
+from .evidence import Interval, choose_learning_rate, correct_per_example, difference_interval, direction, grid_edge
 from .runs import caches_prefix, memory_estimate
 
 # --- the protocol notebooks 04 and 06 share ------------------------------------------------------------------------
 
-# (body or adapter rate, head rate) pairs a method chooses from on task B's validation data; LoRA's adapters
-# conventionally take higher rates, so their grid sits higher, with as many points
-RATE_GRID = [(1e-4, 1e-3), (3e-4, 3e-3)]
-LORA_GRID = [(3e-4, 1e-3), (1e-3, 3e-3)]
+# (body or adapter rate, head rate) pairs a method chooses from on task B's validation data, by a line search from
+# two pairs of the grid (evidence.choose_learning_rate); LoRA's adapters conventionally take higher rates, so their
+# grid sits higher, with as many points. Few trainable parameters (a block, the biases) take larger steps than many:
+# the grids reach up far enough for both.
+RATE_GRID = [(3e-5, 3e-4), (1e-4, 1e-3), (3e-4, 3e-3), (1e-3, 1e-2), (3e-3, 3e-2)]
+LORA_GRID = [(1e-4, 3e-4), (3e-4, 1e-3), (1e-3, 3e-3), (3e-3, 1e-2), (1e-2, 3e-2)]
+RATE_START, LORA_START = RATE_GRID[1:3], LORA_GRID[1:3]
 PROTOCOL = {
-    "smoke": dict(train=48, eval=48, epochs_a=1, epochs_b=2, batch_size=16, seeds=1,
-                  lr_grid=RATE_GRID[:1], lora_grid=LORA_GRID[1:]),  # one point each: the code path
+    "smoke": dict(train=48, eval=48, epochs_a=1, epochs_b=2, batch_size=16, seeds=1,  # one point each: the code path
+                  lr_grid=RATE_GRID[1:2], lora_grid=LORA_GRID[2:3], lr_start=None, lora_start=None),
     "cpu": dict(train=128, eval=150, epochs_a=3, epochs_b=3, batch_size=16, seeds=1, lr_grid=RATE_GRID,
-                lora_grid=LORA_GRID),
+                lora_grid=LORA_GRID, lr_start=RATE_START, lora_start=LORA_START),
     "full": dict(train=480, eval=500, epochs_a=3, epochs_b=4, batch_size=32, seeds=5, lr_grid=RATE_GRID,
-                 lora_grid=LORA_GRID),
+                 lora_grid=LORA_GRID, lr_start=RATE_START, lora_start=LORA_START),
 }
 
 
@@ -148,13 +151,15 @@ def train_task_a(pretrained: nn.Module, data_a, eval_a, *, epochs: int, batch_si
 
 def sequential_run(model_a: nn.Module, strategy: Strategy, data_b, eval_a, eval_b, num_labels_b: int, *,
                    epochs: int, batch_size: int, seed: int = 0, probe=None, test_b=None,
-                   progress: bool = True) -> SequentialResult:
+                   progress: bool = True, before: dict | None = None) -> SequentialResult:
     """Train task B on a copy of ``model_a`` under ``strategy``; evaluate A (head A) and B after every epoch of B.
 
     ``eval_b`` is B's validation data (the learning-rate grid chooses on it); ``test_b``, where given, B's test data
     for the final accuracy. ``probe`` is ``(input_ids, attention_mask)`` of held-out text for CKA and embedding
     agreement between ``model_a`` and the model after B: what training B moved. The result keeps which test examples
-    each model gets right (``correct``), for intervals (:mod:`layerfreeze.study.evidence`).
+    each model gets right (``correct``), for intervals (:mod:`layerfreeze.study.evidence`). ``before`` holds
+    ``a_before`` and ``b_before`` of an earlier run of the same strategy, model A and seed (they do not depend on the
+    rates), so that a rate search measures them once.
     """
     original_a, model_a = model_a, copy.deepcopy(model_a)
     if strategy.expand(model_a):  # both heads read the expanded body; it is model A's function at init
@@ -162,14 +167,16 @@ def sequential_run(model_a: nn.Module, strategy: Strategy, data_b, eval_a, eval_
     freeze(model_a, allow_nothing_trainable=True)  # head A never trains during B; the shared body is set below
     model_b = with_new_head(model_a, num_labels_b, seed)
     final_b = eval_b if test_b is None else test_b
-    correct = {"a_before": correct_per_example(model_a, eval_a), "b_before": correct_per_example(model_b, final_b)}
+    correct = ({name: np.asarray(before[name], dtype=float) for name in ("a_before", "b_before")} if before else
+               {"a_before": correct_per_example(model_a, eval_a), "b_before": correct_per_example(model_b, final_b)})
     result = SequentialResult(strategy.name, float(correct["a_before"].mean()), float(correct["b_before"].mean()),
                               lr=strategy.lr, description=strategy.describe())
     steps = epochs * batches_per_epoch(len(as_tensors(data_b)[0]), batch_size)
     trained, schedule = strategy.prepare(model_b, steps)
 
-    def measure_a(epoch):
-        result.a_during_b.append(evaluate(model_a, eval_a)["accuracy"])
+    def measure_a(epoch):  # head A on the shared body, after each epoch of B; the last is A after B
+        correct["a_after"] = correct_per_example(model_a, eval_a)
+        result.a_during_b.append(float(correct["a_after"].mean()))
         return {"a_accuracy": result.a_during_b[-1]}
 
     if schedule is not None:  # the memory estimate below is for the schedule's first trainable set
@@ -188,7 +195,7 @@ def sequential_run(model_a: nn.Module, strategy: Strategy, data_b, eval_a, eval_
     # counted at the end, when a gradual schedule has unfrozen everything it will
     result.trainable_params = sum(p.numel() for p in trained.parameters() if p.requires_grad)
     result.b_during_b = [e["eval_accuracy"] for e in history.epochs]
-    correct.update(a_after=correct_per_example(model_a, eval_a), b_after=correct_per_example(trained, final_b))
+    correct["b_after"] = correct_per_example(trained, final_b)
     result.correct = {name: hits.tolist() for name, hits in correct.items()}
     result.b_after_b = float(correct["b_after"].mean())
     if probe is not None:
@@ -197,18 +204,41 @@ def sequential_run(model_a: nn.Module, strategy: Strategy, data_b, eval_a, eval_
 
 
 def tuned_sequential_run(model_a: nn.Module, strategy: Strategy, grid, data_b, eval_a, eval_b, num_labels_b: int,
-                         **options) -> dict:
-    """:func:`sequential_run` at each ``(lr, head_lr)`` pair of ``grid``, and the run whose final accuracy on B's
+                         start=None, **options) -> dict:
+    """:func:`sequential_run` at ``(lr, head_lr)`` pairs of ``grid``, and the run whose final accuracy on B's
     validation data (``eval_b``, never a test set) is highest, as its summary, with the pair chosen (``lr``) and each
-    pair's score (``validation_by_lr``). Every method of a comparison gets its rates this way, from the same grid.
-    ``options`` are :func:`sequential_run`'s (``epochs``, ``batch_size``, ``seed``, ``probe``, ``test_b``...).
+    tried pair's score (``validation_by_lr``). Every method of a comparison gets its rates this way, from the same
+    grid; ``start`` (pairs of ``grid``) makes it a line search that brackets its choice
+    (:func:`~layerfreeze.study.evidence.choose_learning_rate`). ``options`` are :func:`sequential_run`'s
+    (``epochs``, ``batch_size``, ``seed``, ``probe``, ``test_b``...).
     """
+    before = {}  # A and B before training B: the same at every rate, so measured once
+
     def run(rates):
         tuned = dataclasses.replace(strategy, lr=rates[0], head_lr=rates[1])
-        return sequential_run(model_a, tuned, data_b, eval_a, eval_b, num_labels_b, **options).summary()
+        result = sequential_run(model_a, tuned, data_b, eval_a, eval_b, num_labels_b, before=before, **options)
+        before.update({name: result.correct[name] for name in ("a_before", "b_before")})
+        return result.summary()
 
-    rates, summary, scores = choose_learning_rate(run, grid, score="b_validation_final")
-    return {**summary, "lr": rates, "validation_by_lr": {str(r): score for r, score in scores.items()}}
+    rates, summary, scores = choose_learning_rate(run, grid, score="b_validation_final", start=start)
+    return {**summary, "lr": rates, "validation_by_lr": {str(r): score for r, score in scores.items()},
+            "rate_edge": grid_edge(rates, grid) if len(grid) > 1 else ""}
+
+
+def rate_search(settings: dict, strategy: Strategy, chosen: dict) -> dict:
+    """How ``strategy`` gets its rates under the protocol, as :func:`tuned_sequential_run`'s ``grid`` and ``start``:
+    the pair it chose on the first seed, once ``chosen`` (name -> pair) holds it; before that, a line search over
+    LoRA's grid for LoRA, the shared one for every other method, from the settings' start pairs.
+
+    >>> rate_search(PROTOCOL["cpu"], Strategy("full", "all"), {})["start"]
+    [(0.0001, 0.001), (0.0003, 0.003)]
+    >>> rate_search(PROTOCOL["cpu"], Strategy("full", "all"), {"full": (1e-4, 1e-3)})
+    {'grid': [(0.0001, 0.001)], 'start': None}
+    """
+    if strategy.name in chosen:
+        return {"grid": [chosen[strategy.name]], "start": None}
+    kind = "lora" if isinstance(strategy.adapter, Lora) else "lr"
+    return {"grid": settings[f"{kind}_grid"], "start": settings[f"{kind}_start"]}
 
 
 # --- many runs: per-example measures, seeds, intervals --------------------------------------------------------

@@ -2,10 +2,14 @@
 
 Usage::
 
-    picker = LayerPicker(model, train, validation)
+    picker = LayerPicker(model, train, validation, test_data=test, lr=None, rates=[1e-4, 3e-4, 1e-3, 3e-3])
     picker                            # the last expression of a cell: shows the panel in JupyterLab or Colab
     picker.apply_preset("top", 2)     # the same panel, driven from code (as papermill does)
     picker.run()                      # fine-tunes a copy, adds a row to picker.results
+
+With ``rates`` and ``lr=None``, each run chooses its learning rate on the validation split (a line search over the grid,
+:func:`~layerfreeze.study.evidence.choose_learning_rate`) and reports accuracy on ``test``, which nothing was chosen
+on; the panel's rate menu can also fix one rate.
 
 Two parts: :class:`PickerSession`, a plain object that holds the choice (set through the freezing API: ``freeze``,
 ``unfreeze``, ``trainable_state``/``restore_trainable``), what it costs (:func:`choice_summary`), the runs and their
@@ -33,15 +37,17 @@ from torch import nn
 
 from ..base.data import as_tensors, batches_per_epoch
 from ..core.freezing import count_parameters, freeze, restore_trainable, trainable_state, unfreeze
+from ..core.cache import cacheable_prefix
 from ..core.costs import relative_step_time
 from ..core.inspection import group_table
 from ..core.layers import layer_groups, num_blocks
 from ..core.memory import MiB, estimate_memory
 from ..core.schedules import head_and_body_lrs
 from ..core.strategy import PRESETS, Strategy
+from ..core.training import evaluate, fit
+from .evidence import choose_learning_rate
 from .runs import fresh_copy
 from .timing import StepTimer, steady_step_seconds
-from ..core.training import fit
 
 
 def _human(count: int) -> str:
@@ -107,7 +113,10 @@ class PickerSession:
     """The layer picker without its panel: the model whose groups are chosen, what the choice costs, and runs.
 
     Each run trains a fresh copy of the *pretrained* weights (taken when the session starts) with the current choice,
-    so runs are comparable; its row holds what that choice cost when the run started.
+    so runs are comparable; its row holds what that choice cost when the run started. The body trains at ``lr``, the
+    new head at ``head_ratio`` times it; with ``rates`` (ascending body rates), ``lr=None`` makes each run search
+    them on ``eval_data`` instead. ``accuracy`` is measured on ``test_data`` when given (nothing
+    is chosen on it), else on ``eval_data``.
 
     >>> from layerfreeze import tiny_model
     >>> session = PickerSession(tiny_model("bert", num_layers=2))
@@ -116,12 +125,19 @@ class PickerSession:
     ['block.1', 'head']
     """
 
-    def __init__(self, model: nn.Module, train_data=None, eval_data=None, *, epochs: int = 2, batch_size: int = 32,
-                 lr: float = 1e-4, head_lr: float = 1e-3, seed: int = 0):
+    def __init__(self, model: nn.Module, train_data=None, eval_data=None, *, test_data=None, epochs: int = 2,
+                 batch_size: int = 32, lr: float | None = 1e-4, head_ratio: float = 10.0, rates=None, seed: int = 0):
+        self.rates = list(rates) if rates is not None else None
+        if self.rates is not None and (len(self.rates) < 3 or self.rates != sorted(self.rates)
+                                       or self.rates[0] <= 0):
+            raise ValueError(f"rates must hold at least 3 ascending learning rates above 0, to bracket the one a "
+                             f"search keeps; got {rates!r}")
+        if lr is None and self.rates is None:
+            raise ValueError("lr=None searches the rates: pass rates too, e.g. rates=[1e-4, 3e-4, 1e-3, 3e-3]")
         self.model = model
         self.pretrained = fresh_copy(model)
-        self.train_data, self.eval_data = train_data, eval_data
-        self.epochs, self.batch_size, self.lr, self.head_lr, self.seed = epochs, batch_size, lr, head_lr, seed
+        self.train_data, self.eval_data, self.test_data = train_data, eval_data, test_data
+        self.epochs, self.batch_size, self.lr, self.head_ratio, self.seed = epochs, batch_size, lr, head_ratio, seed
         self.seq_len = as_tensors(train_data)[0].shape[1] if train_data is not None else 64
         self.groups = layer_groups(model)
         self.results = pd.DataFrame()
@@ -163,15 +179,46 @@ class PickerSession:
         """Optimizer steps of a run of ``epochs`` epochs."""
         return epochs * batches_per_epoch(len(as_tensors(self.train_data)[2]), self.batch_size)
 
-    def run(self, epochs: int | None = None, on_step_end=None) -> dict:
-        """Fine-tune a fresh copy of the pretrained weights with the current choice; add a row to ``results`` and
-        return it. ``on_step_end(step, loss)`` is :func:`~layerfreeze.fit`'s."""
+    def run(self, epochs: int | None = None, on_step_end=None, on_rate=None) -> dict:
+        """Fine-tune a fresh copy of the pretrained weights with the current choice, at ``lr``, or at the rate of
+        ``rates`` that scores best on ``eval_data`` when ``lr`` is None; add a row to ``results`` and return it.
+        ``on_step_end(step, loss)`` is :func:`~layerfreeze.fit`'s; ``on_rate(rate)`` is called as each rate starts."""
         if self.train_data is None or self.eval_data is None:
             raise ValueError("pass train_data and eval_data to LayerPicker to enable runs")
         choice, estimated_mib = describe_choice(self.groups), estimate_memory(
             self.model, self.batch_size, self.seq_len).total / MiB
+        trainable = trainable_state(self.model)
+        start = time.perf_counter()
+
+        def train_at(rate):
+            if on_rate is not None:
+                on_rate(rate)
+            return self._train(trainable, rate, epochs or self.epochs, on_step_end)
+
+        if self.lr is None:
+            middle = (len(self.rates) - 1) // 2
+            rate, trained, scores = choose_learning_rate(train_at, self.rates, score="validation_accuracy",
+                                                         start=self.rates[middle:middle + 2])
+        else:
+            rate, trained = self.lr, train_at(self.lr)
+            scores = {rate: trained["validation_accuracy"]}
+        history = trained["history"]
+        row = {"choice": choice, "lr": rate, "rates_tried": len(scores), "trainable_params": history.trainable_params,
+               "percent_trainable": 100 * history.trainable_params / history.total_params,
+               "validation_accuracy": trained["validation_accuracy"],
+               "accuracy": trained["test_accuracy"] if self.test_data is not None else trained["validation_accuracy"],
+               "seconds": time.perf_counter() - start, "step_ms": trained["step_ms"], "estimated_mib": estimated_mib}
+        self.results = pd.concat([self.results, pd.DataFrame([row])], ignore_index=True)
+        self.curves[choice] = [epoch["eval_accuracy"] for epoch in history.epochs]
+        return row
+
+    def _train(self, trainable: dict, rate: float, epochs: int, on_step_end) -> dict:
         model = fresh_copy(self.pretrained)
-        restore_trainable(model, trainable_state(self.model))
+        restore_trainable(model, trainable)
+        groups = layer_groups(model)
+        frozen_groups = [g.name for g in groups if g.trainable is False]
+        if frozen_groups:  # held in eval mode, as every strategy of the course: a frozen prefix can then be cached
+            freeze(model, *frozen_groups, groups=groups, eval_frozen=True)
         timer = StepTimer(next(model.parameters()).device)
 
         def step_end(step, loss):
@@ -179,19 +226,18 @@ class PickerSession:
             if on_step_end is not None:
                 on_step_end(step, loss)
 
-        start = time.perf_counter()
-        history = fit(model, self.train_data, self.eval_data, epochs=epochs or self.epochs, batch_size=self.batch_size,
-                      lr=head_and_body_lrs(self.lr, self.head_lr), seed=self.seed, progress=False,
-                      on_step_end=step_end)
+        history = fit(model, self.train_data, self.eval_data, epochs=epochs, batch_size=self.batch_size,
+                      lr=head_and_body_lrs(rate, self.head_ratio * rate), seed=self.seed, progress=False,
+                      on_step_end=step_end, cache_prefix=cacheable_prefix(model, groups) > 0)
         seconds = timer.seconds()  # the median after the first two (the benchmarks' timer); the mean if too few ran
-        row = {"choice": choice, "trainable_params": history.trainable_params,
-               "percent_trainable": 100 * history.trainable_params / history.total_params,
-               "accuracy": history.final_accuracy, "seconds": time.perf_counter() - start,
-               "step_ms": 1000 * (steady_step_seconds(seconds) if len(seconds) > 1 else history.step_seconds),
-               "estimated_mib": estimated_mib}
-        self.results = pd.concat([self.results, pd.DataFrame([row])], ignore_index=True)
-        self.curves[choice] = [epoch["eval_accuracy"] for epoch in history.epochs]
-        return row
+        test = evaluate(model, self.test_data)["accuracy"] if self.test_data is not None else None
+        return {"history": history, "validation_accuracy": history.final_accuracy, "test_accuracy": test,
+                "step_ms": 1000 * (steady_step_seconds(seconds) if len(seconds) > 1 else history.step_seconds)}
+
+    def results_table(self) -> pd.DataFrame:
+        """``results`` to read: numbers rounded to 3 places, learning rates written out (1e-4, not 0.0)."""
+        table = self.results.round(3)
+        return table.assign(lr=self.results["lr"].map("{:g}".format)) if "lr" in table else table
 
     def reset(self) -> None:
         """Forget all results."""
@@ -214,10 +260,10 @@ class LayerPicker:
     weights (taken when the picker is created) with the current choice, so runs are comparable.
     """
 
-    def __init__(self, model: nn.Module, train_data=None, eval_data=None, *, epochs: int = 2, batch_size: int = 32,
-                 lr: float = 1e-4, head_lr: float = 1e-3, seed: int = 0):
-        self.session = PickerSession(model, train_data, eval_data, epochs=epochs, batch_size=batch_size, lr=lr,
-                                     head_lr=head_lr, seed=seed)
+    def __init__(self, model: nn.Module, train_data=None, eval_data=None, *, test_data=None, epochs: int = 2,
+                 batch_size: int = 32, lr: float | None = 1e-4, head_ratio: float = 10.0, rates=None, seed: int = 0):
+        self.session = PickerSession(model, train_data, eval_data, test_data=test_data, epochs=epochs,
+                                     batch_size=batch_size, lr=lr, head_ratio=head_ratio, rates=rates, seed=seed)
         self.model, self.groups = model, self.session.groups
         self.losses: list[float] = []
         self._thread: threading.Thread | None = None
@@ -250,6 +296,9 @@ class LayerPicker:
         self.apply_button.on_click(self._guard(lambda _: self.apply_preset(self.preset.value, self._preset_k())))
         self.summary = w.HTML()
         self.epochs_box = w.IntSlider(value=self.session.epochs, min=1, max=10, description="epochs")
+        rates = sorted({*(self.session.rates or []), *([self.session.lr] if self.session.lr else [])})
+        self.rate = w.Dropdown(options=([("search on validation", None)] if self.session.rates else [])
+                               + [(f"{rate:g}", rate) for rate in rates], value=self.session.lr, description="body lr")
         self.run_button = w.Button(description="run", button_style="success", icon="play")
         self.run_button.on_click(self._guard(lambda _: self.run(block=False)))
         self.reset_button = w.Button(description="reset results", icon="trash")
@@ -267,7 +316,7 @@ class LayerPicker:
                         layout=w.Layout(min_width="235px"))
         controls = w.VBox([w.HTML("<b>Presets</b>"), self.preset, self.k, self.apply_button, w.HTML("<b>Cost</b>"),
                            self.summary], layout=w.Layout(min_width="340px", margin="0 12px"))
-        runner = w.VBox([w.HTML("<b>Run</b>"), self.epochs_box, w.HBox([self.run_button, self.reset_button]),
+        runner = w.VBox([w.HTML("<b>Run</b>"), self.epochs_box, self.rate, w.HBox([self.run_button, self.reset_button]),
                          self.progress, self.status, self.live, self.error, self.table],
                         layout=w.Layout(flex="1 1 auto"))
         return w.HBox([layers, controls, runner], layout=w.Layout(flex_flow="row wrap"))
@@ -373,14 +422,20 @@ class LayerPicker:
         epochs = self.epochs_box.value
         self.progress.max, self.progress.value = self.session.steps(epochs), 0
         self.run_button.disabled = True
-        self.status.value = f"<i>training {describe_choice(self.groups)} for {epochs} epochs ...</i>"
-        self.losses = []
+        self.session.lr = self.rate.value
+
+        def on_rate(rate):
+            self.losses, self.progress.value = [], 0
+            self.status.value = f"<i>training {describe_choice(self.groups)} for {epochs} epochs at lr {rate:g} ...</i>"
+
         try:
-            row = self.session.run(epochs, on_step_end=self._on_step)
+            row = self.session.run(epochs, on_step_end=self._on_step, on_rate=on_rate)
         finally:
             self.run_button.disabled = False
-        self.status.value = f"done: accuracy <b>{row['accuracy']:.3f}</b> in {row['seconds']:.0f} s"
-        self.table.value = self.results.round(3).to_html(index=False, classes="layerfreeze-results")
+        measured_on = "test" if self.session.test_data is not None else "validation"
+        self.status.value = (f"done: {measured_on} accuracy <b>{row['accuracy']:.3f}</b> at lr {row['lr']:g} "
+                             f"({row['rates_tried']} rate(s) tried) in {row['seconds']:.0f} s")
+        self.table.value = self.session.results_table().to_html(index=False, classes="layerfreeze-results")
         return row
 
     def _on_step(self, step: int, loss: torch.Tensor) -> None:
