@@ -174,6 +174,16 @@ def test_tuned_run_keeps_the_rates_that_bs_validation_prefers():
     assert run["a_during_b"][-1] == np.mean(run["correct"]["a_after"]) == run["a_after_b"]
 
 
+def test_a_measured_only_at_the_end_is_the_same_a():
+    pretrained = tiny_model("bert", num_layers=2, seed=0)
+    data = toy_task(32, seed=1)
+    model_a = train_task_a(pretrained, data, data, epochs=1, batch_size=16, progress=False)
+    runs = [sequential_run(model_a, Strategy("all", "all", lr=1e-3, head_lr=1e-3), data, data, data, 2, epochs=3,
+                           batch_size=16, progress=False, a_each_epoch=each) for each in (True, False)]
+    assert len(runs[0].a_during_b) == 3 and runs[1].a_during_b == runs[0].a_during_b[-1:]
+    assert runs[1].correct == runs[0].correct and runs[1].summary()["forgetting"] == runs[0].summary()["forgetting"]
+
+
 def test_a_search_brackets_the_rates_it_keeps():
     pretrained = tiny_model("bert", num_layers=2, seed=0)
     data = toy_task(32, seed=1)

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import layerfreeze as lf
 from layerfreeze import count_parameters, layer_groups, tiny_model
 from layerfreeze.study.widgets import LayerPicker, choice_summary
 from tests.test_training import toy_task
@@ -94,6 +95,7 @@ def test_a_search_chooses_the_rate_on_validation_and_reports_the_test_split():
 
     def spy(trainable, rate, epochs, on_step_end):
         seen[rate] = train_once(trainable, rate, epochs, on_step_end)
+        seen[rate]["test_accuracy"] = lf.evaluate(seen[rate]["model"], test)["accuracy"]
         return seen[rate]
 
     picker.session._train = spy

@@ -40,7 +40,7 @@ from .runner import notebook_paths, write_course_timing
 from .publish import publish_results
 from ..base.runtime import FORCE_VARIABLE, PRECISIONS, MiB, apply_thread_policy
 
-PRIORITY = ("04", "02", "03", "05", "01")
+PRIORITY = ("04", "02", "03", "05")  # window 1; 01, then 06, run in what is left (docs/gpu_runs.md)
 TAKEAWAYS = "07"  # run at import, over the results of every window
 # Seconds each notebook is expected to take: `full` on one GPU, from the H200 run of 2026-11-27 scaled to the sizes
 # cut after it and to 5 seeds in 04 and 06 (docs/gpu_runs.md). A notebook that no longer fits is skipped. Other
@@ -48,8 +48,9 @@ TAKEAWAYS = "07"  # run at import, over the results of every window
 # well under a minute on a quiet 2-core machine, and up to about ten beside another job (02 took 630 s in bf16
 # beside a second `make test`).
 # 03 and 06 grew after that (03: one group thawed per epoch and two layer-wise decay rows; 06: notebook 04's protocol
-# and the oracle sweep): their times are estimates from the same run, and 06 no longer fits window 1 beside the others.
-EXPECTED_SECONDS = {"full": {"04": 150, "02": 58, "03": 92, "05": 53, "01": 27, "06": 265}}
+# and the oracle sweep), and every rate became a line search (05's picker too): each is scaled by the change its
+# notebook measured on the CPU (docs/gpu_runs.md), and 06 no longer fits window 1 beside the others.
+EXPECTED_SECONDS = {"full": {"04": 170, "02": 53, "03": 84, "05": 100, "01": 27, "06": 205}}
 BUDGET_SECONDS = COURSE_BUDGET_SECONDS = 480  # window 1: 8 minutes of notebooks; the benchmarks get window 2
 PARTS = ("course", "bench", "all")  # window 1, window 2, or both in one command (the notebooks first)
 BENCH_STRATEGIES = 5  # benchmarks/run.py's configurations: window 2's time is shared among them

@@ -467,9 +467,8 @@ def choose_learning_rate(run: Callable[[float], dict], grid: Sequence[float], sc
         results[rate] = run(rate)
         scores[rate] = float(results[rate][score])
     while start is not None:
-        tried = sorted(grid.index(rate) for rate in scores)
         best = grid.index(best_rate())
-        step = -1 if best == tried[0] and best > 0 else 1 if best == tried[-1] and best < len(grid) - 1 else 0
+        step = _step_beyond(best, [grid.index(rate) for rate in scores], len(grid))
         if not step:
             break
         rate = grid[best + step]
@@ -480,6 +479,16 @@ def choose_learning_rate(run: Callable[[float], dict], grid: Sequence[float], sc
     if edge:
         print(f"note: the chosen rate {_rate(chosen)} is {edge}")
     return chosen, results[chosen], scores
+
+
+def _step_beyond(best: int, tried: list[int], size: int) -> int:
+    """Where a line search goes next, by grid index: -1 or +1 when the best sits at that end of the tried rates and
+    the grid goes on there, 0 once the best is bracketed (or the grid ends)."""
+    if best == min(tried) and best > 0:
+        return -1
+    if best == max(tried) and best < size - 1:
+        return 1
+    return 0
 
 
 def _check_start(grid: list, start: list) -> None:

@@ -151,7 +151,7 @@ def train_task_a(pretrained: nn.Module, data_a, eval_a, *, epochs: int, batch_si
 
 def sequential_run(model_a: nn.Module, strategy: Strategy, data_b, eval_a, eval_b, num_labels_b: int, *,
                    epochs: int, batch_size: int, seed: int = 0, probe=None, test_b=None,
-                   progress: bool = True, before: dict | None = None) -> SequentialResult:
+                   progress: bool = True, before: dict | None = None, a_each_epoch: bool = True) -> SequentialResult:
     """Train task B on a copy of ``model_a`` under ``strategy``; evaluate A (head A) and B after every epoch of B.
 
     ``eval_b`` is B's validation data (the learning-rate grid chooses on it); ``test_b``, where given, B's test data
@@ -159,7 +159,8 @@ def sequential_run(model_a: nn.Module, strategy: Strategy, data_b, eval_a, eval_
     agreement between ``model_a`` and the model after B: what training B moved. The result keeps which test examples
     each model gets right (``correct``), for intervals (:mod:`layerfreeze.study.evidence`). ``before`` holds
     ``a_before`` and ``b_before`` of an earlier run of the same strategy, model A and seed (they do not depend on the
-    rates), so that a rate search measures them once.
+    rates), so that a rate search measures them once. ``a_each_epoch=False`` measures A only after the last epoch of
+    B (``a_during_b`` then holds that one value), for a study that needs only the end.
     """
     original_a, model_a = model_a, copy.deepcopy(model_a)
     if strategy.expand(model_a):  # both heads read the expanded body; it is model A's function at init
@@ -175,6 +176,8 @@ def sequential_run(model_a: nn.Module, strategy: Strategy, data_b, eval_a, eval_
     trained, schedule = strategy.prepare(model_b, steps)
 
     def measure_a(epoch):  # head A on the shared body, after each epoch of B; the last is A after B
+        if not a_each_epoch and epoch < epochs:
+            return None
         correct["a_after"] = correct_per_example(model_a, eval_a)
         result.a_during_b.append(float(correct["a_after"].mean()))
         return {"a_accuracy": result.a_during_b[-1]}
@@ -268,7 +271,7 @@ def compare_strategies(runs: list[dict], first: str, second: str, measure: str, 
 def summarize_runs(runs: list[dict]) -> pd.DataFrame:
     """One row per strategy, in the order first run: means over seeds of forgetting, learning, final accuracies,
     backward transfer and agreement, with 95% bootstrap intervals (over examples and seeds) for forgetting and
-    learning, and the learning rate each seed chose."""
+    learning, the learning rate each seed chose, and where the first seed's search left it on its grid's edge."""
     rows = []
     for name in dict.fromkeys(run["strategy"] for run in runs):
         mine = pd.DataFrame([run for run in runs if run["strategy"] == name])
@@ -279,6 +282,7 @@ def summarize_runs(runs: list[dict]) -> pd.DataFrame:
         row.update({column: float(mine[column].mean()) for column in
                     ("b_after_b", "a_after_b", "backward_transfer", "agreement", "seconds")})
         row["trainable_params"] = int(mine["trainable_params"].iloc[0])
+        row["rate_edge"] = mine["rate_edge"].iloc[0] if "rate_edge" in mine else ""  # the search ran on the first seed
         row["description"] = mine["description"].iloc[0] if "description" in mine else {}
         rows.append(row)
     return pd.DataFrame(rows).set_index("strategy")

@@ -188,12 +188,15 @@ class PickerSession:
         choice, estimated_mib = describe_choice(self.groups), estimate_memory(
             self.model, self.batch_size, self.seq_len).total / MiB
         trainable = trainable_state(self.model)
-        start = time.perf_counter()
+        start, best = time.perf_counter(), {}
 
         def train_at(rate):
             if on_rate is not None:
                 on_rate(rate)
-            return self._train(trainable, rate, epochs or self.epochs, on_step_end)
+            trained = self._train(trainable, rate, epochs or self.epochs, on_step_end)
+            if not best or trained["validation_accuracy"] > best["validation_accuracy"]:  # ties keep the first
+                best.update(trained)  # only the best model so far is kept, to be scored on the test split
+            return {key: value for key, value in trained.items() if key != "model"}
 
         if self.lr is None:
             middle = (len(self.rates) - 1) // 2
@@ -202,11 +205,12 @@ class PickerSession:
         else:
             rate, trained = self.lr, train_at(self.lr)
             scores = {rate: trained["validation_accuracy"]}
+        test = evaluate(best["model"], self.test_data)["accuracy"] if self.test_data is not None else None
         history = trained["history"]
         row = {"choice": choice, "lr": rate, "rates_tried": len(scores), "trainable_params": history.trainable_params,
                "percent_trainable": 100 * history.trainable_params / history.total_params,
                "validation_accuracy": trained["validation_accuracy"],
-               "accuracy": trained["test_accuracy"] if self.test_data is not None else trained["validation_accuracy"],
+               "accuracy": test if test is not None else trained["validation_accuracy"],
                "seconds": time.perf_counter() - start, "step_ms": trained["step_ms"], "estimated_mib": estimated_mib}
         self.results = pd.concat([self.results, pd.DataFrame([row])], ignore_index=True)
         self.curves[choice] = [epoch["eval_accuracy"] for epoch in history.epochs]
@@ -230,8 +234,7 @@ class PickerSession:
                       lr=head_and_body_lrs(rate, self.head_ratio * rate), seed=self.seed, progress=False,
                       on_step_end=step_end, cache_prefix=cacheable_prefix(model, groups) > 0)
         seconds = timer.seconds()  # the median after the first two (the benchmarks' timer); the mean if too few ran
-        test = evaluate(model, self.test_data)["accuracy"] if self.test_data is not None else None
-        return {"history": history, "validation_accuracy": history.final_accuracy, "test_accuracy": test,
+        return {"model": model, "history": history, "validation_accuracy": history.final_accuracy,
                 "step_ms": 1000 * (steady_step_seconds(seconds) if len(seconds) > 1 else history.step_seconds)}
 
     def results_table(self) -> pd.DataFrame:
