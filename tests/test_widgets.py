@@ -104,6 +104,7 @@ def test_a_search_chooses_the_rate_on_validation_and_reports_the_test_split():
     assert row["lr"] == max(seen, key=lambda rate: seen[rate]["validation_accuracy"])  # chosen on validation ...
     assert row["accuracy"] == seen[row["lr"]]["test_accuracy"]  # ... reported on test
     assert row["validation_accuracy"] == seen[row["lr"]]["validation_accuracy"] and row["rates_tried"] == len(seen) >= 3
+    assert bool(row["rate_edge"]) == (row["lr"] in (1e-5, 1e-2))  # a choice on the grid's edge says so
     picker.rate.value = 1e-3  # the menu fixes one rate
     picker.run_button.click()
     picker.wait(60)

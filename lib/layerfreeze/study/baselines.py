@@ -137,8 +137,8 @@ def from_scratch(base, train, validation, test, grid=SCRATCH_GRID, *, epochs: in
 
 
 def above_baselines(accuracies: dict, correct: dict, baselines: list[Baseline], chance: float) -> pd.DataFrame:
-    """Each strategy's test accuracy raw, above chance and above the best baseline (points, with the paired 95%
-    interval over the same test examples): ``accuracies`` and ``correct`` by strategy name.
+    """Each strategy's test accuracy raw (in percent), above chance and above the best baseline (points, with the
+    paired 95% interval over the same test examples): ``accuracies`` and ``correct`` by strategy name.
 
     >>> b = Baseline("b", 0.5, np.array([1, 0, 1, 0]), 1.0, {})
     >>> float(above_baselines({"s": 0.75}, {"s": np.array([1, 1, 1, 0])}, [b], chance=0.5).loc["s", "above_baseline_points"])
@@ -148,7 +148,7 @@ def above_baselines(accuracies: dict, correct: dict, baselines: list[Baseline], 
     rows = {}
     for name, accuracy in accuracies.items():
         gain = difference_interval(correct[name], best.correct)
-        rows[name] = {"accuracy": accuracy, "above_chance_points": (accuracy - chance) * 100,
+        rows[name] = {"accuracy_percent": accuracy * 100, "above_chance_points": (accuracy - chance) * 100,
                       "above_baseline_points": gain.estimate * 100, "above_baseline_low": gain.low * 100,
                       "above_baseline_high": gain.high * 100}
     table = pd.DataFrame.from_dict(rows, orient="index")

@@ -45,7 +45,7 @@ from ..core.memory import MiB, estimate_memory
 from ..core.schedules import head_and_body_lrs
 from ..core.strategy import PRESETS, Strategy
 from ..core.training import evaluate, fit
-from .evidence import choose_learning_rate
+from .evidence import choose_learning_rate, grid_edge
 from .runs import fresh_copy
 from .timing import StepTimer, steady_step_seconds
 
@@ -207,7 +207,9 @@ class PickerSession:
             scores = {rate: trained["validation_accuracy"]}
         test = evaluate(best["model"], self.test_data)["accuracy"] if self.test_data is not None else None
         history = trained["history"]
-        row = {"choice": choice, "lr": rate, "rates_tried": len(scores), "trainable_params": history.trainable_params,
+        row = {"choice": choice, "lr": rate, "rates_tried": len(scores),
+               "rate_edge": grid_edge(rate, self.rates) if self.lr is None else "",
+               "trainable_params": history.trainable_params,
                "percent_trainable": 100 * history.trainable_params / history.total_params,
                "validation_accuracy": trained["validation_accuracy"],
                "accuracy": test if test is not None else trained["validation_accuracy"],
