@@ -192,22 +192,30 @@ def evaluate(model: nn.Module, data, batch_size: int | None = None, device: torc
     >>> sorted(evaluate(tiny_model("bert"), data))
     ['accuracy', 'loss']
     """
-    tensors = as_tensors(data)
-    if len(tensors[2]) == 0:
+    if len(as_tensors(data)[2]) == 0:
         raise ValueError("data has 0 rows: evaluate needs at least one labelled example (check the split or the "
                          "filter that produced it)")
+    hits, loss = score_examples(model, data, batch_size, device, precision, _stand_in, _cached)
+    return {"loss": loss, "accuracy": hits.sum().item() / len(hits)}
+
+
+def score_examples(model: nn.Module, data, batch_size: int | None = None, device: torch.device | None = None,
+                   precision: str = "auto", _stand_in=None, _cached=None) -> tuple[torch.Tensor, float]:
+    """Which examples of ``data`` the model gets right (a bool tensor on the CPU, in the order of ``data``) and the
+    mean loss: the one evaluation loop, in batches of examples of similar length, each cut after its widest row."""
+    tensors = as_tensors(data)
     device = device or next(model.parameters()).device
     precision, batch_size = resolve_precision(precision, device), batch_size or default_eval_batch_size(device)
     inputs = tuple(t.to(device) for t in tensors)
     lengths, labels = real_lengths(inputs[1]), inputs[2]
     total_loss = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
+    hits = torch.zeros(len(labels), dtype=torch.bool)
     with eval_mode(model), torch.no_grad(), autocast(precision, device):
         for index in by_length_batches(lengths, batch_size):
             out = _forward(model, inputs, lengths, index, _stand_in, _cached, device)
             total_loss += out.loss.float() * len(index)
-            correct += (out.logits.argmax(-1) == labels[index.to(device)]).sum()
-    return {"loss": total_loss.item() / len(labels), "accuracy": correct.item() / len(labels)}
+            hits[index] = (out.logits.argmax(-1) == labels[index.to(device)]).cpu()
+    return hits, total_loss.item() / max(len(labels), 1)
 
 
 # --- fit: the arguments --------------------------------------------------------------------------------------------

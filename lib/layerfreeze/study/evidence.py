@@ -22,11 +22,10 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
-import torch
 from torch import nn
 
-from ..base.data import as_tensors, by_length_batches, eval_batch_size, real_lengths
-from ..base.runtime import eval_mode
+from ..base.data import as_tensors
+from ..core.training import score_examples
 
 UNTESTABLE = "untestable here"  # a ceiling reached, or a curve still rising: the run cannot decide the claim
 VERDICTS = ("holds", "does not hold", "within noise", UNTESTABLE)
@@ -37,21 +36,13 @@ TEST_SAMPLE, ACROSS_SEEDS, SEEDS_AND_TEST_SAMPLE = "test sample", "across seeds"
 
 # --- which examples a model gets right -----------------------------------------------------------------------------
 
-@torch.no_grad()
 def correct_per_example(model: nn.Module, data, batch_size: int | None = None) -> np.ndarray:
     """A 0/1 array, one entry per example of ``data`` (``(input_ids, attention_mask, labels)``): 1 where the model's
-    prediction is right. Its mean is :func:`~layerfreeze.evaluate`'s accuracy; the same batches of examples of
-    similar length, each cut after its widest row."""
-    input_ids, attention_mask, labels = as_tensors(data)
-    device = next(model.parameters()).device
-    lengths, hits = real_lengths(attention_mask), np.zeros(len(labels))
-    with eval_mode(model), torch.no_grad():
-        for rows in by_length_batches(lengths, batch_size or eval_batch_size(device)):
-            width = int(lengths[rows].max())  # the padding past the widest row is masked out: no need to run it
-            logits = model(input_ids=input_ids[rows, :width].to(device),
-                           attention_mask=attention_mask[rows, :width].to(device)).logits
-            hits[rows.numpy()] = (logits.argmax(-1).cpu() == labels[rows]).numpy()
-    return hits
+    prediction is right, in full precision. Its mean is :func:`~layerfreeze.evaluate`'s accuracy (the same loop,
+    :func:`~layerfreeze.core.training.score_examples`; ``evaluate`` may run in bf16 on a GPU)."""
+    if len(as_tensors(data)[2]) == 0:
+        return np.zeros(0)
+    return score_examples(model, data, batch_size, precision="fp32")[0].numpy().astype(float)
 
 
 # --- intervals -----------------------------------------------------------------------------------------------------

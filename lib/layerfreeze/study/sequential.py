@@ -225,7 +225,7 @@ def tuned_sequential_run(model_a: nn.Module, strategy: Strategy, grid, data_b, e
 
     rates, summary, scores = choose_learning_rate(run, grid, score="b_validation_final", start=start)
     return {**summary, "lr": rates, "validation_by_lr": {str(r): score for r, score in scores.items()},
-            "rate_edge": grid_edge(rates, grid) if len(grid) > 1 else ""}
+            "rate_edge": grid_edge(rates, grid)}
 
 
 def rate_search(settings: dict, strategy: Strategy, chosen: dict) -> dict:
