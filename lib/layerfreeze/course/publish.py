@@ -1,5 +1,6 @@
-"""The course's results page: one run of the whole course (``build/``) as ``docs/results.md`` and ``docs/figures/``,
-with each notebook's time, key tables and key figures.
+"""The course's results page: one course run (``build/``) as ``docs/results.md`` and ``docs/figures/``, with each
+notebook's time, key tables and key figures. A run of some notebooks only (``course --only 06``) is published the same
+way, to a page of its own (``--page``), and says which it ran.
 ``python -m layerfreeze publish`` runs :func:`publish_results`.
 """
 
@@ -50,17 +51,21 @@ def publish_results(build_dir: str | Path = "build", docs_dir: str | Path = "doc
     stems = sorted({*timing["seconds"], *(p.stem for p in (build / "results").glob("[0-9][0-9]_*.json"))})
     metrics = {stem: json.loads((build / "results" / f"{stem}.json").read_text()) for stem in stems}
     _copy_key_figures(build, docs / figures, metrics, max_figure_bytes)
+    course_stems = {path.stem for path in notebook_dir.glob("[0-9][0-9]_*.ipynb")}
+    ran = sorted(timing["seconds"])
+    partial = bool(course_stems) and set(ran) < course_stems
+    what = f"notebook{'s' if len(ran) > 1 else ''} {', '.join(ran)}" if partial else "the whole course"
     lines = [
-        "# Course results",
+        "# Course results" + (f": {', '.join(ran)}" if partial else ""),
         "",
-        f"One run of the whole course ({_command(timing)}, profile `{timing['profile']}`, which ran "
+        f"One run of {what} ({_command(timing, ran if partial else None)}, profile `{timing['profile']}`, which ran "
         f"`{timing['resolved_profile']}`) on **{env['device']}**, {env['date']}: torch {env['torch']}, "
         f"transformers {env['transformers']}, Python {env['python']}. Written from that run's `results/*.json` and "
         "`figures/`; every number below is the run's own.",
         "",
         "## Time per notebook",
         "",
-        *_time_table(timing),
+        *_time_table(timing, partial),
     ]
     for stem, m in metrics.items():
         lines += ["", f"## {_notebook_title(notebook_dir, stem)}", "",
@@ -74,8 +79,11 @@ def publish_results(build_dir: str | Path = "build", docs_dir: str | Path = "doc
     return path
 
 
-def _command(timing: dict) -> str:
+def _command(timing: dict, only: list[str] | None) -> str:
     windows = timing.get("gpu_windows")
+    if windows is None and only:
+        return (f"`python -m layerfreeze course --profile {timing['profile']} --only "
+                f"{' '.join(stem[:2] for stem in only)}`")
     if windows is None:
         return "`make course`"
     return f"`python -m layerfreeze gpu-run`, in {windows} window{'s' if windows > 1 else ''} of the GPU machine"
@@ -106,9 +114,9 @@ def _copy_key_figures(build: Path, figure_dir: Path, metrics: dict, max_figure_b
         shutil.copyfile(build / "figures" / f"{name}.png", figure_dir / f"{name}.png")
 
 
-def _time_table(timing: dict) -> list[str]:
+def _time_table(timing: dict, partial: bool = False) -> list[str]:
     """Each notebook's seconds, as Markdown lines. No other card's time is scaled from it: on a GPU these runs are
     bound by Python and kernel launches, not by the card's datasheet (docs/gpu_runs.md, "A Colab T4")."""
-    rows = [[stem, round(seconds, 1)] for stem, seconds in [*timing["seconds"].items(),
-                                                             ("whole course", timing["total_seconds"])]]
+    total = ("these notebooks" if partial else "whole course", timing["total_seconds"])
+    rows = [[stem, round(seconds, 1)] for stem, seconds in [*timing["seconds"].items(), total]]
     return _markdown_table(["notebook", "seconds"], rows)
