@@ -5,7 +5,7 @@ from pathlib import Path
 
 import datasets
 
-from layerfreeze.base.data import LABEL_NAMES, generate_splits
+from layerfreeze.base.tasks import LABEL_NAMES, generate_splits
 
 FORMATS = ("csv", "jsonl", "parquet", "hub")
 

@@ -8,15 +8,16 @@ import pytest
 import torch
 
 from layerfreeze.base import data as data_module
+from layerfreeze.base import tasks as tasks_module
 from layerfreeze import encode, load_task, num_labels
-from layerfreeze.base.data import generate_splits, generate_task
+from layerfreeze.base.tasks import generate_splits, generate_task
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
 
 @pytest.mark.parametrize("task", ["a", "b", "c"])
 def test_committed_files_are_the_generators_output(task):
-    splits = data_module.generate_splits(task)
+    splits = tasks_module.generate_splits(task)
     for split, rows in splits.items():
         lines = (DATA / f"task_{task}" / f"{split}.jsonl").read_text().splitlines()
         assert [json.loads(line) for line in lines] == rows, f"regenerate with write_task_files('data') ({split})"
@@ -28,11 +29,11 @@ def test_data_is_small():
 
 @pytest.mark.parametrize("task", ["a", "b", "c"])
 def test_splits_are_disjoint_balanced_and_noisy_as_documented(task):
-    splits = data_module.generate_splits(task)
+    splits = tasks_module.generate_splits(task)
     texts = [set(r["text"] for r in rows) for rows in splits.values()]
     assert not (texts[0] & texts[1]) and not (texts[0] & texts[2]) and not (texts[1] & texts[2])
     counts = Counter(r["label"] for r in splits["train"])
-    classes = len(data_module.LABEL_NAMES[task])
+    classes = len(tasks_module.LABEL_NAMES[task])
     assert len(counts) == classes
     assert max(counts.values()) / min(counts.values()) < 1.25
 
@@ -49,7 +50,7 @@ def test_label_noise_rate():
 def test_task_a_needs_structure_not_just_words():
     """Most reviews mix a positive and a negative clause, so counting sentiment words cannot solve the task."""
     rows = generate_task("a", 3000, seed=3, label_noise=0.0)
-    positive, negative = set(data_module._POSITIVE), set(data_module._NEGATIVE)
+    positive, negative = set(tasks_module._POSITIVE), set(tasks_module._NEGATIVE)
 
     def word_vote(text):
         words = text.replace(",", " ").replace(".", " ").split()
@@ -74,13 +75,13 @@ def tfidf_accuracy(task, difficulty):
 
 def test_task_c_is_read_from_its_structure_not_its_words():
     """The marker's rule labels every text; words and neighbouring pairs do not, unless the task is made easy."""
-    families = {word: k for k, family in enumerate(data_module._C_FAMILIES) for word in family}
+    families = {word: k for k, family in enumerate(tasks_module._C_FAMILIES) for word in family}
 
     def rule(text):
         words = text.rstrip(".").split()
-        return families[words[words.index(data_module._C_MARKER) + 2]]
+        return families[words[words.index(tasks_module._C_MARKER) + 2]]
 
-    for difficulty in data_module.DIFFICULTIES:
+    for difficulty in tasks_module.DIFFICULTIES:
         rows = generate_task("c", 500, seed=3, label_noise=0.0, difficulty=difficulty)
         assert all(rule(r["text"]) == r["label"] for r in rows)
         every_family = all(all(any(w in families and families[w] == k for w in r["text"].rstrip(".").split())
@@ -102,7 +103,7 @@ def test_difficulty_turns_each_tasks_knobs_and_standard_is_the_committed_data():
 
 def test_load_task_takes_a_difficulty_for_the_generated_tasks_only():
     hard = load_task("c", difficulty="hard", limit={"train": 16})
-    assert "difficulty 'hard'" in hard.note and hard["train"].features["label"].names == data_module.LABEL_NAMES["c"]
+    assert "difficulty 'hard'" in hard.note and hard["train"].features["label"].names == tasks_module.LABEL_NAMES["c"]
     assert load_task("c", limit={"train": 16})["train"].num_rows == 16  # the committed files
     with pytest.raises(ValueError, match="applies to the generated tasks \\(a, b, c\\) only; got difficulty='hard' "
                                          "for task 'sst2'"):
@@ -133,7 +134,7 @@ def test_load_task_columns_and_labels():
     assert splits["train"].column_names == ["text", "label"] and splits["train"].num_rows == 64
     assert splits["train"].features["label"].names == ["sports", "technology", "food", "travel", "finance"]
     assert num_labels(splits) == 5
-    assert splits["test"].num_rows == data_module.SPLIT_SIZES["test"]
+    assert splits["test"].num_rows == tasks_module.SPLIT_SIZES["test"]
 
 
 def test_load_task_without_files_generates_the_same(monkeypatch, tmp_path):
@@ -188,14 +189,23 @@ def test_encode(minilm):
     assert labels.tolist() == split["label"]
 
 
+def test_data_card_regenerates_the_committed_files(tmp_path, monkeypatch):
+    """The card's own command, run as written (in another folder), writes what is committed."""
+    command = re.search(r'python -c "([^"]+)"', (DATA / "README.md").read_text()).group(1)
+    monkeypatch.chdir(tmp_path)
+    exec(command, {})
+    for path in sorted(DATA.glob("task_*/*.jsonl")):
+        assert (tmp_path / "data" / path.parent.name / path.name).read_text() == path.read_text(), path
+
+
 def test_data_card_counts_match_the_files():
     card = (DATA / "README.md").read_text()
     for task in "abc":
-        for split, rows in data_module.generate_splits(task).items():
+        for split, rows in tasks_module.generate_splits(task).items():
             counts = Counter(r["label"] for r in rows)
-            per_label = ", ".join(f"{name} {counts[i]}" for i, name in enumerate(data_module.LABEL_NAMES[task]))
+            per_label = ", ".join(f"{name} {counts[i]}" for i, name in enumerate(tasks_module.LABEL_NAMES[task]))
             assert f"| {task} | {split} | {len(rows)} | {per_label} |" in card
-    assert f"{data_module.LABEL_NOISE:.0%} of the **training** labels" in card
+    assert f"{tasks_module.LABEL_NOISE:.0%} of the **training** labels" in card
 
 
 # --- your own data: files, folders and Hub ids through one path -------------------------------------------------
@@ -228,8 +238,8 @@ def test_other_columns_and_string_labels(tmp_path):
     assert splits["train"].column_names == ["text", "label"] and splits["train"].num_rows == 50
     assert splits["train"].features["label"].names == ["negative", "positive"]
     names = splits["train"].features["label"].names
-    rows = data_module.generate_splits("a", sizes={"train": 400, "validation": 100, "test": 100})
-    truth = {r["text"]: data_module.LABEL_NAMES["a"][r["label"]] for split in rows.values() for r in split}
+    rows = tasks_module.generate_splits("a", sizes={"train": 400, "validation": 100, "test": 100})
+    truth = {r["text"]: tasks_module.LABEL_NAMES["a"][r["label"]] for split in rows.values() for r in split}
     assert all(names[label] == truth[text] for text, label in zip(splits["train"]["text"], splits["train"]["label"]))
 
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from layerfreeze import (chain_thaw, discriminative_lrs, encode, gradual_unfreezing, layer_groups, load_model,
                          load_task, tiny_model)
 from layerfreeze.core.schedules import lr_multiplier, spread_lrs
-from layerfreeze.base.data import generate_task
+from layerfreeze.base.tasks import generate_task
 from layerfreeze.core.training import fit
 from tests.test_training import toy_task
 

@@ -46,7 +46,7 @@ __version__ = "0.1.0"
 
 # lf.forgetting, lf.plots ...: each module by its own name, wherever its layer keeps it
 _SUBMODULES = {name: f"{layer}.{name}" for layer, names in {
-    "base": ("checks", "data", "models", "runtime"),
+    "base": ("checks", "data", "models", "runtime", "tasks"),
     "core": ("adapters", "cache", "costs", "forgetting", "freezing", "inspection", "layers", "memory", "optim",
              "plans", "schedules", "signals", "strategy", "trainer", "training"),
     "study": ("baselines", "evidence", "oracle", "plots", "runs", "sequential", "takeaways", "timing", "widgets")}.items() for name in names}
