@@ -100,7 +100,7 @@ def schedules_run(fit, report: str) -> None:
     from layerfreeze.base.models import tiny_model
     from layerfreeze.core.plans import adaptive_freezing, lisa
     from layerfreeze.base.runtime import distributed_context, seed_everything
-    from layerfreeze.course.cli import _leave_process_group
+    from layerfreeze.course.train_command import _leave_process_group
 
     _, world_size = distributed_context()
     generator = torch.Generator().manual_seed(0)

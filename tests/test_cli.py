@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from layerfreeze.course import cli
+from layerfreeze.course import arguments, cli, train_command
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -110,9 +110,9 @@ def test_the_notebooks_default_to_the_checkout_from_anywhere(tmp_path, monkeypat
 def test_plan_and_output_types(tmp_path):
     from layerfreeze.core.strategy import PRESETS
 
-    assert set(cli.PRESETS_WITH_K + cli.PRESETS_WITHOUT_K) == set(PRESETS)
-    assert cli.preset("bottom:3") == ("bottom", 3) and cli.preset("bitfit") == ("bitfit", None)
-    assert cli.output_file(str(tmp_path / "new" / "m.json")) == tmp_path / "new" / "m.json"
+    assert set(train_command.PRESETS_WITH_K + train_command.PRESETS_WITHOUT_K) == set(PRESETS)
+    assert train_command.preset("bottom:3") == ("bottom", 3) and train_command.preset("bitfit") == ("bitfit", None)
+    assert arguments.output_file(str(tmp_path / "new" / "m.json")) == tmp_path / "new" / "m.json"
     assert not (tmp_path / "new").exists()  # checked, not created, while parsing
 
 
@@ -133,10 +133,10 @@ def test_max_length_defaults_to_the_datas_and_a_given_one_is_checked_against_the
 
     splits, tokenizer = load_task("a", limit={"train": 40, "validation": 8}), tiny_tokenizer()
     assert cli.build_parser().parse_args(["train"]).max_length is None
-    assert cli._max_length(None, splits, tokenizer) == suggest_max_length(splits, tokenizer)
-    assert cli._max_length(16, splits, tokenizer) == 16
+    assert train_command._max_length(None, splits, tokenizer) == suggest_max_length(splits, tokenizer)
+    assert train_command._max_length(16, splits, tokenizer) == 16
     with pytest.raises(ValueError, match="max_length must be a whole number from 3 to"):
-        cli._max_length(100000, splits, tokenizer)
+        train_command._max_length(100000, splits, tokenizer)
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ import torch
 from layerfreeze.core import freezing, plans, signals, training
 from layerfreeze.core.layers import layer_groups
 from layerfreeze.base.models import tiny_model
-from layerfreeze.course import cli
+from layerfreeze.course import cli, train_command
 
 from .test_training import toy_task
 
@@ -292,4 +292,4 @@ def test_the_cli_takes_untie_and_llama_factory_spellings():
                                           "embed_tokens,norm", "--untie"])
     assert args.untie and args.trainable_modules == "mlp,self_attn"
     lone = cli.build_parser().parse_args(["train", "--model", "tiny:llama", "--untie"])
-    assert "--untie" in cli.conflicting_flags(lone)
+    assert "--untie" in train_command.conflicting_flags(lone)
