@@ -103,13 +103,13 @@ def add_publish_parser(commands) -> None:
 
 def _page_name(value: str) -> str:
     if not value.endswith(".md") or Path(value).name != value:
-        raise argparse.ArgumentTypeError(f"--page takes a file name ending in .md, with no folder, got {value!r}")
+        raise argparse.ArgumentTypeError(f"expected a file name ending in .md, with no folder (e.g. results-06-full.md), got {value!r}")
     return value
 
 
 def _folder_name(value: str) -> str:
     if not value or Path(value).name != value or value in (".", ".."):
-        raise argparse.ArgumentTypeError(f"--figures takes a folder name with no '/', got {value!r}")
+        raise argparse.ArgumentTypeError(f"expected a folder name with no '/' (e.g. figures-06-full), got {value!r}")
     return value
 
 
