@@ -168,7 +168,7 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
 
 def _forward(model, inputs, lengths, index, stand_in, cached, device):
     """The model on one batch, ``index`` (on the CPU) into ``inputs``, cut to the batch's widest row
-    (:func:`~layerfreeze.data.real_lengths`); with a cache, its frozen prefix replayed for those rows."""
+    (:func:`~layerfreeze.base.data.real_lengths`); with a cache, its frozen prefix replayed for those rows."""
     width = int(lengths[index].max())
     on_device = index.to(device)
     input_ids, attention_mask, labels = inputs[0][on_device, :width], inputs[1][on_device, :width], inputs[2][on_device]
