@@ -1,6 +1,8 @@
 # The course kit's commands. The README explains them; `make help` lists them.
 PYTHON  ?= python3
 PROFILE ?= auto
+# ONLY=06 (or "04 06"): just those notebooks
+ONLY    ?=
 VENV    := .venv
 PY      := $(VENV)/bin/python
 # Offline by default: the default model and data are local. `HF_HUB_OFFLINE=0 make course` allows the Hub.
@@ -22,7 +24,7 @@ help:
 	@echo "make setup   create .venv: torch (when none is importable), requirements and the kit, editable"
 	@echo "make test    set up .venv, then run the unit tests and the whole course (profile=smoke)"
 	@echo "make floor   the same tests in .venv-floor, with the oldest supported versions (requirements-floor.txt)"
-	@echo "make course  set up .venv, then run every notebook (PROFILE=$(PROFILE)) into build/"
+	@echo "make course  set up .venv, then run every notebook (PROFILE=$(PROFILE); ONLY=06 for some) into build/"
 	@echo "make bench   benchmarks: fit vs a hand-written loop vs the Trainer; contention beside equal jobs (long)"
 	@echo "make gpu     pack .carry/ and print the two commands for the GPU machine (docs/gpu_runs.md)"
 	@echo "make gpu-rehearsal  both windows on this CPU: smoke sizes, bf16 forced, then published to build/"
@@ -59,7 +61,7 @@ floor: $(FLOOR_VENV)/.setup-done
 	$(FLOOR_VENV)/bin/python -m pytest -p no:cacheprovider
 
 course: setup
-	$(PY) -m layerfreeze course --profile $(PROFILE) --build-dir build
+	$(PY) -m layerfreeze course --profile $(PROFILE) --build-dir build $(if $(strip $(ONLY)),--only $(ONLY))
 
 bench: setup
 	$(PY) benchmarks/run.py
