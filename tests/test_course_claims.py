@@ -111,6 +111,19 @@ def test_04_and_06_every_method_searched_its_rates_on_bs_validation(name):
         assert bracketed_or_said(tuple(run["lr"]), tried, grid, run["rate_edge"]), run["strategy"]
 
 
+def test_06_the_guide_names_the_most_accurate_method_only_when_the_runner_up_is_measurably_lower():
+    from layerfreeze.study.evidence import direction
+    from layerfreeze.study.sequential import compare_strategies
+
+    metrics = course_results("06_freezing_in_llm_work")
+    choice = next(row["choose"] for row in metrics["guide"] if row["priority"] == "accuracy on B")
+    ranked = sorted(metrics["summary"], key=lambda row: row["b_accuracy"], reverse=True)  # stable: ties keep order
+    best, runner_up = ranked[0]["method"], ranked[1]["method"]
+    runs = [run for run in metrics["runs"] if run["strategy"] in (best, runner_up)]
+    clearly_ahead = direction(compare_strategies(runs, best, runner_up, "b_accuracy")) == "higher"
+    assert choice == (best if clearly_ahead else "no clear winner"), (best, runner_up)
+
+
 def test_04_what_never_moves_neither_forgets_nor_drifts():
     metrics = course_results("04_catastrophic_forgetting")
     summary = {row["strategy"]: row for row in metrics["summary"]}

@@ -130,7 +130,7 @@ def from_scratch(base, train, validation, test, grid=SCRATCH_GRID, *, epochs: in
     correct = np.asarray(row["test_correct"], dtype=float)
     labels = as_tensors(test)[2].cpu().numpy()
     single = predicts_one_class(correct, labels)
-    edge = grid_edge(rate, list(grid))
+    edge = grid_edge(rate, list(grid), accuracy=scores[rate])
     note = (f"lr {rate:g}" + (f", {edge}" if edge else "") + (", predicts a single class" if single else "")
             + (f"; {row['stop_reason']}" if row.get("stop_reason") else ""))
     return Baseline("from scratch (tuned)", float(correct.mean()), correct, rate, scores, note)

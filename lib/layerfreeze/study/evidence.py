@@ -406,18 +406,23 @@ def finding(key: str, claim: str, interval: Interval, curves: dict[str, Sequence
 
 # --- a fair learning rate ------------------------------------------------------------------------------------------
 
-def grid_edge(rate, grid: Sequence, what: str = "rate") -> str:
+def grid_edge(rate, grid: Sequence, what: str = "rate", accuracy: float | None = None) -> str:
     """Where a chosen rate (or another setting, named by ``what``) sits in its grid: ``""`` inside it, else which
-    edge, in words; a choice on an edge says the grid did not bracket the best value.
+    edge, in words; a choice on an edge says the grid did not bracket the best value, unless its validation
+    ``accuracy`` is already 100%, which no other value can beat.
 
     >>> grid_edge(3e-4, [1e-4, 3e-4, 1e-3]), grid_edge(1e-4, [1e-4, 3e-4, 1e-3])
     ('', 'on the lower edge of its grid (1e-04 of 1e-04 to 1e-03): a lower rate may score higher')
+    >>> grid_edge(1e-4, [1e-4, 3e-4, 1e-3], accuracy=1.0)
+    'on the lower edge of its grid (1e-04 of 1e-04 to 1e-03), at 100% on validation: no rate can score higher'
     """
     if len(grid) < 2 or rate not in (min(grid), max(grid)):
         return ""
     side, other = ("lower", "lower") if rate == min(grid) else ("upper", "higher")
-    return (f"on the {side} edge of its grid ({_rate(rate)} of {_rate(min(grid))} to {_rate(max(grid))}): "
-            f"a {other} {what} may score higher")
+    where = f"on the {side} edge of its grid ({_rate(rate)} of {_rate(min(grid))} to {_rate(max(grid))})"
+    if accuracy is not None and accuracy >= 1:
+        return f"{where}, at 100% on validation: no {what} can score higher"
+    return f"{where}: a {other} {what} may score higher"
 
 
 def _rate(rate) -> str:
@@ -466,7 +471,7 @@ def choose_learning_rate(run: Callable[[float], dict], grid: Sequence[float], sc
         results[rate] = run(rate)
         scores[rate] = float(results[rate][score])
     chosen = best_rate()
-    edge = grid_edge(chosen, grid)
+    edge = grid_edge(chosen, grid, accuracy=scores[chosen])
     if edge:
         print(f"note: the chosen rate {_rate(chosen)} is {edge}")
     return chosen, results[chosen], scores
@@ -515,5 +520,5 @@ def rate_fixed_across_seeds(run: Callable[[float, int], dict], grid: Sequence[fl
     if not seeds:
         raise ValueError("seeds must hold at least one seed (the first chooses the rate)")
     rate, first, scores = choose_learning_rate(lambda lr: run(lr, seeds[0]), grid, score, start)
-    first["rate_edge"] = grid_edge(rate, grid)
+    first["rate_edge"] = grid_edge(rate, grid, accuracy=scores[rate])
     return rate, [first] + [run(rate, seed) for seed in seeds[1:]], scores

@@ -225,7 +225,7 @@ def tuned_sequential_run(model_a: nn.Module, strategy: Strategy, grid, data_b, e
 
     rates, summary, scores = choose_learning_rate(run, grid, score="b_validation_final", start=start)
     return {**summary, "lr": rates, "validation_by_lr": {str(r): score for r, score in scores.items()},
-            "rate_edge": grid_edge(rates, grid)}
+            "rate_edge": grid_edge(rates, grid, accuracy=scores[rates])}
 
 
 def rate_search(settings: dict, strategy: Strategy, chosen: dict) -> dict:
@@ -353,20 +353,25 @@ def decoder_forgetting(model: nn.Module, domain_train, general_eval, domain_eval
 
 
 def clear_pick(values: dict, runs: list[dict] | None = None, measure: str | None = None,
-               tolerance: float = 0.10) -> tuple[str | None, str]:
-    """``(winner, runner-up)`` for the lowest of ``values``: the winner only where it is clearly lowest, else
-    ``None``. Clearly: by the paired interval of ``measure`` over ``runs`` (:func:`compare_strategies`) when given,
-    else by more than ``tolerance`` of the runner-up's value (0 for exact counts: any difference, but not a tie).
+               tolerance: float = 0.10, highest: bool = False) -> tuple[str | None, str]:
+    """``(winner, runner-up)`` for the lowest of ``values`` (the highest with ``highest=True``): the winner only where
+    it is clearly ahead, else ``None``. Clearly: by the paired interval of ``measure`` over ``runs``
+    (:func:`compare_strategies`) when given, else by more than ``tolerance`` of the runner-up's value (0 for exact
+    counts: any difference, but not a tie).
 
     >>> clear_pick({"a": 80.0, "b": 100.0, "c": 120.0}), clear_pick({"a": 95.0, "b": 100.0})
     (('a', 'b'), (None, 'b'))
+    >>> clear_pick({"a": 0.9, "b": 1.0, "c": 1.0}, tolerance=0.0, highest=True)
+    (None, 'c')
     """
-    order = sorted(values, key=values.get)
+    order = sorted(values, key=values.get, reverse=highest)  # stable: a tie keeps the given order
     if len(order) == 1:
         return order[0], order[0]
     best, runner_up = order[:2]
     if runs is not None and measure is not None:
-        clear = direction(compare_strategies(runs, best, runner_up, measure)) == "lower"
+        clear = direction(compare_strategies(runs, best, runner_up, measure)) == ("higher" if highest else "lower")
+    elif highest:
+        clear = values[best] > (1 + tolerance) * values[runner_up]
     else:
         clear = values[best] < (1 - tolerance) * values[runner_up]
     return (best if clear else None), runner_up

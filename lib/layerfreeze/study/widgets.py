@@ -208,7 +208,7 @@ class PickerSession:
         test = evaluate(best["model"], self.test_data)["accuracy"] if self.test_data is not None else None
         history = trained["history"]
         row = {"choice": choice, "lr": rate, "rates_tried": len(scores),
-               "rate_edge": grid_edge(rate, self.rates) if self.lr is None else "",
+               "rate_edge": grid_edge(rate, self.rates, accuracy=scores[rate]) if self.lr is None else "",
                "trainable_params": history.trainable_params,
                "percent_trainable": 100 * history.trainable_params / history.total_params,
                "validation_accuracy": trained["validation_accuracy"],
