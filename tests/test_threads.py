@@ -12,7 +12,8 @@ import pytest
 from layerfreeze.base import runtime
 from layerfreeze.base.runtime import THREAD_POLICY_VARIABLE, policy_threads, thread_policy_env
 from layerfreeze.course.kernelspec import use_thread_policy
-from layerfreeze.course.runner import DEFAULT_CELL_TIMEOUT, profile_cell_timeout
+from layerfreeze.course.runner import (CONTENTION_ALLOWANCE, DEFAULT_CELL_TIMEOUT, LONGEST_CELL_SECONDS,
+                                       profile_cell_timeout)
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORT = "import os, torch; print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('OMP_NUM_THREADS'), " \
@@ -79,7 +80,9 @@ def test_the_cell_limit_follows_the_profile_and_the_machine():
     assert profile_cell_timeout("cpu", calibration=0.19) == 2225
     assert profile_cell_timeout("cpu", calibration=0.38) == 2 * 2225
     assert profile_cell_timeout("smoke", calibration=0.01) == 120  # never below two minutes
-    assert profile_cell_timeout("full") == DEFAULT_CELL_TIMEOUT
+    assert profile_cell_timeout("full", on_gpu=True) == DEFAULT_CELL_TIMEOUT
+    on_cpu = profile_cell_timeout("full", calibration=0.19, on_gpu=False)  # 06's training cell, measured on a CPU
+    assert on_cpu == LONGEST_CELL_SECONDS["full"] * CONTENTION_ALLOWANCE > DEFAULT_CELL_TIMEOUT
     assert 120 <= profile_cell_timeout("smoke") < DEFAULT_CELL_TIMEOUT  # measured here: a few seconds
     with pytest.raises(ValueError, match="unknown profile 'fast'"):
         profile_cell_timeout("fast")

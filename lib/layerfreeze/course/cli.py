@@ -84,7 +84,7 @@ def add_course_parser(commands) -> None:
                              "the Hub must be reachable)")
     course.add_argument("--cell-timeout", type=positive_int, default=None,
                         help="stop a cell that runs longer than this many seconds (default: from the profile and "
-                             f"this machine's measured speed; {DEFAULT_CELL_TIMEOUT} for full)")
+                             f"this machine's measured speed; {DEFAULT_CELL_TIMEOUT} for full on a GPU)")
     course.set_defaults(run=_course)
 
 
