@@ -22,9 +22,9 @@ from ..base.runtime import apply_thread_policy, describe_device
 # The longest cell of each profile, in seconds, on the reference machine (the 2-core CPU of docs/results.md): cpu's
 # is notebook 06's cell that trains every plan and method (445 s on 2026-12-05, with small test runs beside it; 02's
 # strategy cell took 259 s, 03's ULMFiT rows about 190 s), smoke notebooks take well under a minute each; full's is
-# the same cell of 06 at the full sizes (4,416 s on 2026-12-05, 18 min of it beside a `make test`). On a
+# the same cell of 06 at the full sizes (3,714 s on 2026-12-05, alone: docs/results-06-full.md). On a
 # GPU the full profile keeps the fixed bound: the calibration below measures CPU cores, not a card.
-LONGEST_CELL_SECONDS = {"smoke": 60, "cpu": 445, "full": 4416}
+LONGEST_CELL_SECONDS = {"smoke": 60, "cpu": 445, "full": 3714}
 # CPU seconds of calibration_seconds() on the reference machine: 0.190-0.195 in 5 runs, at load average 11.6-12.2
 # (CPU time: other jobs barely change it).
 REFERENCE_CALIBRATION_SECONDS = 0.19
