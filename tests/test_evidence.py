@@ -7,7 +7,7 @@ import torch
 from layerfreeze import tiny_model
 from layerfreeze.study.evidence import (Interval, choose_learning_rate, combine_verdicts, correct_per_example, curve_shape,
                                   difference_interval, likely_reason, still_improving, verdict)
-from layerfreeze.core.training import evaluate
+from layerfreeze.core.evaluation import evaluate
 
 
 def test_correct_per_example_averages_to_evaluate_accuracy():

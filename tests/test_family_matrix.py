@@ -1,5 +1,6 @@
 """Every family a learner may bring, as a tiny random model built in code: groups, freezing, tables, memory
-estimate, the invariant (checked with autograd), and a few steps of fit with and without the feature cache."""
+estimate, the invariant (checked with autograd), and a few steps of fit, evaluated after (perplexity for a causal LM),
+with and without the feature cache."""
 
 import warnings
 
@@ -142,7 +143,7 @@ def test_fit_with_and_without_the_cache(family, task):
         lf.freeze_to(model, 2 if family in ENCODER_DECODER_FAMILIES else -2, eval_frozen=True, untie=tied)
         before = lf.fingerprint(model)
         try:
-            history = lf.fit(model, data, epochs=1, batch_size=8, lr=1e-2, seed=3, cache_prefix=cache,
+            history = lf.fit(model, data, data, epochs=1, batch_size=8, lr=1e-2, seed=3, cache_prefix=cache,
                              progress=False)
         except ValueError as error:
             assert cache and family in CACHE_REFUSES and CACHE_REFUSES[family] in str(error), error
@@ -150,10 +151,15 @@ def test_fit_with_and_without_the_cache(family, task):
         assert cache is False or family not in CACHE_REFUSES
         assert lf.assert_frozen_unchanged(model, before) > 0
         assert lf.changed_parameters(before, lf.fingerprint(model))  # something trained
-        runs[cache] = (history.epochs[0]["train_loss"], lf.fingerprint(model), history.cached_groups)
-    (plain_loss, plain, _), (cached_loss, cached, cached_groups) = runs[False], runs[True]
+        row = history.epochs[0]
+        if task == "causal-lm":  # scored per token: perplexity is exp of the mean token loss
+            assert row["eval_perplexity"] == pytest.approx(torch.tensor(row["eval_loss"]).exp().item())
+            assert 0 <= row["eval_accuracy"] <= 1
+        runs[cache] = (row["train_loss"], lf.fingerprint(model), history.cached_groups, row["eval_loss"])
+    (plain_loss, plain, _, plain_eval), (cached_loss, cached, cached_groups, cached_eval) = runs[False], runs[True]
     assert cached_groups == [g.name for g in lf.layer_groups(model)][:lf.cache.cacheable_prefix(model)]
     assert cached_loss == plain_loss and cached == plain
+    assert cached_eval == pytest.approx(plain_eval, rel=1e-5)
 
 
 def test_cache_refuses_to_cache_past_the_encoder():

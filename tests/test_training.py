@@ -7,7 +7,8 @@ from layerfreeze import (assert_frozen_unchanged, fingerprint, freeze, freeze_to
 from layerfreeze.core.cache import cache_device
 from layerfreeze.base.runtime import resolve_precision
 from layerfreeze.core.schedules import lr_multiplier
-from layerfreeze.core.training import History, evaluate, fit, make_optimizer
+from layerfreeze.core.evaluation import evaluate
+from layerfreeze.core.training import History, fit, make_optimizer
 
 
 def toy_task(n=64, seq=8, seed=0):

@@ -2,7 +2,7 @@
 
 The top level holds the concepts (``docs/architecture.md`` says which module holds each):
 
-* loading: :func:`load_model`, :func:`tiny_model`, :func:`load_task`, :func:`encode`, :func:`num_labels`,
+* loading: :func:`load_model`, :func:`tiny_model`, :func:`load_task`, :func:`encode`, :func:`encode_lm`, :func:`num_labels`,
   :func:`seed_everything`, :func:`describe_device`, :data:`MiB`
 * layers and freezing: :func:`layer_groups`, :func:`num_blocks`, :func:`freeze`,
   :func:`unfreeze`, :func:`train_only`, :func:`freeze_to`, :func:`bitfit`, :func:`count_parameters`,
@@ -29,7 +29,7 @@ import importlib
 from .course.cli import check_before_import as _check_command_line
 
 _check_command_line()  # under `python -m layerfreeze`: --help and a bad flag answer before torch is imported
-from .base.data import encode, load_task, num_labels
+from .base.data import encode, encode_lm, load_task, num_labels
 from .base.models import load_model, tiny_model
 from .base.runtime import MiB, describe_device, seed_everything
 from .core.freezing import (assert_frozen_unchanged, bitfit, changed_parameters, count_parameters, fingerprint,
@@ -40,14 +40,15 @@ from .core.memory import estimate_memory
 from .core.plans import Plan, apply_plan, factory_plan
 from .core.schedules import chain_thaw, discriminative_lrs, gradual_unfreezing
 from .core.strategy import Adaptive, Expansion, Gradual, Lisa, Lora, Strategy
-from .core.training import evaluate, fit
+from .core.evaluation import evaluate
+from .core.training import fit
 
 __version__ = "0.1.0"
 
 # lf.forgetting, lf.plots ...: each module by its own name, wherever its layer keeps it
 _SUBMODULES = {name: f"{layer}.{name}" for layer, names in {
     "base": ("checks", "data", "models", "runtime", "tasks"),
-    "core": ("adapters", "cache", "costs", "forgetting", "freezing", "inspection", "layers", "memory", "optim",
+    "core": ("adapters", "cache", "costs", "evaluation", "forgetting", "freezing", "inspection", "layers", "memory", "optim",
              "plans", "schedules", "signals", "strategy", "trainer", "training"),
     "study": ("baselines", "evidence", "oracle", "plots", "runs", "sequential", "takeaways", "timing", "widgets")}.items() for name in names}
 
@@ -62,7 +63,7 @@ def __getattr__(name: str):
 
 __all__ = [
     # loading
-    "load_model", "tiny_model", "load_task", "encode", "num_labels", "seed_everything", "describe_device", "MiB",
+    "load_model", "tiny_model", "load_task", "encode", "encode_lm", "num_labels", "seed_everything", "describe_device", "MiB",
     # layers and freezing
     "layer_groups", "num_blocks", "freeze", "unfreeze", "train_only", "freeze_to", "bitfit",
     "count_parameters", "fingerprint", "changed_parameters", "assert_frozen_unchanged",

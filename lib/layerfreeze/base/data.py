@@ -432,3 +432,59 @@ def _check_max_length(max_length, tokenizer) -> None:
     special = tokenizer.num_special_tokens_to_add() if hasattr(tokenizer, "num_special_tokens_to_add") else 0
     longest = getattr(tokenizer, "model_max_length", None)  # a huge sentinel when the tokenizer sets no limit
     check_int("max_length", max_length, special + 1, longest if isinstance(longest, int) and longest < 10**6 else None)
+
+
+def encode_lm(texts, tokenizer, max_length: int = 64, prompts=None):
+    """Tokenize texts for a causal LM into a ``TensorDataset`` of ``(input_ids, attention_mask, labels)``: labels
+    are the token ids (the model shifts them), ``-100`` on padding. Each text ends with the tokenizer's
+    end-of-sequence token, so the model learns where a text stops. With ``prompts`` (one per text), each example is
+    the prompt followed by its text as the response, and the prompt's tokens are ``-100`` too: the loss counts the
+    response only, as supervised fine-tuning does. Rows are cut at ``max_length`` tokens and padded on the right.
+
+    >>> from layerfreeze.base.models import load_model
+    >>> _, tokenizer = load_model("tiny:gpt2", task="causal-lm")
+    >>> ids, mask, labels = encode_lm(["fine"], tokenizer, prompts=["is it good?"]).tensors
+    >>> (labels[0] != -100).sum().item() < mask[0].sum().item()  # the prompt's tokens count no loss
+    True
+    """
+    import torch
+
+    texts, prompts = _lm_columns(texts, prompts)
+    _check_max_length(max_length, tokenizer)
+    eos = tokenizer.eos_token_id
+    rows = []
+    for text, prompt in zip(texts, prompts):
+        start = tokenizer(prompt, truncation=True, max_length=max_length)["input_ids"] if prompt is not None else []
+        body = tokenizer(text, add_special_tokens=prompt is None, truncation=True, max_length=max_length)["input_ids"]
+        if eos is not None and (not body or body[-1] != eos):
+            body = body + [eos]
+        ids = (start + body)[:max_length]
+        rows.append((ids, min(len(start), len(ids))))
+    width = max(len(ids) for ids, _ in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or 0)
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    for row, (ids, prompt_length) in enumerate(rows):
+        input_ids[row, :len(ids)] = torch.tensor(ids)
+        attention_mask[row, :len(ids)] = 1
+        labels[row, prompt_length:len(ids)] = torch.tensor(ids[prompt_length:], dtype=torch.long)
+    return torch.utils.data.TensorDataset(input_ids, attention_mask, labels)
+
+
+def _lm_columns(texts, prompts) -> tuple[list[str], list]:
+    """``texts`` (and ``prompts``, or one ``None`` per text), checked: non-empty lists of strings of one length."""
+    if isinstance(texts, str) or not hasattr(texts, "__len__"):
+        raise ValueError(f"texts must be a list of strings (e.g. a split's 'text' column); got {type(texts).__name__}")
+    texts = list(texts)
+    if not texts:
+        raise ValueError("texts is empty: there is nothing to encode")
+    bad = next((t for t in texts if not isinstance(t, str)), None)
+    if bad is not None:
+        raise ValueError(f"texts must be strings, got {bad!r}")
+    if prompts is None:
+        return texts, [None] * len(texts)
+    prompts = list(prompts) if not isinstance(prompts, str) else None
+    if prompts is None or len(prompts) != len(texts) or not all(isinstance(p, str) for p in prompts):
+        raise ValueError(f"prompts must be a list of strings, one per text ({len(texts)}), or None for plain text")
+    return texts, prompts

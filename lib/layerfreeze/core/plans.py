@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .evaluation import is_causal_lm
 from .freezing import FreezeReport, train_only
 from .layers import LayerGroup, find_blocks_path, layer_groups
 from .schedules import Schedule, resolve_rates
@@ -145,7 +146,7 @@ def factory_plan(model: nn.Module, trainable_layers: int, trainable_modules: str
     for BERT), or the aliases ``attention`` and ``mlp`` in every family, or globs on names inside a block.
     ``extra_modules``: comma-separated modules outside the blocks, as LLaMA-Factory names them (``embed_tokens``,
     ``norm``, ``lm_head``), groups (``embeddings``) or parameter globs. The task head's output layer always trains
-    (it is new); a decoder's final norm trains only when ``extra_modules`` names it. Unlike LLaMA-Factory, which
+    (it is new; a causal LM's pretrained head trains only when ``extra_modules`` names it); a decoder's final norm trains only when ``extra_modules`` names it. Unlike LLaMA-Factory, which
     matches names as substrings (its ``norm`` also trains every block's ``input_layernorm``), a module name here
     means exactly that module. Errors name the argument and what is valid.
 
@@ -177,9 +178,9 @@ def factory_plan(model: nn.Module, trainable_layers: int, trainable_modules: str
     extras = _comma_list(extra_modules, "extra_modules")
     spelled = ",".join(modules)
     where = f"{'last' if trainable_layers > 0 else 'first'} {abs(trainable_layers)} block(s)"
-    return Plan(f"{where}, {spelled} modules" + "".join(f", {e}" for e in extras) + ", + head",
-                exact_names(names) + _extra_selectors(model, groups, extras)
-                + task_head(groups),
+    head = [] if is_causal_lm(model) else task_head(groups)  # a causal LM's head is pretrained, not new
+    return Plan(f"{where}, {spelled} modules" + "".join(f", {e}" for e in extras) + (", + head" if head else ""),
+                exact_names(names) + _extra_selectors(model, groups, extras) + head,
                 f"LLaMA-Factory freeze: trainable_layers={trainable_layers}, trainable_modules={spelled}"
                 + (f", extra_modules={','.join(extras)}" if extras else ""))
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from .adapters import add_lora
+from .evaluation import is_causal_lm
 from .freezing import FreezeReport, bitfit, freeze_to, train_only
 from .layers import layer_groups, num_blocks
 from .plans import Plan, adaptive_freezing, apply_plan, expand_blocks, lisa
@@ -189,7 +190,8 @@ class Strategy:
         if isinstance(self.adapter, Lora):
             return add_lora(model, self.adapter.rank), None
         if isinstance(self.adapter, Expansion):
-            train_only(model, *self.expand(model), "head", eval_frozen=True)
+            head = () if is_causal_lm(model) else ("head",)  # LLaMA Pro trains only the new blocks of an LM
+            train_only(model, *self.expand(model), *head, eval_frozen=True)
             return model, None
         self.apply(model)
         return model, None

@@ -31,13 +31,14 @@ from torch import nn
 
 from . import cache as feature_cache
 from ..base.checks import check_choice, check_int, check_number, check_rates
-from ..base.data import (as_tensors, batches_per_epoch, by_length_batches, eval_batch_size as default_eval_batch_size,
-                         index_batches, length_bucketed_batches, real_lengths)
+from ..base.data import (as_tensors, batches_per_epoch, eval_batch_size as default_eval_batch_size, index_batches,
+                         length_bucketed_batches, real_lengths)
+from .evaluation import check_data, evaluate, forward_rows
 from .freezing import count_parameters
 from .layers import LayerGroup, layer_groups
 from .memory import MiB, PeakMemory
 from .optim import drop_stale_gradients, follow_schedule, make_optimizer
-from ..base.runtime import (autocast, check_fsdp, distributed_context, eval_mode, grad_scaler, is_sharded,
+from ..base.runtime import (autocast, check_fsdp, distributed_context, grad_scaler, is_sharded,
                              resolve_precision, seed_everything)
 from .schedules import CURVES, Schedule, constant_schedule
 
@@ -164,60 +165,6 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-# --- evaluate ------------------------------------------------------------------------------------------------------
-
-def _forward(model, inputs, lengths, index, stand_in, cached, device):
-    """The model on one batch, ``index`` (on the CPU) into ``inputs``, cut to the batch's widest row
-    (:func:`~layerfreeze.base.data.real_lengths`); with a cache, its frozen prefix replayed for those rows."""
-    width = int(lengths[index].max())
-    on_device = index.to(device)
-    input_ids, attention_mask, labels = inputs[0][on_device, :width], inputs[1][on_device, :width], inputs[2][on_device]
-    if stand_in is None:
-        return model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
-    stand_in.value = cached[index.to(cached.device), :width].to(device, non_blocking=True)
-    try:
-        return model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
-    finally:
-        stand_in.value = None  # a model that shares the blocks runs them for real in between
-
-
-def evaluate(model: nn.Module, data, batch_size: int | None = None, device: torch.device | None = None,
-             precision: str = "auto", _stand_in=None, _cached=None) -> dict:
-    """Loss and accuracy of a classification model on ``data`` (``(input_ids, attention_mask, labels)``), in batches
-    of ``batch_size`` examples of similar length (by default :func:`~layerfreeze.base.data.eval_batch_size`).
-
-    >>> from layerfreeze import tiny_model
-    >>> import torch
-    >>> data = (torch.randint(5, 99, (8, 6)), torch.ones(8, 6, dtype=torch.long), torch.zeros(8, dtype=torch.long))
-    >>> sorted(evaluate(tiny_model("bert"), data))
-    ['accuracy', 'loss']
-    """
-    if len(as_tensors(data)[2]) == 0:
-        raise ValueError("data has 0 rows: evaluate needs at least one labelled example (check the split or the "
-                         "filter that produced it)")
-    hits, loss = score_examples(model, data, batch_size, device, precision, _stand_in, _cached)
-    return {"loss": loss, "accuracy": hits.sum().item() / len(hits)}
-
-
-def score_examples(model: nn.Module, data, batch_size: int | None = None, device: torch.device | None = None,
-                   precision: str = "auto", _stand_in=None, _cached=None) -> tuple[torch.Tensor, float]:
-    """Which examples of ``data`` the model gets right (a bool tensor on the CPU, in the order of ``data``) and the
-    mean loss: the one evaluation loop, in batches of examples of similar length, each cut after its widest row."""
-    tensors = as_tensors(data)
-    device = device or next(model.parameters()).device
-    precision, batch_size = resolve_precision(precision, device), batch_size or default_eval_batch_size(device)
-    inputs = tuple(t.to(device) for t in tensors)
-    lengths, labels = real_lengths(inputs[1]), inputs[2]
-    total_loss = torch.zeros((), device=device)
-    hits = torch.zeros(len(labels), dtype=torch.bool)
-    with eval_mode(model), torch.no_grad(), autocast(precision, device):
-        for index in by_length_batches(lengths, batch_size):
-            out = _forward(model, inputs, lengths, index, _stand_in, _cached, device)
-            total_loss += out.loss.float() * len(index)
-            hits[index] = (out.logits.argmax(-1) == labels[index.to(device)]).cpu()
-    return hits, total_loss.item() / max(len(labels), 1)
-
-
 # --- fit: the arguments --------------------------------------------------------------------------------------------
 
 @dataclass
@@ -278,9 +225,9 @@ def _check_fit_arguments(model, train_data, eval_data, options: _Options) -> Non
         check_int("warmup", options.warmup, 0)
     world_size = distributed_context()[1]
     check_fsdp(options.fsdp, world_size)
-    train_steps = epochs * batches_per_epoch(_check_data("train_data", model, train_data), batch_size, world_size)
+    train_steps = epochs * batches_per_epoch(check_data("train_data", model, train_data), batch_size, world_size)
     if eval_data is not None:
-        _check_data("eval_data", model, eval_data)
+        check_data("eval_data", model, eval_data)
     schedule = options.schedule
     if schedule is not None and schedule.total_steps < train_steps:
         raise ValueError(f"the schedule has total_steps={schedule.total_steps}, but this run takes {train_steps} "
@@ -302,40 +249,6 @@ def _check_early_stopping(options: _Options, eval_data) -> None:
         raise ValueError("early_stopping needs eval_data: it stops when the validation accuracy stops improving")
     if options.fsdp:
         raise ValueError("early_stopping is not supported with fsdp=True (sharded weights): pass early_stopping=None")
-
-
-def _check_data(name: str, model: nn.Module, data) -> int:
-    """The data fit takes: not empty, token ids in the model's vocabulary, sequences within its positions, labels
-    within its classes. Returns the number of examples."""
-    try:
-        input_ids, attention_mask, labels = as_tensors(data)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be (input_ids, attention_mask, labels) of one length, e.g. from "
-                         f"layerfreeze.encode(split, tokenizer); got {type(data).__name__}") from None
-    if len(labels) == 0:
-        raise ValueError(f"{name} is empty: there is nothing to train or evaluate on")
-    vocabulary = model.get_input_embeddings().num_embeddings if hasattr(model, "get_input_embeddings") else None
-    if vocabulary is not None and (input_ids.min() < 0 or input_ids.max() >= vocabulary):
-        raise ValueError(f"{name} has token ids from {int(input_ids.min())} to {int(input_ids.max())}, but the model's "
-                         f"vocabulary has ids 0 to {vocabulary - 1}: encode with the model's own tokenizer")
-    positions = _max_positions(model)
-    if positions is not None and input_ids.shape[-1] > positions:
-        raise ValueError(f"{name} has sequences of {input_ids.shape[-1]} tokens, but the model takes at most "
-                         f"{positions}: encode with max_length={positions} or less")
-    classes = getattr(getattr(model, "config", None), "num_labels", None)
-    if labels.ndim == 1 and classes and (labels.min() < 0 or labels.max() >= classes):
-        raise ValueError(f"{name} has labels from {int(labels.min())} to {int(labels.max())}, but the model has "
-                         f"{classes} classes (labels 0 to {classes - 1}): load it with num_labels=num_labels(task)")
-    return len(labels)
-
-
-def _max_positions(model: nn.Module) -> int | None:
-    """The longest sequence a model with learned absolute positions takes (RoBERTa's first positions are reserved
-    for padding); ``None`` for rotary or relative positions."""
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Embedding) and name.rsplit(".", 1)[-1] in ("position_embeddings", "wpe"):
-            return module.num_embeddings - (module.padding_idx + 1 if module.padding_idx is not None else 0)
-    return None
 
 
 # --- fit: planning -------------------------------------------------------------------------------------------------
@@ -508,7 +421,7 @@ def _set_learning_rates(run: _Run) -> None:
 def _optimizer_step(run: _Run, index: torch.Tensor) -> torch.Tensor:
     """Forward, backward (scaled under fp16), clip, step, clear the gradients; returns the detached loss."""
     with autocast(run.precision, run.device):
-        out = _forward(run.trained, run.inputs, run.lengths, index, run.cache.stand_in, run.cache.train, run.device)
+        out = forward_rows(run.trained, run.inputs, run.lengths, index, run.cache.stand_in, run.cache.train, run.device)
     loss, scaler, optimizer = out.loss, run.scaler, run.optimizer
     if scaler is not None:
         scaler.scale(loss).backward()
@@ -599,6 +512,8 @@ def _record_epoch(run: _Run, epoch: int, running_loss: torch.Tensor, seconds: fl
                           run.cache.stand_in, run.cache.eval)
         history.eval_seconds += time.perf_counter() - start
         row.update(eval_loss=scores["loss"], eval_accuracy=scores["accuracy"])
+        if "perplexity" in scores:  # a causal LM: accuracy is next-token accuracy
+            row["eval_perplexity"] = scores["perplexity"]
     if on_epoch_end is not None:
         row.update(on_epoch_end(epoch) or {})
     history.epochs.append(row)

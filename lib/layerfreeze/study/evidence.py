@@ -25,7 +25,7 @@ import numpy as np
 from torch import nn
 
 from ..base.data import as_tensors
-from ..core.training import score_examples
+from ..core.evaluation import score_examples
 
 UNTESTABLE = "untestable here"  # a ceiling reached, or a curve still rising: the run cannot decide the claim
 VERDICTS = ("holds", "does not hold", "within noise", UNTESTABLE)
@@ -39,7 +39,7 @@ TEST_SAMPLE, ACROSS_SEEDS, SEEDS_AND_TEST_SAMPLE = "test sample", "across seeds"
 def correct_per_example(model: nn.Module, data, batch_size: int | None = None) -> np.ndarray:
     """A 0/1 array, one entry per example of ``data`` (``(input_ids, attention_mask, labels)``): 1 where the model's
     prediction is right, in full precision. Its mean is :func:`~layerfreeze.evaluate`'s accuracy (the same loop,
-    :func:`~layerfreeze.core.training.score_examples`; ``evaluate`` may run in bf16 on a GPU)."""
+    :func:`~layerfreeze.core.evaluation.score_examples`; ``evaluate`` may run in bf16 on a GPU)."""
     if len(as_tensors(data)[2]) == 0:
         return np.zeros(0)
     return score_examples(model, data, batch_size, precision="fp32")[0].numpy().astype(float)

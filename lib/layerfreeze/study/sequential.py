@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..base.data import as_tensors, batches_per_epoch
-from ..core.forgetting import backward_transfer, drift, forgetting, learning, perplexity
+from ..core.forgetting import backward_transfer, drift, forgetting, learning
 from ..core.freezing import freeze
 from ..core.layers import layer_groups, replace_module
 from ..core.memory import MiB
@@ -328,29 +328,6 @@ def cka_frame(runs: list[dict]) -> pd.DataFrame:
 
 
 # --- decoders: forgetting as a rise in perplexity ------------------------------------------------------------------
-
-def lm_data(texts: list[str], tokenizer, max_length: int = 64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(input_ids, attention_mask, labels)`` for causal-LM training: labels are the inputs, -100 on padding."""
-    batch = tokenizer(list(texts), padding="longest", truncation=True, max_length=max_length, return_tensors="pt")
-    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-    return batch["input_ids"], batch["attention_mask"], labels
-
-
-def decoder_forgetting(model: nn.Module, domain_train, general_eval, domain_eval, preset: str = "all",
-                       k: int | None = None, *, epochs: int = 1, batch_size: int = 16, lr: float = 5e-5,
-                       seed: int = 0, progress: bool = True) -> dict:
-    """Fine-tune a causal LM on domain text under a freezing preset; report perplexity on general and domain text
-    before and after. The rise on general text is the forgetting."""
-    model = copy.deepcopy(model)
-    before = {"general": perplexity(model, general_eval), "domain": perplexity(model, domain_eval)}
-    apply_preset(model, preset, k, untie=True)  # a tied lm_head gets its own copy: "top k" leaves the embedding be
-    history = fit(model, domain_train, None, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-                  progress=progress)
-    after = {"general": perplexity(model, general_eval), "domain": perplexity(model, domain_eval)}
-    return {"preset": preset, "k": k, "before": before, "after": after,
-            "general_rise": after["general"] / before["general"], "domain_gain": before["domain"] / after["domain"],
-            "seconds": history.train_seconds}
-
 
 def clear_pick(values: dict, runs: list[dict] | None = None, measure: str | None = None,
                tolerance: float = 0.10, highest: bool = False) -> tuple[str | None, str]:

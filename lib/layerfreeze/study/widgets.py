@@ -44,7 +44,8 @@ from ..core.layers import layer_groups, num_blocks
 from ..core.memory import MiB, estimate_memory
 from ..core.schedules import head_and_body_lrs
 from ..core.strategy import PRESETS, Strategy
-from ..core.training import evaluate, fit
+from ..core.evaluation import evaluate
+from ..core.training import fit
 from .evidence import choose_learning_rate, grid_edge
 from .runs import fresh_copy
 from .timing import StepTimer, steady_step_seconds
