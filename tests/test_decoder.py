@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import layerfreeze as lf
-from layerfreeze.base.corpus import DEVICES, FIXES, domain_instructions, domain_manual, general_texts, held_out_general
+from layerfreeze.base.corpus import DEVICES, FIXES, domain_instructions, domain_manual, general_texts, held_out_general,
+                                    pretraining_corpus
 from layerfreeze.base.models import KIT_DECODER_SHA256, resolve_model_source, sha256_of
 from layerfreeze.core.evaluation import IGNORE_INDEX, evaluate, is_causal_lm
 from layerfreeze.core.pretraining import random_decoder, train_tokenizer
@@ -128,7 +129,7 @@ def test_the_recipe_regenerates_the_tokenizer_and_a_short_model(kit_decoder, tmp
     from layerfreeze.core.pretraining import pretrain_decoder
 
     _, tokenizer = kit_decoder
-    assert train_tokenizer(general_texts(60_000, 0)).get_vocab() == tokenizer.get_vocab()
+    assert train_tokenizer(pretraining_corpus()).get_vocab() == tokenizer.get_vocab()
     short = pretrain_decoder(tmp_path, paragraphs=1500, epochs=1)
     assert short["perplexity"] < short["random_perplexity"] / 5
     reloaded, _ = lf.load_model(str(tmp_path), task="causal-lm")
@@ -144,7 +145,7 @@ def test_the_domain_is_one_fix_per_symptom_in_both_forms():
     manual = domain_manual(50, seed=3)
     assert all(any(fix.format(d=d) in text for fix in FIXES.values() for d in DEVICES) for text in manual)
     held_out = held_out_general(300, study.GENERAL_SEED)
-    assert len(held_out) == 300 and not set(general_texts(60_000, 0)) & set(held_out)
+    assert len(held_out) == 300 and not set(pretraining_corpus()) & set(held_out)
 
 
 # --- the decoder study -----------------------------------------------------------------------------------------------

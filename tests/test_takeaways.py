@@ -37,7 +37,7 @@ RESULTS = {
                     _summary("LoRA", {"preset": "all", "adapter": {"kind": "Lora", "rank": 8}}, 0.03, 0.74, 300_000)],
         "verdicts": [{"key": "lora_learns_less", "finding": "LoRA learns less than full fine-tuning (Biderman et al.)",
                       "verdict": "within noise", "likely reason": "likely reason: task B is easy"}],
-        "cka": {"full": {"layer 0": 1.0, "layer 6": 0.62}}, "decoder": {"model": "tiny:gpt2", "skipped": True}},
+        "cka": {"full": {"layer 0": 1.0, "layer 6": 0.62}}, "decoder": {"model": "kit-decoder", "summary": [], "findings": []}},
 }
 
 

@@ -29,7 +29,8 @@ import importlib
 from .course.cli import check_before_import as _check_command_line
 
 _check_command_line()  # under `python -m layerfreeze`: --help and a bad flag answer before torch is imported
-from .base.data import encode, encode_lm, load_task, num_labels
+from .base.data import encode, load_task, num_labels
+from .base.text import encode_lm
 from .base.models import load_model, tiny_model
 from .base.runtime import MiB, describe_device, seed_everything
 from .core.freezing import (assert_frozen_unchanged, bitfit, changed_parameters, count_parameters, fingerprint,
@@ -47,7 +48,7 @@ __version__ = "0.1.0"
 
 # lf.forgetting, lf.plots ...: each module by its own name, wherever its layer keeps it
 _SUBMODULES = {name: f"{layer}.{name}" for layer, names in {
-    "base": ("checks", "data", "models", "runtime", "tasks"),
+    "base": ("checks", "corpus", "data", "models", "runtime", "tasks", "text"),
     "core": ("adapters", "cache", "costs", "evaluation", "forgetting", "freezing", "inspection", "layers", "memory", "optim",
              "plans", "schedules", "signals", "strategy", "trainer", "training"),
     "study": ("baselines", "evidence", "oracle", "plots", "runs", "sequential", "takeaways", "timing", "widgets")}.items() for name in names}

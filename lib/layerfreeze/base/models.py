@@ -30,7 +30,7 @@ COURSE_EXTRA_HINT = 'pip install "layerfreeze[course]"'
 DEFAULT_MODEL = "minilm"
 KIT_DECODER = "kit-decoder"
 KIT_DECODER_DIR = Path(__file__).resolve().parent / "kit_decoder"
-KIT_DECODER_SHA256 = "3793d65bdcf5ba38073d580f07382a2c63d5ab84cabf16dce1118d6e9956cff5"
+KIT_DECODER_SHA256 = "3e4b319c6655e78b386c30a1fe7bebcf893db09ff0a1b7071b5ba444baa4bbbf"
 TASKS = ("classification", "causal-lm")
 
 

@@ -9,6 +9,8 @@ on every projection inside the blocks; block expansion (LLaMA Pro) lives with th
 
 from __future__ import annotations
 
+import warnings
+
 from torch import nn
 
 from .evaluation import is_causal_lm
@@ -64,4 +66,6 @@ def add_lora(model: nn.Module, rank: int) -> nn.Module:
                                            if next(module.parameters(), None) is not None]  # not dropout
     config = LoraConfig(r=rank, lora_alpha=lora_alpha(rank), lora_dropout=0.0, target_modules=lora_targets(model),
                         modules_to_save=head)
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():  # peft asks transformers 5 a renamed question; nothing for a learner to do
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, config)

@@ -2,7 +2,7 @@
 
 Data is ``(input_ids, attention_mask, labels)``. A classifier has one label per example
 (:func:`~layerfreeze.base.data.encode`); a causal language model has one label per token
-(:func:`~layerfreeze.base.data.encode_lm`), ``-100`` where no loss counts (padding, and an instruction's prompt in
+(:func:`~layerfreeze.base.text.encode_lm`), ``-100`` where no loss counts (padding, and an instruction's prompt in
 supervised fine-tuning). A classifier is scored by accuracy, a causal LM by perplexity and next-token accuracy.
 """
 

@@ -1,8 +1,8 @@
 """The recipe of the kit's own pretrained decoder, ``"kit-decoder"`` (:func:`~layerfreeze.base.models.load_model`).
 
 A Llama-shaped causal LM (6 blocks, 128 wide, rotary positions, a byte-level BPE vocabulary of at most 2,048 tokens:
-the trainer stops at 1,079, all the merges the corpus's small lexicon has) pretrained
-with :func:`~layerfreeze.core.training.fit` on the generated general corpus of :mod:`layerfreeze.base.corpus`. The
+the trainer stops at 1,276, all the merges the corpus's small lexicon has) pretrained
+with :func:`~layerfreeze.core.training.fit` on the generated general corpus of :mod:`layerfreeze.base.corpus` (2% of it manual text of the domain). The
 committed weights are what :func:`pretrain_decoder` writes with its defaults; ``data/README.md`` gives the run
 (its time, its held-out perplexity against a random model of the same shape) and the command that repeats it::
 
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..base.corpus import PRETRAINING_PARAGRAPHS, PRETRAINING_SEED, general_texts, held_out_general
-from ..base.data import encode_lm
+from ..base.corpus import PRETRAINING_PARAGRAPHS, PRETRAINING_SEED, held_out_general, pretraining_corpus
+from ..base.text import encode_lm
 from .evaluation import evaluate
 from .training import fit
 
@@ -57,11 +57,12 @@ def random_decoder(tokenizer, seed: int = 0):
 
 def pretrain_decoder(out_dir: str | Path | None = None, *, paragraphs: int = PRETRAINING_PARAGRAPHS, epochs: int = 2,
                      lr: float = 3e-3, batch_size: int = 64, seed: int = PRETRAINING_SEED, progress: bool = False) -> dict:
-    """Pretrain the kit's decoder on ``paragraphs`` general texts; save it (with its tokenizer) to ``out_dir``.
+    """Pretrain the kit's decoder on ``paragraphs`` general texts (and a little manual text:
+    :func:`~layerfreeze.base.corpus.pretraining_corpus`); save it (with its tokenizer) to ``out_dir``.
 
     Returns the model, the tokenizer and the measurements: held-out general-text perplexity before (random
     weights, the same shape) and after, and the training time."""
-    texts = general_texts(paragraphs, seed)
+    texts = pretraining_corpus(paragraphs, seed)
     tokenizer = train_tokenizer(texts)
     model = random_decoder(tokenizer, seed)
     held_out = encode_lm(held_out_general(500, HELD_OUT_SEED), tokenizer, MAX_LENGTH)

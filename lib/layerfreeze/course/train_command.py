@@ -6,6 +6,11 @@ including whether every parameter ended identical on all ranks.
 
 Contradicting flags are refused before anything loads (:func:`conflicting_flags`); what needs the model's layers
 (``--preset top:99``, ``--trainable-layers 99``) is checked right after the model loads, before any training.
+
+``--task lm`` fine-tunes a causal LM (by default the kit's pretrained decoder, ``kit-decoder``) on plain text, or on
+prompt/response pairs with the prompt masked out of the loss (supervised fine-tuning, LLaMA-Factory's use of its
+freeze mode); without ``--data`` it trains on the kit's generated domain instructions. Its trainable set defaults
+to the last two blocks (``--trainable-layers 2``), the pretrained head frozen.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from ..core.schedules import CURVES
 # core.strategy.PRESETS, which imports torch; tests/test_cli.py keeps the two in step.
 PRESETS_WITH_K, PRESETS_WITHOUT_K = ("top", "bottom"), ("head", "all", "bitfit")
 PRESET_CHOICES = "head, top:K, bottom:K, all or bitfit"
+LM_TASK = "lm"
+LM_DEFAULT_LAYERS = 2  # --task lm without a plan: the last two blocks train
 
 
 class PresetChoice(tuple):
@@ -69,12 +76,19 @@ def add_train_parser(commands) -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="fine-tune with a freezing plan or an unfreezing schedule")
     train.add_argument("--config", type=config_file, help="a YAML file of these options (underscored, e.g. "
                        "learning_rate: 1.0e-4), LLaMA-Factory's freeze_* keys included; flags given here win")
-    train.add_argument("--model", default="minilm", help="minilm, a Hub id, a local directory, or tiny:FAMILY")
-    train.add_argument("--task", default="a", choices=TASK_NAMES, help="the task to fine-tune on")
+    train.add_argument("--model", default=None,
+                       help="minilm (the default), kit-decoder (the default for --task lm), a Hub id, a local "
+                            "directory, or tiny:FAMILY")
+    train.add_argument("--task", default="a", choices=TASK_NAMES + (LM_TASK,),
+                       help="the task to fine-tune on; lm: a causal LM on text (--data), the kit's domain without it")
     train.add_argument("--data", default=None, metavar="PATH_OR_HUB_ID",
                        help="your own task instead of --task: a CSV/JSONL/Parquet file, a folder, or a Hub dataset id")
     train.add_argument("--text-column", default="text", help="the text column of --data")
     train.add_argument("--label-column", default="label", help="the label column of --data (strings or numbers)")
+    train.add_argument("--prompt-column", default=None,
+                       help="--task lm: the prompt column of --data (with --response-column: supervised fine-tuning)")
+    train.add_argument("--response-column", default=None,
+                       help="--task lm: the response column of --data; only its tokens count in the loss")
     train.add_argument("--preset", type=preset, default=DEFAULT_PRESET,
                        help=f"what trains without a schedule: {PRESET_CHOICES}")
     train.add_argument("--schedule", default="none", choices=["none", "gradual", "chain-thaw"],
@@ -158,16 +172,37 @@ def conflicting_flags(args) -> str | None:
         return f"--every {args.every} paces an unfreezing schedule; a fixed plan has none (add --schedule gradual)"
     if args.max_steps is not None and given(args.epochs):
         return f"--max-steps {args.max_steps} and --epochs {args.epochs} both set the length of training: give one"
-    if args.data is not None and args.task != "a":
+    if args.data is not None and args.task not in ("a", LM_TASK):
         return f"--data {args.data!r} and --task {args.task!r} both name the task: give one"
+    return _language_model_conflicts(args)
+
+
+def _language_model_conflicts(args) -> str | None:
+    """What ``--task lm`` cannot combine with, and the columns that belong to it alone."""
+    columns = [f"--{name.replace('_', '-')} {getattr(args, name)!r}" for name in ("prompt_column", "response_column")
+               if getattr(args, name) is not None]
+    if args.task != LM_TASK:
+        if columns:
+            return (f"{' and '.join(columns)}: prompt and response columns are for --task lm (a causal LM); "
+                    f"--task {args.task} is classification, which reads --text-column and --label-column")
+        return None
+    if columns and args.data is None:
+        return f"{' and '.join(columns)} name columns of --data: give --data FILE (without it, the kit's domain trains)"
+    if args.schedule != "none":
+        return (f"--schedule {args.schedule} unfreezes down from a new task head, and a causal LM has none: with "
+                "--task lm give --trainable-layers N (LLaMA-Factory's freeze tuning) or --preset")
     return None
 
 
 def _train(args) -> None:
-    from ..base.models import check_model_arguments
+    from ..base.models import DEFAULT_MODEL, KIT_DECODER, check_model_arguments
     from ..base.runtime import check_fsdp, distributed_context
 
-    check_model_arguments(args.model)  # before the data loads
+    language_model = args.task == LM_TASK
+    args.model = args.model or (KIT_DECODER if language_model else DEFAULT_MODEL)
+    check_model_arguments(args.model, "causal-lm" if language_model else "classification")  # before the data loads
+    if language_model:  # the file read and checked before the model loads
+        args.lm_rows = _language_model_rows(args)
     for path in (args.output and args.output.parent, args.output_dir):
         if path:
             path.mkdir(parents=True, exist_ok=True)
@@ -248,6 +283,22 @@ def _training_setup(args, model, names: list[str], steps: int):
     return rates, None, describe_trainable(report)
 
 
+def _language_model_rows(args) -> dict[str, list[dict]]:
+    """``--task lm``'s training and validation rows: ``--data``'s (its last tenth, at least one row and at most
+    ``--eval-limit``, held out), or the kit's generated domain instructions."""
+    from ..base.corpus import domain_instructions
+    from ..base.text import read_lm_file
+
+    if args.data is None:
+        rows = domain_instructions(args.train_limit + args.eval_limit, args.seed)
+        return {"train": rows[:args.train_limit], "validation": rows[args.train_limit:]}
+    rows = read_lm_file(args.data, args.text_column, args.prompt_column, args.response_column)
+    if len(rows) < 2:
+        raise ValueError(f"--data {args.data!r} holds {len(rows)} row(s); training and validation need at least 2")
+    held_out = min(args.eval_limit, max(1, len(rows) // 10))
+    return {"train": rows[:-held_out][:args.train_limit], "validation": rows[-held_out:]}
+
+
 def _train_and_report(args, rank: int, world_size: int) -> None:
     import torch.distributed as dist
 
@@ -260,6 +311,8 @@ def _train_and_report(args, rank: int, world_size: int) -> None:
 
     device = process_device(rank)
     seed_everything(args.seed)
+    if args.task == LM_TASK:
+        return _train_language_model(args, rank, world_size, device)
     _quiet_datasets()
     splits = load_task(args.data or args.task, limit={"train": args.train_limit, "validation": args.eval_limit},
                        text_column=args.text_column, label_column=args.label_column)
@@ -281,6 +334,42 @@ def _train_and_report(args, rank: int, world_size: int) -> None:
     metrics = _report(args, history, fingerprint(model), rank, world_size, dist)
     if rank == 0 and args.output_dir:
         save_run(args.output_dir, model, tokenizer, metrics, trains)
+
+
+def _train_language_model(args, rank: int, world_size: int, device) -> None:
+    """``--task lm``: a causal LM fine-tuned on ``args.lm_rows`` with the plan the flags give (by default the last
+    :data:`LM_DEFAULT_LAYERS` blocks), scored by perplexity on the held-out rows."""
+    from ..base.data import batches_per_epoch
+    from ..base.models import load_model
+    from ..base.text import encode_lm_rows
+    from ..core.freezing import fingerprint
+    from ..core.layers import layer_groups, num_blocks
+    from ..core.training import fit
+
+    rows = args.lm_rows
+    epochs, examples = epochs_and_examples(args, len(rows["train"]), world_size)
+    model, tokenizer = load_model(args.model, task="causal-lm")
+    if args.trainable_layers is None and not given(args.preset):
+        args.trainable_layers = min(LM_DEFAULT_LAYERS, num_blocks(model))
+    steps = epochs * batches_per_epoch(examples, args.batch_size, world_size)
+    rates, schedule, trains = _training_setup(args, model, [g.name for g in layer_groups(model)], steps)
+    max_length = args.max_length or min(256, tokenizer.model_max_length)
+    model.to(device)
+    train = encode_lm_rows(rows["train"][:examples], tokenizer, max_length)
+    validation = encode_lm_rows(rows["validation"], tokenizer, max_length)
+    if rank == 0:
+        kind = "prompt/response pairs" if "response" in rows["train"][0] else "plain texts"
+        print(f"{args.model}: {trains}; {len(train)} {kind}; {steps} step{'s' * (steps != 1)}", flush=True)
+    history = fit(model, train, validation, epochs=epochs, lr=rates, batch_size=args.batch_size, curve=args.curve,
+                  seed=args.seed, device=device, progress=rank == 0 and sys.stderr.isatty(), fsdp=args.fsdp)
+    metrics = _report(args, history, fingerprint(model), rank, world_size, dist_module())
+    if rank == 0 and args.output_dir:
+        save_run(args.output_dir, model, tokenizer, metrics, trains)
+
+
+def dist_module():
+    import torch.distributed as dist
+    return dist
 
 
 def _max_length(given: int | None, splits, tokenizer) -> int:
@@ -341,7 +430,9 @@ def _report(args, history, digests: dict, rank: int, world_size: int, dist) -> d
                "replicas_identical": not differing, "differing_parameters": differing,
                "parameters_compared": len(digests), **history.summary(),
                "flags": {name: _plain(getattr(args, name)) for name in TRAIN_FLAGS}}
-    print(f"world size {world_size}: final validation accuracy {history.final_accuracy:.3f}; "
+    perplexity = history.epochs[-1].get("eval_perplexity")
+    score = f"perplexity {perplexity:.2f}, next-token accuracy" if perplexity is not None else "accuracy"
+    print(f"world size {world_size}: final validation {score} {history.final_accuracy:.3f}; "
           f"{len(digests)} parameters {'identical' if not differing else 'DIFFER'} across ranks")
     if args.output:
         args.output.write_text(json.dumps(metrics, indent=2, default=str) + "\n")

@@ -20,7 +20,8 @@ import pandas as pd
 from torch import nn
 
 from ..base.corpus import domain_instructions, domain_manual, held_out_general
-from ..base.data import batches_per_epoch, encode_lm
+from ..base.data import batches_per_epoch
+from ..base.text import encode_lm
 from ..core.evaluation import evaluate, is_causal_lm
 from ..core.freezing import count_parameters
 from ..core.layers import num_blocks
@@ -31,13 +32,13 @@ from .evidence import Interval, rate_fixed_across_seeds, seed_interval
 
 SFT, CPT = "instructions", "manual text"
 # body rates a decoder strategy chooses from (on the domain's validation perplexity), by a line search from two
-RATE_GRID = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
-LORA_GRID = [3e-4, 1e-3, 3e-3, 1e-2, 3e-2]
+RATE_GRID = [3e-4, 1e-3, 3e-3, 1e-2, 3e-2]
+LORA_GRID = [1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
 START, LORA_START = RATE_GRID[1:3], LORA_GRID[1:3]
 PROTOCOL = {
     "smoke": dict(train=32, eval=32, general=32, epochs=1, batch_size=16, seeds=1, grid=RATE_GRID[2:3],
                   lora_grid=LORA_GRID[2:3], start=None, lora_start=None),
-    "cpu": dict(train=192, eval=96, general=200, epochs=3, batch_size=16, seeds=3, grid=RATE_GRID,
+    "cpu": dict(train=128, eval=96, general=200, epochs=3, batch_size=16, seeds=3, grid=RATE_GRID,
                 lora_grid=LORA_GRID, start=START, lora_start=LORA_START),
     "full": dict(train=768, eval=300, general=500, epochs=4, batch_size=32, seeds=5, grid=RATE_GRID,
                  lora_grid=LORA_GRID, start=START, lora_start=LORA_START),
@@ -89,12 +90,12 @@ def decoder_strategies(model: nn.Module, k: int, lora_rank: int = 8) -> dict[str
 
 def llm_methods(model: nn.Module, total_steps: int, snr_plan, lora_rank: int = 8) -> dict[str, Strategy]:
     """Notebook 06's methods on a decoder, each in the regime it was designed for: LISA (two blocks drawn every
-    tenth of the run, the embeddings and the head always training), Spectrum's SNR plan (``snr_plan``), LLaMA Pro's
+    quarter of the run, the embeddings and the head always training), Spectrum's SNR plan (``snr_plan``), LLaMA Pro's
     block expansion (one new block per half of the model, only the new blocks train), LLaMA-Factory's freeze
     tuning (the last two blocks' ``mlp``, then their ``self_attn``), LoRA, and full fine-tuning."""
     half = max(1, num_blocks(model) // 2)
     return {"full": Strategy("full", head_lr=None),
-            "LISA": Strategy("LISA", schedule=Lisa(gamma=2, every=max(1, total_steps // 10)), head_lr=None),
+            "LISA": Strategy("LISA", schedule=Lisa(gamma=2, every=max(1, total_steps // 4)), head_lr=None),
             "SNR plan": Strategy("SNR plan", plan=snr_plan, head_lr=None),
             "block expansion": Strategy("block expansion", adapter=Expansion(every=half), head_lr=None),
             "freeze tuning, mlp": Strategy("freeze tuning, mlp", plan=factory_plan(model, 2, "mlp"), head_lr=None),
@@ -198,3 +199,22 @@ def domain_finding(rows: list[dict], key: str, claim: str, first: str, second: s
     if interval.seeds < min_seeds:
         found.reason = f"{interval.seeds} seed{'s' if interval.seeds != 1 else ''}; the claim needs at least {min_seeds}"
     return found
+
+
+def domain_findings(rows: list[dict], k: int) -> list:
+    """Notebook 04's decoder claims, each a :class:`~layerfreeze.study.evidence.Finding` (:func:`domain_finding`):
+    full fine-tuning against freezing the bottom, LoRA and continued pre-training, in forgetting and in gain."""
+    top = f"top {k} blocks"
+    claims = [("full_forgets_more_than_top", f"full fine-tuning raises general perplexity more than training the {top}",
+               "full", top, "general_rise"),
+              ("full_forgets_more_than_lora", "full fine-tuning raises general perplexity more than LoRA", "full", "LoRA",
+               "general_rise"),
+              ("sft_forgets_more_than_cpt", "supervised full fine-tuning raises general perplexity more than continued "
+               "pre-training", "full", "continued pre-training", "general_rise"),
+              ("full_gains_more_than_top", f"full fine-tuning gains more on the domain than training the {top}",
+               "full", top, "domain_gain"),
+              ("sft_gains_more_than_cpt", "supervised fine-tuning gains more on the domain's instructions than "
+               "continued pre-training", "full", "continued pre-training", "domain_gain")]
+    present = {r["strategy"] for r in rows}
+    return [domain_finding(rows, key, claim, a, b, measure_) for key, claim, a, b, measure_ in claims
+            if a in present and b in present]

@@ -158,11 +158,20 @@ def _guide_lora(results: dict) -> str:
 
 def _guide_continued_pretraining(results: dict) -> str:
     decoder = (_notebook(results, "04") or {}).get("decoder", {})
-    if not decoder or decoder.get("skipped", True) or not decoder.get("rows"):
-        return ("not measured in this run: notebook 04's decoder section needs a real pretrained decoder and was "
-                "skipped (run it with decoder_name = \"gpt2\" and the Hub allowed)")
-    rises = ", ".join(f"{r['preset']} {r['general_rise']:.2f}x" for r in decoder["rows"])
-    return f"04: perplexity on general text after domain training rose {rises} ({decoder['model']})"
+    rows = {row["strategy"]: row for row in decoder.get("summary", [])}
+    if "continued pre-training" not in rows or "full" not in rows:
+        return _missing("04")
+    found = {row["key"]: row for row in decoder.get("findings", [])}
+
+    def told(key: str) -> str:
+        row = found.get(key, {})
+        return f"{row.get('verdict', 'not tested')} ({row.get('difference (95% CI)', '')})"
+
+    shown = "; ".join(f"{name}: domain gain x{rows[name]['domain_gain']:.2f}, general rise x{rows[name]['general_rise']:.2f}"
+                      for name in ("continued pre-training", "full"))
+    return (f"04 ({decoder.get('model')}, {rows['full']['seeds']} seed(s)): {shown}; 'supervised fine-tuning gains more "
+            f"on the domain's instructions': {told('sft_gains_more_than_cpt')}; 'it raises general perplexity more': "
+            f"{told('sft_forgets_more_than_cpt')}")
 
 
 # Each row of the guide: when, what to choose, the finding that must hold for this run to back the choice (notebook,
