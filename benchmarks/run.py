@@ -41,8 +41,10 @@ from pathlib import Path
 
 import torch
 
+from layerfreeze.base.corpus import held_out_general
 from layerfreeze.base.data import encode, index_batches, load_task, real_lengths
 from layerfreeze.base.models import load_model
+from layerfreeze.base.text import encode_lm
 from layerfreeze.base.runtime import describe_device, grad_scaler, pick_device, resolve_precision
 from layerfreeze.core.costs import step_seconds
 from layerfreeze.core.layers import num_blocks
@@ -53,6 +55,7 @@ from layerfreeze.core.schedules import lr_multiplier
 from layerfreeze.core.trainer import TrainerDataset, collate_trimmed
 from layerfreeze.core.training import fit
 from layerfreeze.course.contract import environment
+from layerfreeze.core.plans import apply_plan, factory_plan
 from layerfreeze.core.strategy import apply_preset
 from layerfreeze.study.runs import fresh_copy
 from layerfreeze.study.timing import (CONFIDENCE, TOLERANCE, Spread, StepTimer, device_peak, interleave,
@@ -74,7 +77,14 @@ PAIRS = {"fit / hand-written": ("fit", "hand-written"), "Trainer / fit": ("Train
          "cache speed-up": ("fit", "fit cached")}
 
 
+# A causal LM as LLaMA-Factory's freeze mode trains it: the last two blocks, the pretrained head frozen.
+DECODER_CONFIGURATIONS = {"decoder: last 2 blocks": 2}
+
+
 def configure(model, name):
+    if name in DECODER_CONFIGURATIONS:
+        apply_plan(model, factory_plan(model, DECODER_CONFIGURATIONS[name]))
+        return model
     preset, k = CONFIGURATIONS[name]
     if k == "half":
         k = num_blocks(model) // 2
@@ -102,6 +112,7 @@ def hand_written_loop(model, data, steps, batch_size, lr, precision, device, on_
         for input_ids, attention_mask, labels in loader:
             width = int(real_lengths(attention_mask).max())  # no padding columns after the widest row, as fit does
             input_ids, attention_mask = input_ids[:, :width], attention_mask[:, :width]
+            labels = labels[:, :width] if labels.ndim == 2 else labels  # a causal LM's labels, one per token
             with autocast:
                 loss = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
                              labels=labels.to(device)).loss
@@ -251,6 +262,7 @@ def measure(base, config, data, plan, lr, precision, device, costs, clock, peak=
 def argument_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="minilm")
+    parser.add_argument("--decoder", default="kit-decoder", help="the causal LM of the decoder row")
     parser.add_argument("--size", choices=["auto", *PLANS], default="auto",
                         help="auto: full on a GPU, cpu otherwise; smoke: a few steps, for the test suite")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
@@ -316,8 +328,10 @@ def main(argv=None):
                "group_costs_ms": costs.table().round(3).to_dict(), "optimizer_ms_all_parameters": costs.optimizer * 1e3,
                "peak_flops": peak, "peak_source": peak_source,
                "environment": environment(), "rows": []}
-    for config in CONFIGURATIONS:
-        row = measure(base, config, data, plan, lr, precision, device, costs, clock, peak)
+    for config, model, config_data, config_costs in [*((c, base, data, costs) for c in CONFIGURATIONS),
+                                                     *decoder_configurations(args.decoder, plan, precision, device,
+                                                                             clock)]:
+        row = measure(model, config, config_data, plan, lr, precision, device, config_costs, clock, peak)
         print(f"  {config}: {row['rounds']} rounds, fit/hand {row['fit / hand-written']:.3f}, "
               f"Trainer/fit {row['Trainer / fit']:.2f}, fit {row['fit tokens/s']:.0f} tokens/s"
               + (f", cache {row['cache speed-up']:.2f}x (ideal {row['ideal cache speed-up']:.2f}x)"
@@ -328,6 +342,17 @@ def main(argv=None):
     print("\n" + markdown_tables(payload))
     print(f"written: {Path(args.out) / (stem + '.json')}, {Path(args.out) / (stem + '.md')}")
     return 0
+
+
+def decoder_configurations(name, plan, precision, device, clock):
+    """The decoder row's model, data (held-out general text, one label per token) and group costs, loaded when the
+    encoder rows are done."""
+    decoder, tokenizer = load_model(name, task="causal-lm")
+    decoder.to(device)
+    data = encode_lm(held_out_general(plan["examples"], 30_000), tokenizer, plan["seq_len"])
+    costs = profile_groups(decoder, tuple(t[: plan["batch_size"]] for t in data.tensors), precision=precision,
+                           clock=clock)
+    return [(config, decoder, data, costs) for config in DECODER_CONFIGURATIONS]
 
 
 def write_results(payload, out, stem):

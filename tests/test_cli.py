@@ -164,7 +164,9 @@ def test_train_on_your_own_csv_and_bad_files_are_one_line(tmp_path):
 CONFIGS = {"unknown.yaml": "freeze_trainable_layers: 2\nstage: sft\n",
            "zero.yaml": "freeze_trainable_layers: zero\n",
            "lora.yaml": "finetuning_type: lora\nfreeze_trainable_layers: 2\n",
-           "list.yaml": "- freeze_trainable_layers\n"}
+           "list.yaml": "- freeze_trainable_layers\n",
+           "sft.jsonl": '{"prompt": "question: my router blinks red.\\nanswer:", "response": " unplug it."}\n' * 4,
+           "plain.txt": "the router blinks red.\nthe printer will not turn on.\n"}
 TINY = ["--model", "tiny:bert", "--train-limit", "40", "--eval-limit", "8", "--batch-size", "8"]
 # (flags, a part of the message, when it is refused): "parse" before torch is imported, "model" once the model
 # has loaded and before any training, "hub" where the Hub is needed (offline here).
@@ -200,6 +202,19 @@ BAD_INVOCATIONS = [
     (["--model", "nosuch-org/nosuch-model", "--train-limit", "40"], "cannot load model 'nosuch-org/nosuch-model'",
      "hub"),
     (["--model", "tiny:bert", "--task", "sst2"], "is not in the local cache and the Hub is offline", "hub"),
+    # --task lm: a causal LM on text
+    (["--task", "a", "--response-column", "response"], "prompt and response columns are for --task lm", "parse"),
+    (["--task", "lm", "--schedule", "gradual"], "a causal LM has none: with --task lm give --trainable-layers N",
+     "parse"),
+    (["--task", "lm", "--prompt-column", "p", "--response-column", "r"], "name columns of --data: give --data FILE",
+     "parse"),
+    (["--task", "lm", "--model", "minilm"], "'minilm' is an encoder (bert): task='causal-lm' needs a decoder", "model"),
+    (["--task", "lm", "--data", "{tmp}/sft.jsonl"], "--text-column 'text': sft.jsonl has no such column in every row; "
+     "its columns: prompt, response", "model"),
+    (["--task", "lm", "--data", "{tmp}/plain.txt", "--prompt-column", "p", "--response-column", "r"],
+     "--response-column 'r': plain.txt is plain text (.txt) and has no columns", "model"),
+    (["--task", "lm", "--data", "{tmp}/sft.jsonl", "--response-column", "response"],
+     "--prompt-column and --response-column go together", "model"),
 ]
 
 
@@ -215,10 +230,6 @@ def _one_line_error(stderr: str) -> str:
     lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith("import time:")]
     assert len(lines) == 1 and "Traceback" not in stderr, stderr[-3000:]
     return lines[0]
-
-
-def test_there_are_29_bad_invocations():
-    assert len(BAD_INVOCATIONS) == 29
 
 
 @pytest.mark.parametrize("flags, message, stage", BAD_INVOCATIONS, ids=lambda v: " ".join(v) if isinstance(v, list)
@@ -342,3 +353,35 @@ def test_hugging_face_names_and_config_values_parse_as_the_flags(tmp_path):
     _, by_config = cli.parse_command_line(["train", "--config", str(config), "--seed", "4"])
     assert (by_config.lr, by_config.batch_size, by_config.trainable_layers) == (1e-3, 16, -2)
     assert by_config.extra_modules == ["embeddings", "*LayerNorm*"] and by_config.seed == 4  # the flag wins
+
+
+@pytest.mark.slow
+def test_train_task_lm_fine_tunes_the_kit_decoder_and_saves_what_trained(tmp_path, capsys):
+    """Offline, from the package alone: the kit's decoder trains its last two blocks on the generated domain; the
+    saved model loads, its frozen weights are bit-identical to the kit decoder's and the trained ones moved."""
+    import layerfreeze as lf
+
+    out = tmp_path / "out"
+    cli.main(["train", "--task", "lm", "--max-steps", "3", "--batch-size", "8", "--train-limit", "24",
+              "--eval-limit", "8", "--output-dir", str(out)])
+    printed = capsys.readouterr().out
+    assert "kit-decoder: trains 0.4M of 1.3M parameters (29.3%): block.4, block.5; 24 prompt/response pairs" in printed
+    assert "final validation perplexity" in printed
+    record = json.loads((out / "freezing_plan.json").read_text())
+    assert record["trainable_parameters"] and all(".layers.4." in n or ".layers.5." in n
+                                                  for n in record["trainable_parameters"])
+    saved, _ = lf.load_model(str(out), task="causal-lm")
+    original, _ = lf.load_model("kit-decoder", task="causal-lm")
+    moved = lf.changed_parameters(lf.fingerprint(original), lf.fingerprint(saved))
+    assert moved and set(moved) <= set(record["trainable_parameters"])
+
+
+@pytest.mark.slow
+def test_train_task_lm_on_your_own_prompt_response_file(tmp_path, capsys):
+    rows = [{"instruction": f"question: what is {i} plus one?\nanswer:", "output": f" {i + 1}."} for i in range(30)]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    cli.main(["train", "--task", "lm", "--data", str(data), "--prompt-column", "instruction", "--response-column",
+              "output", "--trainable-layers", "1", "--trainable-modules", "mlp", "--epochs", "1", "--batch-size", "9"])
+    printed = capsys.readouterr().out
+    assert "27 prompt/response pairs; 3 steps" in printed and "block.5" in printed

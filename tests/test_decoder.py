@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import layerfreeze as lf
-from layerfreeze.base.corpus import DEVICES, FIXES, domain_instructions, domain_manual, general_texts, held_out_general,
-                                    pretraining_corpus
+from layerfreeze.base.corpus import (DEVICES, FIXES, domain_instructions, domain_manual, general_texts,
+                                     held_out_general, pretraining_corpus)
 from layerfreeze.base.models import KIT_DECODER_SHA256, resolve_model_source, sha256_of
 from layerfreeze.core.evaluation import IGNORE_INDEX, evaluate, is_causal_lm
 from layerfreeze.core.pretraining import random_decoder, train_tokenizer
@@ -167,6 +167,21 @@ def test_every_decoder_strategy_and_method_runs(tiny_llama):
     assert next(r for r in rows if r["strategy"] == "continued pre-training")["trains_on"] == study.CPT
 
 
+def test_adaptive_freezing_on_a_decoder_refuses_a_tied_head_in_one_line_and_runs_untied(tiny_llama):
+    """Adaptive freezing keeps the embeddings frozen and trains the head: on a tied LM head that is one tensor."""
+    from layerfreeze.core.strategy import Adaptive, Strategy
+
+    _, tokenizer = tiny_llama
+    data = study.domain_data(tokenizer, 16, 8, 8, max_length=64)
+    adaptive = Strategy("adaptive", schedule=Adaptive(interval=1, window=1, threshold=100.0), head_lr=None)
+    tied = lf.tiny_model("llama", task="causal-lm", vocab_size=len(tokenizer))
+    with pytest.raises(ValueError, match="one tied tensor.*untie=True"):
+        study.domain_run(tied, adaptive, data, lr=1e-3, epochs=1, batch_size=8)
+    untied = lf.tiny_model("llama", task="causal-lm", vocab_size=len(tokenizer), tie_word_embeddings=False)
+    row = study.domain_run(untied, adaptive, data, lr=1e-3, epochs=2, batch_size=8)
+    assert row["steps"] == 4 and row["general_after"] > 0
+
+
 def test_a_causal_lm_keeps_its_pretrained_head_frozen_under_freeze_tuning_lora_and_expansion(tiny_llama):
     from layerfreeze.core.plans import apply_plan, factory_plan
     from layerfreeze.core.strategy import Expansion, Lora, Strategy
@@ -190,3 +205,14 @@ def test_a_comparison_on_fewer_than_three_seeds_is_untestable():
     one = [r for r in rows if r["seed"] == 0]
     found = study.domain_finding(one, "k", "full forgets more", "full", "top", "general_rise")
     assert found.verdict == "untestable here" and found.reason.startswith("1 seed")
+
+
+def test_a_schedule_trains_at_the_rate_it_is_given(tiny_llama):
+    """LISA carries its own rates: each rate of the search must build the schedule at that rate."""
+    from layerfreeze.core.strategy import Lisa, Strategy
+
+    model, tokenizer = tiny_llama
+    data = study.domain_data(tokenizer, 16, 8, 8, max_length=64)
+    lisa = Strategy("LISA", schedule=Lisa(gamma=1, every=2), head_lr=None)
+    slow, fast = (study.domain_run(model, lisa, data, lr=rate, epochs=1, batch_size=8) for rate in (1e-5, 1e-2))
+    assert slow["validation_perplexity"] != fast["validation_perplexity"]

@@ -49,3 +49,14 @@ def test_floor_pins_exactly_the_lower_bounds():
     bounds = {name: ("==", version) for name, (_, version) in requirements("requirements.txt").items()}
     del bounds["torch"]  # installed by `make floor` from FLOOR_TORCH: PyPI has only CUDA builds of older torch
     assert floors == bounds
+
+
+def test_the_package_data_carries_every_file_of_the_kit_decoder():
+    """The wheel (pip install of the kit, as on Colab) holds the pretrained decoder that `kit-decoder` loads."""
+    from fnmatch import fnmatch
+
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["layerfreeze"]
+    package = ROOT / "lib" / "layerfreeze"
+    files = [str(p.relative_to(package)) for p in (package / "base" / "kit_decoder").iterdir()]
+    assert {"base/kit_decoder/model.safetensors", "base/kit_decoder/tokenizer.json"} <= set(files)
+    assert all(any(fnmatch(name, glob) for glob in globs) for name in files), (files, globs)

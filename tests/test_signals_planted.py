@@ -271,9 +271,11 @@ def test_llama_factory_extra_modules_and_the_final_norm_only_when_asked():
         plans.factory_plan(model, 2, "mlp,self_atn")
 
 
-def test_a_tied_causal_lm_takes_the_factory_plan_with_untie():
+def test_a_tied_causal_lm_keeps_its_head_frozen_under_the_factory_plan_and_needs_untie_to_train_it():
     model = tiny_model("gpt2", task="causal-lm", num_layers=4)
-    plan = plans.factory_plan(model, 2)
+    plans.apply_plan(model, plans.factory_plan(model, 2))  # the pretrained LM head is no new head: it stays frozen
+    assert not {"lm_head.weight", "transformer.wte.weight"} & set(trainable(model))
+    plan = plans.factory_plan(model, 2, extra_modules="lm_head")
     with pytest.raises(ValueError, match="untie=True"):
         plans.apply_plan(model, plan)
     ids, mask, _ = toy_task(4)

@@ -252,7 +252,7 @@ def test_load_model_refuses_bad_arguments_before_loading(tmp_path, monkeypatch):
     (tmp_path / "encoder").mkdir()
     (tmp_path / "encoder" / "config.json").write_text('{"model_type": "roberta"}')
     cases = [
-        (dict(name=None), ValueError, "name must be 'minilm', 'tiny:FAMILY', a Hub id .* got None"),
+        (dict(name=None), ValueError, "name must be 'minilm', 'kit-decoder', 'tiny:FAMILY', a Hub id .* got None"),
         (dict(name=""), ValueError, "name must be"),
         (dict(num_labels=0), ValueError, "num_labels must be a whole number of at least 2, got 0"),
         (dict(num_labels=-3), ValueError, "num_labels must be .* got -3"),

@@ -50,8 +50,8 @@ __version__ = "0.1.0"
 _SUBMODULES = {name: f"{layer}.{name}" for layer, names in {
     "base": ("checks", "corpus", "data", "models", "runtime", "tasks", "text"),
     "core": ("adapters", "cache", "costs", "evaluation", "forgetting", "freezing", "inspection", "layers", "memory", "optim",
-             "plans", "schedules", "signals", "strategy", "trainer", "training"),
-    "study": ("baselines", "evidence", "oracle", "plots", "runs", "sequential", "takeaways", "timing", "widgets")}.items() for name in names}
+             "plans", "pretraining", "schedules", "signals", "strategy", "trainer", "training"),
+    "study": ("baselines", "decoder", "evidence", "oracle", "plots", "runs", "sequential", "takeaways", "timing", "widgets")}.items() for name in names}
 
 
 def __getattr__(name: str):

@@ -74,6 +74,19 @@ def pretrain_decoder(out_dir: str | Path | None = None, *, paragraphs: int = PRE
     if out_dir is not None:
         model.save_pretrained(out_dir, safe_serialization=True)
         tokenizer.save_pretrained(out_dir)
+        _portable_tokenizer_config(Path(out_dir))
     return {"model": model, "tokenizer": tokenizer, "random_perplexity": before, "perplexity": after,
             "train_seconds": history.train_seconds, "steps": history.steps, "paragraphs": paragraphs,
             "tokens": int(encode_lm(texts, tokenizer, MAX_LENGTH).tensors[1].sum()) * epochs}
+
+
+def _portable_tokenizer_config(folder: Path) -> None:
+    """Name the tokenizer's class as every supported transformers knows it (5.x writes ``TokenizersBackend``, which
+    4.x cannot load)."""
+    import json
+
+    path = folder / "tokenizer_config.json"
+    settings = json.loads(path.read_text())
+    settings["tokenizer_class"] = "PreTrainedTokenizerFast"
+    settings.pop("backend", None)
+    path.write_text(json.dumps(settings, indent=2) + "\n")

@@ -52,7 +52,7 @@ def collate_trimmed(rows: list[dict]) -> dict:
     """
     batch = {key: torch.stack([row[key] for row in rows]) for key in rows[0]}
     width = int(real_lengths(batch["attention_mask"]).max())
-    return {**batch, "input_ids": batch["input_ids"][:, :width], "attention_mask": batch["attention_mask"][:, :width]}
+    return {key: value[:, :width] if value.ndim == 2 else value for key, value in batch.items()}  # LM labels too
 
 
 def schedule_optimizer(model: nn.Module, schedule: Schedule, weight_decay: float = 0.01):

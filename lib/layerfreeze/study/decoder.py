@@ -13,6 +13,7 @@ The data is :mod:`layerfreeze.base.corpus`'s by default; any texts work (:func:`
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -120,6 +121,7 @@ def domain_run(pretrained: nn.Module, strategy: Strategy, data: DomainData, *, l
     before = before or measure(pretrained, data)
     train = data.manual if trains_on(strategy.name) == CPT else data.instructions
     steps = epochs * batches_per_epoch(len(train[2]) if isinstance(train, tuple) else len(train), batch_size)
+    strategy = dataclasses.replace(strategy, lr=lr)  # a schedule (LISA) carries its rates: build it at this one
     model, schedule = strategy.prepare(copy.deepcopy(pretrained), steps)
     trainable = count_parameters(model)[0]
     history = fit(model, train, data.validation, epochs=epochs, lr=lr, batch_size=batch_size, schedule=schedule,

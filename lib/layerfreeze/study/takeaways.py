@@ -302,7 +302,8 @@ def checklist(results: dict) -> pd.DataFrame:
         ("representation drift (CKA against the model before this fine-tuning) in the lower layers",
          "the fine-tuning rewrites general features, not just the top", _check_drift(results)),
         ("AdamW state, or a stale gradient, on a parameter that is now frozen",
-         "a frozen weight can still move (weight decay, momentum): rebuild the optimizer, zero with set_to_none",
+         "a frozen weight can still move (weight decay, momentum): drop its gradient (zero_grad(set_to_none=True)) and "
+         "add newly trainable groups to the live optimizer, which keeps the others' moments (lf.optim.follow_schedule)",
          _check_lesson(results, "stale_grad_moved_weight", "a frozen weight moved through a stale gradient")),
         ("frozen layers left in train mode",
          "dropout and BatchNorm still change them: keep frozen groups in eval mode",

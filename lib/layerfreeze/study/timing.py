@@ -34,6 +34,7 @@ from torch import nn
 
 from ..base.data import real_lengths
 from ..core.costs import GroupCosts
+from ..core.evaluation import is_causal_lm
 from ..core.layers import LayerGroup, layer_groups
 from ..base.runtime import autocast, resolve_precision
 
@@ -290,7 +291,7 @@ def profile_groups(model: nn.Module, batch: tuple[torch.Tensor, ...], steps: int
     device = next(model.parameters()).device
     precision = resolve_precision(precision, device)
     width = int(real_lengths(batch[1]).max())
-    batch = (batch[0][:, :width].to(device), batch[1][:, :width].to(device), *(t.to(device) for t in batch[2:]))
+    batch = tuple((t[:, :width] if t.ndim == 2 else t).to(device) for t in batch)  # a causal LM's labels too
     model.train()
     names = [g.name for g in layer_groups(model)]
     blocks = names[1:-1]
@@ -344,7 +345,7 @@ def _matmul_weights(group: LayerGroup) -> tuple[int, int]:
 
 def step_flops(model: nn.Module, batch_size: int, seq_len: int, cache_prefix: bool = False) -> float:
     """The matrix arithmetic of one training step with ``model``'s current trainable set, in FLOPs: 2 per weight
-    and token forward through every group that runs (the head per sequence: it reads one token), and backward 4
+    and token forward through every group that runs (a classifier's head per sequence: it reads one token; a causal LM's head per token), and backward 4
     per weight of a trainable group (input and weight gradients), 2 for a frozen group above the lowest trainable
     one (input gradients only) and for the lowest trainable group (weight gradients only). Embedding tables and
     attention's own products (about ``4 * seq_len / (24 * width)`` of a block, 1.4% for MiniLM at 32 tokens) are
@@ -362,13 +363,14 @@ def step_flops(model: nn.Module, batch_size: int, seq_len: int, cache_prefix: bo
     if not any(trains):
         raise ValueError("the model has no trainable parameter: no training step to count")
     lowest = trains.index(True)
-    flops = 0.0
+    causal, flops = is_causal_lm(model), 0.0
     for i, group in enumerate(groups):
         if cache_prefix and i < lowest:
             continue
         weights, _ = _matmul_weights(group)
         per_weight = 2 if i < lowest else 4 if i == lowest and i > 0 else 6 if trains[i] else 4
-        flops += per_weight * weights * (batch_size if group.kind == "head" else batch_size * seq_len)
+        per_token = group.kind != "head" or causal  # a classifier's head reads one token; an LM's head every one
+        flops += per_weight * weights * (batch_size * seq_len if per_token else batch_size)
     return flops
 
 
