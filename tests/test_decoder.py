@@ -216,3 +216,20 @@ def test_a_schedule_trains_at_the_rate_it_is_given(tiny_llama):
     lisa = Strategy("LISA", schedule=Lisa(gamma=1, every=2), head_lr=None)
     slow, fast = (study.domain_run(model, lisa, data, lr=rate, epochs=1, batch_size=8) for rate in (1e-5, 1e-2))
     assert slow["validation_perplexity"] != fast["validation_perplexity"]
+
+
+def test_saved_rows_are_taken_only_from_the_same_runs(tmp_path):
+    import json
+
+    settings = dict(study.PROTOCOL["smoke"])
+    rows = [{"strategy": "full", "seed": 0, "general_rise": 1.5}, {"strategy": "LoRA", "seed": 0, "general_rise": 1.1}]
+    path = tmp_path / "04.json"
+    path.write_text(json.dumps({"decoder": {"model": "kit-decoder", "settings": settings, "data_seed": 0,
+                                            "rows": rows}}))
+    assert study.saved_rows(path, "kit-decoder", settings, [0], ["full", "LoRA"], 0) == {
+        "full": rows[:1], "LoRA": rows[1:]}
+    assert study.saved_rows(path, "kit-decoder", settings, [0, 1], ["full"], 0) == {}  # other seeds
+    assert study.saved_rows(path, "kit-decoder", {**settings, "epochs": 9}, [0], ["full"], 0) == {}
+    assert study.saved_rows(path, "other", settings, [0], ["full"], 0) == {}
+    assert study.saved_rows(path, "kit-decoder", settings, [0], ["full"], 1) == {}  # other data
+    assert study.saved_rows(tmp_path / "missing.json", "kit-decoder", settings, [0], ["full"], 0) == {}

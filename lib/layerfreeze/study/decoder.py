@@ -39,7 +39,7 @@ START, LORA_START = RATE_GRID[1:3], LORA_GRID[1:3]
 PROTOCOL = {
     "smoke": dict(train=32, eval=32, general=32, epochs=1, batch_size=16, seeds=1, grid=RATE_GRID[2:3],
                   lora_grid=LORA_GRID[2:3], start=None, lora_start=None),
-    "cpu": dict(train=128, eval=96, general=200, epochs=3, batch_size=16, seeds=3, grid=RATE_GRID,
+    "cpu": dict(train=96, eval=64, general=150, epochs=3, batch_size=16, seeds=3, grid=RATE_GRID,
                 lora_grid=LORA_GRID, start=START, lora_start=LORA_START),
     "full": dict(train=768, eval=300, general=500, epochs=4, batch_size=32, seeds=5, grid=RATE_GRID,
                  lora_grid=LORA_GRID, start=START, lora_start=LORA_START),
@@ -142,12 +142,16 @@ def measure(model: nn.Module, data: DomainData) -> dict:
 
 
 def domain_study(pretrained: nn.Module, strategies: dict[str, Strategy], data: DomainData, settings: dict,
-                 seeds: list[int]) -> list[dict]:
+                 seeds: list[int], reuse: dict[str, list[dict]] | None = None) -> list[dict]:
     """Every strategy over ``seeds``, its rate chosen once on the first seed's validation perplexity (a line search
-    on the settings' grid, :func:`~layerfreeze.study.evidence.rate_fixed_across_seeds`) and kept for the others."""
+    on the settings' grid, :func:`~layerfreeze.study.evidence.rate_fixed_across_seeds`) and kept for the others.
+    ``reuse`` (:func:`saved_rows`) holds another notebook's rows of the same runs, taken instead of training again."""
     before = measure(pretrained, data)
     rows = []
     for name, strategy in strategies.items():
+        if reuse and name in reuse:
+            rows += reuse[name]
+            continue
         lora = strategy.adapter is not None and isinstance(strategy.adapter, Lora)
         grid, start = (settings["lora_grid"], settings["lora_start"]) if lora else (settings["grid"], settings["start"])
 
@@ -220,3 +224,27 @@ def domain_findings(rows: list[dict], k: int) -> list:
     present = {r["strategy"] for r in rows}
     return [domain_finding(rows, key, claim, a, b, measure_) for key, claim, a, b, measure_ in claims
             if a in present and b in present]
+
+
+def saved_rows(path, model_name: str, settings: dict, seeds: list[int], strategies: list[str],
+               data_seed: int) -> dict[str, list[dict]]:
+    """The rows of ``strategies`` in a metrics JSON (notebook 04's ``decoder`` entry) when that run trained the same
+    decoder, settings, seeds and data as this one would: the same runs, which give the same numbers. Otherwise, or
+    with no file, ``{}``."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    saved = json.loads(path.read_text()).get("decoder", {})
+    if (saved.get("model"), saved.get("settings"), saved.get("data_seed")) != (model_name, _jsonable(settings),
+                                                                               data_seed):
+        return {}
+    found = {name: [r for r in saved.get("rows", []) if r["strategy"] == name] for name in strategies}
+    return {name: rows for name, rows in found.items() if sorted(r["seed"] for r in rows) == sorted(seeds)}
+
+
+def _jsonable(value):
+    import json
+    return json.loads(json.dumps(value))
