@@ -21,8 +21,7 @@ IGNORE_INDEX = -100  # the label of a token that no loss counts (transformers' c
 
 def is_causal_lm(model: nn.Module) -> bool:
     """Whether ``model`` predicts the next token (a ``...ForCausalLM`` or ``...LMHeadModel``, also under peft)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    name = type(getattr(base, "model", base) if type(base).__name__.startswith("Expanded") else base).__name__
+    name = type(model.get_base_model() if hasattr(model, "get_base_model") else model).__name__
     return "CausalLM" in name or name.endswith("LMHeadModel")
 
 

@@ -339,6 +339,8 @@ def _train_and_report(args, rank: int, world_size: int) -> None:
 def _train_language_model(args, rank: int, world_size: int, device) -> None:
     """``--task lm``: a causal LM fine-tuned on ``args.lm_rows`` with the plan the flags give (by default the last
     :data:`LM_DEFAULT_LAYERS` blocks), scored by perplexity on the held-out rows."""
+    import torch.distributed as dist
+
     from ..base.data import batches_per_epoch
     from ..base.models import load_model
     from ..base.text import encode_lm_rows
@@ -362,14 +364,9 @@ def _train_language_model(args, rank: int, world_size: int, device) -> None:
         print(f"{args.model}: {trains}; {len(train)} {kind}; {steps} step{'s' * (steps != 1)}", flush=True)
     history = fit(model, train, validation, epochs=epochs, lr=rates, batch_size=args.batch_size, curve=args.curve,
                   seed=args.seed, device=device, progress=rank == 0 and sys.stderr.isatty(), fsdp=args.fsdp)
-    metrics = _report(args, history, fingerprint(model), rank, world_size, dist_module())
+    metrics = _report(args, history, fingerprint(model), rank, world_size, dist)
     if rank == 0 and args.output_dir:
         save_run(args.output_dir, model, tokenizer, metrics, trains)
-
-
-def dist_module():
-    import torch.distributed as dist
-    return dist
 
 
 def _max_length(given: int | None, splits, tokenizer) -> int:

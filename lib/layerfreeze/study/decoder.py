@@ -22,7 +22,7 @@ from torch import nn
 
 from ..base.corpus import domain_instructions, domain_manual, held_out_general
 from ..base.data import batches_per_epoch
-from ..base.text import encode_lm
+from ..base.text import encode_lm, encode_lm_rows
 from ..core.evaluation import evaluate, is_causal_lm
 from ..core.freezing import count_parameters
 from ..core.layers import num_blocks
@@ -71,12 +71,11 @@ def domain_data(tokenizer, train: int, eval: int, general: int, max_length: int 
     if len(pairs) < train + 2 * eval:
         raise ValueError(f"pairs holds {len(pairs)} rows; train={train} and eval={eval} need {train + 2 * eval}")
 
-    def sft(rows):
-        return encode_lm([r["response"] for r in rows], tokenizer, max_length, prompts=[r["prompt"] for r in rows])
-
     held_out = pairs[-2 * eval:]
-    return DomainData(sft(pairs[:train]), encode_lm(manual[:train], tokenizer, max_length), sft(held_out[:eval]),
-                      sft(held_out[eval:]), encode_lm(general, tokenizer, max_length))
+    train_pairs, validation, test = (encode_lm_rows(rows, tokenizer, max_length)
+                                     for rows in (pairs[:train], held_out[:eval], held_out[eval:]))
+    return DomainData(train_pairs, encode_lm(manual[:train], tokenizer, max_length), validation, test,
+                      encode_lm(general, tokenizer, max_length))
 
 
 def decoder_strategies(model: nn.Module, k: int, lora_rank: int = 8) -> dict[str, Strategy]:
@@ -120,7 +119,7 @@ def domain_run(pretrained: nn.Module, strategy: Strategy, data: DomainData, *, l
                          f"{type(pretrained).__name__}")
     before = before or measure(pretrained, data)
     train = data.manual if trains_on(strategy.name) == CPT else data.instructions
-    steps = epochs * batches_per_epoch(len(train[2]) if isinstance(train, tuple) else len(train), batch_size)
+    steps = epochs * batches_per_epoch(len(train), batch_size)
     strategy = dataclasses.replace(strategy, lr=lr)  # a schedule (LISA) carries its rates: build it at this one
     model, schedule = strategy.prepare(copy.deepcopy(pretrained), steps)
     trainable = count_parameters(model)[0]
