@@ -109,8 +109,9 @@ def test_a_line_search_brackets_its_choice_with_fewer_runs():
 
 
 def test_an_undecidable_claim_is_untestable_with_its_number():
-    """Issue 24's cases: a curve still rising beyond its noise, or both sides at the ceiling, cannot refute a claim;
-    a rise within the validation noise, or a clear result, keeps its verdict."""
+    """Issue 24's cases: a curve still rising beyond its noise, or both sides at the ceiling, cannot decide a claim,
+    whichever way its interval points (issue 38: the rule is symmetric); a rise within the validation noise keeps
+    the verdict."""
     from layerfreeze.study.evidence import finding
 
     flat = {"full": [0.80, 0.90, 0.90], "LoRA": [0.80, 0.89, 0.90]}
@@ -119,7 +120,10 @@ def test_an_undecidable_claim_is_untestable_with_its_number():
     assert finding("k", "c", within, flat, "small", examples=500).verdict == "within noise"
     untestable = finding("k", "c", within, rising, "small", examples=500)
     assert untestable.verdict == "untestable here" and "full gained +10.0 points" in untestable.reason
-    assert finding("k", "c", Interval(0.05, 0.02, 0.08), rising, "small", examples=500).verdict == "holds"
+    assert finding("k", "c", Interval(0.05, 0.02, 0.08), rising, "small", examples=500).verdict == "untestable here"
+    assert finding("k", "c", Interval(0.05, 0.02, 0.08), flat, "small", examples=500).verdict == "holds"
+    assert finding("k", "c", Interval(0.05, 0.02, 0.08), flat, "small", examples=500, ceiling=0.96,
+                   accuracies={"full": 0.955, "LoRA": 0.953}).verdict == "untestable here"
     assert finding("k", "c", within, {"a": [0.80, 0.81]}, "small", examples=100).verdict == "within noise"
     capped = finding("k", "c", Interval(-0.01, -0.03, 0.01), flat, "small", examples=500, ceiling=0.96,
                      accuracies={"full": 0.955, "LoRA": 0.953})
@@ -206,3 +210,13 @@ def test_an_edge_choice_is_printed_and_recorded(capsys):
     rate, results, _ = rate_fixed_across_seeds(lambda lr, seed: {"best_accuracy": -lr}, [1e-5, 1e-4, 1e-3, 1e-2],
                                                seeds=[0, 1])
     assert rate == 1e-5 and "lower edge" in results[0]["rate_edge"] and "lower edge" in capsys.readouterr().out
+
+
+def test_a_rise_too_small_for_the_gap_is_no_reason_for_it():
+    """Issue 38: a -27 point gap is not explained by a curve that still rose 1.3 points."""
+    found = finding("k", "gradual beats full", Interval(-0.27, -0.33, -0.21), {"gradual": [0.787, 0.80]},
+                    "the rates were tuned for an LSTM", examples=500)
+    assert found.verdict == "does not hold" and found.reason.startswith("hypothesis: the rates were tuned")
+    assert "too little to explain 27.0" in found.reason
+    explained = finding("k", "a beats b", Interval(-0.05, -0.08, -0.02), {"a": [0.70, 0.80]}, "x", examples=50)
+    assert explained.reason.startswith("likely reason: a still rising")

@@ -111,3 +111,20 @@ def test_plan_accuracy_is_sorted_by_validation_not_by_test():
         run["b_validation_final"] = 0.9 if run["strategy"] == "a" else 0.5
     table = plan_accuracy(runs)
     assert list(table.index) == ["a", "b"] and table.loc["a", "seeds"] == 3
+
+
+def test_a_tie_on_validation_goes_to_the_cheaper_plan_never_to_test():
+    runs = made_up_runs({"big": 0.7, "small": 0.9}, params={"big": 5000, "small": 100})
+    for run in runs:  # both perfect on validation; big would win a tie broken by test, small by cost
+        run["b_validation_final"] = 1.0
+        run["b_after_b"] = 0.99 if run["strategy"] == "big" else 0.90
+    assert list(plan_accuracy(runs).index) == ["small", "big"]
+
+
+def test_rank_correlations_carry_an_interval_over_the_plans():
+    from layerfreeze.study.oracle import rank_interval
+    few = rank_interval([1, 2, 3, 4], [1, 3, 2, 4])
+    many = rank_interval(list(range(40)), [i + (3 if i % 2 else -3) for i in range(40)])
+    assert few[0] < rank_correlation([1, 2, 3, 4], [1, 3, 2, 4]) <= few[1]
+    assert many[1] - many[0] < few[1] - few[0], "more plans, a narrower interval"
+    assert all(np.isnan(rank_interval([1, 1, 1], [1, 2, 3])))

@@ -126,3 +126,21 @@ def test_notebook_06s_oracle_verdicts_reach_the_takeaways():
     assert table["signal: SNR (proposed SNR plan)"] == "is the oracle: regret +0.0 points against SNR plan"
     run["06_freezing_in_llm_work"]["oracle"]["untestable"] = True
     assert llm_work(run)["result"].str.startswith("untestable here").all()
+
+
+def test_where_the_run_refutes_the_usual_advice_the_guide_says_so_with_the_row():
+    """Issue 38: bottom blocks beat top blocks in 02, so the guide must not tell a learner to train the top."""
+    refuted = json.loads(json.dumps(RESULTS))
+    run = refuted["02_freezing_early_vs_late"]
+    run["strategies"].append({"name": "bottom 3", "preset": "bottom", "k": 3, "test_accuracy": 0.95,
+                              "percent_trainable": 22.0, "estimated_memory_mib": 500,
+                              "epochs": [{"eval_accuracy": 0.94}]})
+    run["verdicts"].append({"key": "top_beats_bottom", "finding": "top 3 beats bottom 3", "verdict": "does not hold",
+                            "difference (95% CI)": "-3.0 points (-5.0 to -1.0)", "estimate": -0.03, "low": -0.05,
+                            "high": -0.01})
+    guide = decision_guide(refuted).set_index("when").filter(like="memory or compute", axis=0).iloc[0]
+    assert guide["choose"].startswith("train the bottom blocks") and "refutes the usual advice" in guide["choose"]
+    assert "bottom 3 95.0%" in guide["this course's evidence"]
+    run["verdicts"][-1].update(high=0.01, verdict="within noise")  # the interval reaches zero: nothing refuted
+    assert decision_guide(refuted).set_index("when")["choose"].filter(like="memory or compute").iloc[0].startswith(
+        "no clear choice")

@@ -1,6 +1,7 @@
 """Baselines that give an accuracy its meaning: what a model with no pretraining, and the pretrained features with
 no fine-tuning, already reach on the task.
 
+- :func:`majority_class`: always the training split's most common class.
 - :func:`tfidf_logistic`: TF-IDF of words and word pairs, then logistic regression (scikit-learn). No pretraining at
   all: a fine-tuned transformer that does not beat it has bought nothing with its pretraining on this task.
 - :func:`linear_probe`: logistic regression on the pretrained model's mean-pooled last hidden states, the body
@@ -53,6 +54,22 @@ def _fit_logistic(name, train, validation, test, grid) -> Baseline:
     correct = (models[best].predict(test[0]) == np.asarray(test[1])).astype(float)
     edge = grid_edge(best, list(grid), what="C")
     return Baseline(name, float(correct.mean()), correct, best, scores, f"C {best:g}" + (f", {edge}" if edge else ""))
+
+
+def majority_class(train_labels, test_labels) -> Baseline:
+    """Always answer the training split's most common class: the floor every accuracy is read against (a model A
+    at 65% on a task whose majority class is 55% learned 10 points, not 65).
+
+    >>> majority_class([0, 1, 1], [1, 0, 1, 1]).accuracy
+    0.75
+    """
+    train, test = np.asarray(train_labels), np.asarray(test_labels)
+    if train.size == 0 or test.size == 0:
+        raise ValueError(f"train_labels and test_labels must be non-empty; got {train.size} and {test.size} labels")
+    values, counts = np.unique(train, return_counts=True)
+    label = values[np.argmax(counts)]
+    correct = (test == label).astype(float)
+    return Baseline("majority class", float(correct.mean()), correct, float("nan"), {}, f"always {label}")
 
 
 def tfidf_logistic(task, grid=C_GRID) -> Baseline:

@@ -243,13 +243,17 @@ def combine_verdicts(words: Sequence[str]) -> str:
     return "holds" if all(word == "holds" for word in words) else "within noise"
 
 
-def likely_reason(word: str, curves: dict[str, Sequence[float]], otherwise: str, tolerance: float = 0.005) -> str:
+def likely_reason(word: str, curves: dict[str, Sequence[float]], otherwise: str, tolerance: float = 0.005,
+                  gap: float | None = None) -> str:
     """After a verdict that is not *holds*: the likely reason. A measured one comes first, with its number (a run
-    whose last epoch still gained more than ``tolerance``); anything else is the notebook's ``otherwise``, worded as
-    the hypothesis it is.
+    whose last epoch still gained more than ``tolerance``, and, where the ``gap`` to explain is given, at least as
+    much as that gap: a rise of 1 point cannot explain 27); anything else is the notebook's ``otherwise``, worded
+    as the hypothesis it is.
 
     >>> likely_reason("within noise", {"top 3": [0.7, 0.8]}, "the test set is small")
     'likely reason: top 3 still rising (+10.0 points in its last epoch)'
+    >>> likely_reason("does not hold", {"top 3": [0.79, 0.8]}, "the rate is too low", gap=-0.27)
+    'hypothesis: the rate is too low (top 3 still rose +1.0 points in its last epoch, too little to explain 27.0)'
     >>> likely_reason("within noise", {"top 3": [0.8, 0.8]}, "the test set is small")
     'hypothesis: the test set is small'
     >>> likely_reason("holds", {}, "anything")
@@ -260,9 +264,14 @@ def likely_reason(word: str, curves: dict[str, Sequence[float]], otherwise: str,
     if word == "holds":
         return ""
     rising = {name: last_gain(curve) for name, curve in curves.items() if still_improving(curve, tolerance)}
+    enough = {name: rise for name, rise in rising.items() if gap is None or rise >= abs(gap)}
+    if enough:
+        return "likely reason: " + ", ".join(f"{name} still rising ({rise * 100:+.1f} points in its last epoch)"
+                                             for name, rise in enough.items())
     if rising:
-        return "likely reason: " + ", ".join(f"{name} still rising ({gain * 100:+.1f} points in its last epoch)"
-                                             for name, gain in rising.items())
+        return f"hypothesis: {otherwise} (" + ", ".join(
+            f"{name} still rose {rise * 100:+.1f} points in its last epoch" for name, rise in rising.items()
+        ) + f", too little to explain {abs(gap) * 100:.1f})"
     return f"hypothesis: {otherwise}"
 
 
@@ -372,7 +381,9 @@ def finding(key: str, claim: str, interval: Interval, curves: dict[str, Sequence
     behind ``interval`` than the ``min_seeds`` the claim needs (a claim about a method, not one run; checked first,
     whatever the verdict), a run of ``curves`` whose last epoch gained more than the noise of ``examples``
     validation examples (:func:`unconverged`), or ``accuracies`` all within noise of the task's ``ceiling``
-    (:func:`at_ceiling`). Otherwise the reason is :func:`likely_reason`'s (measured, else ``otherwise`` as a
+    (:func:`at_ceiling`). The rule is the same whichever way the interval points: a run that cannot decide a claim
+    cannot confirm it either. ``curves``, ``accuracies`` and ``ceiling`` are those of the quantity the claim is
+    about (a claim about forgetting task A passes A's curves, not B's ceiling). Otherwise the reason is :func:`likely_reason`'s (measured, else ``otherwise`` as a
     hypothesis). ``effect`` (:func:`effect_size`) is printed beside the verdict.
 
     >>> finding("a_beats_b", "a beats b", Interval(0.05, 0.02, 0.08), {}, "the test set is small").verdict
@@ -385,8 +396,8 @@ def finding(key: str, claim: str, interval: Interval, curves: dict[str, Sequence
     """
     word = verdict(interval, threshold)
     difference = interval.points() + (f", against the claim's {threshold * 100:+.0f}" if threshold else "")
-    reason = likely_reason(word, curves, otherwise)
-    rising = unconverged(curves, examples) if examples and word != "holds" else {}
+    reason = likely_reason(word, curves, otherwise, gap=interval.estimate - threshold)
+    rising = unconverged(curves, examples) if examples else {}
     if min_seeds is not None and interval.seeds < min_seeds:
         word, reason = UNTESTABLE, (f"too few seeds: {interval.seeds} seed{'s' if interval.seeds > 1 else ''} behind "
                                     f"this interval, the claim needs at least {min_seeds} (its estimate "
@@ -395,8 +406,7 @@ def finding(key: str, claim: str, interval: Interval, curves: dict[str, Sequence
         word, reason = UNTESTABLE, "not converged: " + ", ".join(
             f"{name} gained {gain * 100:+.1f} points in its last epoch, more than the noise of {noise * 100:.1f}"
             for name, (gain, noise) in rising.items())
-    elif ceiling is not None and accuracies and examples and word != "holds" and at_ceiling(accuracies, ceiling,
-                                                                                           examples):
+    elif ceiling is not None and accuracies and examples and at_ceiling(accuracies, ceiling, examples):
         word, reason = UNTESTABLE, (f"ceiling: {', '.join(f'{n} {a:.1%}' for n, a in accuracies.items())} all within "
                                     f"the noise ({accuracy_noise(ceiling, examples):.1%}) of the best possible "
                                     f"{ceiling:.1%}")

@@ -104,16 +104,36 @@ def rank_correlation(x: Sequence[float], y: Sequence[float]) -> float:
     return float(np.corrcoef(ranks["x"], ranks["y"])[0, 1])
 
 
+def rank_interval(x: Sequence[float], y: Sequence[float], *, level: float = 0.95, resamples: int = 2000,
+                  seed: int = 0) -> tuple[float, float]:
+    """A percentile bootstrap interval for :func:`rank_correlation`, resampling the pairs (the plans): with a
+    handful of plans a correlation of -0.5 can sit beside +0.5. NaN where the correlation is.
+
+    >>> low, high = rank_interval([1, 2, 3, 4, 5, 6], [1, 3, 2, 4, 6, 5])
+    >>> -1 <= low < 0.83 < high <= 1
+    True
+    """
+    frame = pd.DataFrame({"x": list(x), "y": list(y)}, dtype=float).dropna()
+    if rank_correlation(frame["x"], frame["y"]) != rank_correlation(frame["x"], frame["y"]):
+        return float("nan"), float("nan")
+    picks = np.random.default_rng(seed).integers(0, len(frame), size=(resamples, len(frame)))
+    values = np.array([rank_correlation(frame["x"].to_numpy()[i], frame["y"].to_numpy()[i]) for i in picks])
+    values = values[~np.isnan(values)]
+    tail = 100 * (1 - level) / 2
+    return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
+
+
 def plan_accuracy(runs: list[dict]) -> pd.DataFrame:
     """Per plan (``strategy`` in the runs), the mean over seeds of B's test accuracy (``b_after_b``), its standard
     deviation over seeds, B's final validation accuracy (``b_validation_final``), the trainable parameters and the
-    step time, sorted best first by validation."""
+    step time, sorted best first by validation; plans tied on validation go cheapest first (fewer trainable
+    parameters), never by test accuracy, which only judges."""
     frame = pd.DataFrame(runs)
     table = frame.groupby("strategy", sort=False).agg(
         b_accuracy=("b_after_b", "mean"), b_accuracy_std=("b_after_b", lambda s: float(np.std(s))),
         validation=("b_validation_final", "mean"), trainable_params=("trainable_params", "first"),
         step_seconds=("step_seconds", "mean"), seeds=("b_after_b", "size"))
-    return table.sort_values(["validation", "b_accuracy"], ascending=False, kind="stable")
+    return table.sort_values(["validation", "trainable_params"], ascending=[False, True], kind="stable")
 
 
 def judge_signals(runs: list[dict], scores: pd.DataFrame, proposals: dict[str, str]) -> tuple[str, pd.DataFrame]:
@@ -122,7 +142,7 @@ def judge_signals(runs: list[dict], scores: pd.DataFrame, proposals: dict[str, s
     proposed, which ``runs`` holds).
 
     Columns: ``proposal``; ``rank_correlation`` between the signal's ``scores`` of the plans and their mean test
-    accuracy; ``regret_points``, the oracle's test accuracy minus the proposal's, with its paired interval over test
+    accuracy, with a bootstrap interval over the plans (``rank_low``, ``rank_high``); ``regret_points``, the oracle's test accuracy minus the proposal's, with its paired interval over test
     examples and seeds (``regret_low``, ``regret_high``) and ``verdict``: *costs accuracy* when the whole interval
     lies above zero, *within noise of the oracle* otherwise (or *is the oracle*); ``params_ratio`` and
     ``step_time_ratio``, the proposal's over the oracle's.
@@ -136,8 +156,10 @@ def judge_signals(runs: list[dict], scores: pd.DataFrame, proposals: dict[str, s
     for signal, proposal in proposals.items():
         regret = compare_strategies(runs, oracle, proposal, "b_accuracy")
         scored = scores[signal].reindex(plans.index)
+        low, high = rank_interval(scored, plans["b_accuracy"])
         rows.append({"signal": signal, "proposal": proposal,
                      "rank_correlation": rank_correlation(scored, plans["b_accuracy"]),
+                     "rank_low": low, "rank_high": high,
                      "regret_points": 100 * regret.estimate, "regret_low": 100 * regret.low,
                      "regret_high": 100 * regret.high,
                      "verdict": "is the oracle" if proposal == oracle else

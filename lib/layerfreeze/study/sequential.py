@@ -40,7 +40,7 @@ RATE_GRID = [(3e-5, 3e-4), (1e-4, 1e-3), (3e-4, 3e-3), (1e-3, 1e-2), (3e-3, 3e-2
 LORA_GRID = [(1e-4, 3e-4), (3e-4, 1e-3), (1e-3, 3e-3), (3e-3, 1e-2), (1e-2, 3e-2)]
 RATE_START, LORA_START = RATE_GRID[1:3], LORA_GRID[1:3]
 PROTOCOL = {
-    "smoke": dict(train=48, eval=48, epochs_a=1, epochs_b=2, batch_size=16, seeds=1,  # one point each: the code path
+    "smoke": dict(train=32, eval=32, epochs_a=1, epochs_b=2, batch_size=16, seeds=1,  # one point each: the code path
                   lr_grid=RATE_GRID[1:2], lora_grid=LORA_GRID[2:3], lr_start=None, lora_start=None),
     "cpu": dict(train=128, eval=150, epochs_a=3, epochs_b=3, batch_size=16, seeds=1, lr_grid=RATE_GRID,
                 lora_grid=LORA_GRID, lr_start=RATE_START, lora_start=LORA_START),

@@ -93,11 +93,12 @@ def _verdict(results: dict, notebook: str, key: str) -> str:
 
 
 def verdict_table(results: dict) -> pd.DataFrame:
-    """Every verdict the notebooks computed, with its likely reason where it does not hold.
+    """Every verdict the notebooks computed, with the seeds behind it, what its interval resamples, and its likely
+    reason where it does not hold.
 
     >>> verdict_table({"03_gradual_unfreezing": {"verdicts": [{"ULMFiT finding": "Last underfits",
     ...     "verdict": "holds", "likely reason": ""}]}}).iloc[0].to_dict()
-    {'notebook': '03', 'finding': 'Last underfits', 'verdict': 'holds', 'likely reason': ''}
+    {'notebook': '03', 'finding': 'Last underfits', 'verdict': 'holds', 'seeds': 1, 'interval over': 'test sample', 'likely reason': ''}
     """
     rows = []
     for stem, metrics in results.items():
@@ -105,9 +106,9 @@ def verdict_table(results: dict) -> pd.DataFrame:
         findings += [Finding(a["source"], f"{a['source']}: {a['claim']}", a["verdict"],
                              reason=a.get("likely reason", "")) for a in metrics.get("anchors", [])
                      if a.get("verdict") in VERDICTS]
-        rows += [{"notebook": stem[:2], "finding": f.claim, "verdict": f.verdict, "likely reason": f.reason}
-                 for f in findings]
-    return pd.DataFrame(rows, columns=["notebook", "finding", "verdict", "likely reason"])
+        rows += [{"notebook": stem[:2], "finding": f.claim, "verdict": f.verdict, "seeds": f.seeds,
+                  "interval over": f.interval_kind, "likely reason": f.reason} for f in findings]
+    return pd.DataFrame(rows, columns=["notebook", "finding", "verdict", "seeds", "interval over", "likely reason"])
 
 
 def _guide_freeze(results: dict) -> str:
@@ -116,11 +117,14 @@ def _guide_freeze(results: dict) -> str:
         return _missing("02")
     top = max((r for r in acc if r.startswith("top ")), key=lambda r: int(r.split()[1]))
     head, full, upper = acc["head"], acc["full"], acc[top]
+    lower = acc.get(top.replace("top", "bottom"))  # as many blocks, from the other end
     return (f"02: {head['name']} {head['test_accuracy']:.1%}, {upper['name']} {upper['test_accuracy']:.1%} "
             f"({upper['test_accuracy'] / full['test_accuracy']:.0%} of {full['name']}'s {full['test_accuracy']:.1%}) "
-            f"with {upper['percent_trainable']:.0f}% of the parameters trainable and "
+            + (f"and {lower['name']} {lower['test_accuracy']:.1%}, " if lower else "")
+            + f"with {upper['percent_trainable']:.0f}% of the parameters trainable and "
             f"{upper['estimated_memory_mib']:.0f} MiB estimated against {full['estimated_memory_mib']:.0f} MiB; "
-            f"'full beats head only': {_verdict(results, '02', 'full_beats_head_only')}")
+            f"'full beats head only': {_verdict(results, '02', 'full_beats_head_only')}; "
+            f"'top beats bottom': {_verdict(results, '02', 'top_beats_bottom')}")
 
 
 def _guide_full(results: dict) -> str:
@@ -175,32 +179,40 @@ def _guide_continued_pretraining(results: dict) -> str:
 
 
 # Each row of the guide: when, what to choose, the finding that must hold for this run to back the choice (notebook,
-# key; None where no single finding decides), and the run's evidence.
+# key; None where no single finding decides), what the run backs instead where it refutes that finding, and the
+# run's evidence.
 GUIDE_ROWS = (
     ("memory or compute is tight, and the pretrained features nearly fit the task",
      "freeze the embeddings and the lower blocks; train the top blocks and the head (cache the frozen prefix)",
-     ("02", "top_beats_bottom"), _guide_freeze),
+     ("02", "top_beats_bottom"), "train the bottom blocks and the head, as many as the budget allows",
+     _guide_freeze),
     ("the new task's accuracy is what counts, and the model's other abilities do not",
-     "full fine-tuning, its rate chosen on validation data", ("02", "full_beats_head_only"), _guide_full),
+     "full fine-tuning, its rate chosen on validation data", ("02", "full_beats_head_only"),
+     "a new head on the frozen body", _guide_full),
     ("one shared model must keep an earlier task or general ability",
      "freeze the bottom blocks or use LoRA, and measure forgetting on a held-out general task",
-     ("04", "more_frozen_less_forgetting"), _guide_keep_old_task),
+     ("04", "more_frozen_less_forgetting"), None, _guide_keep_old_task),
     ("many tasks on one base model, or adapters to store and swap",
      "LoRA, rank 8-16, alpha = 2 x rank, on attention and MLP projections", ("04", "lora_forgets_less"),
-     _guide_lora),
+     "full fine-tuning forgot less here: store full copies, or measure LoRA on your task first", _guide_lora),
     ("the text is far from the pretraining data, and unlabelled domain text is plentiful",
-     "continued pre-training on the domain text first, then one of the above", None,
+     "continued pre-training on the domain text first, then one of the above", None, None,
      _guide_continued_pretraining),
 )
 
 
-def choice(results: dict, advice: str, finding: tuple[str, str] | None) -> str:
-    """``advice`` where this run's ``finding`` holds; otherwise the advice marked as not backed here, with the
-    verdict, so the guide never recommends against its own evidence.
+def choice(results: dict, advice: str, finding: tuple[str, str] | None, contrary: str | None = None) -> str:
+    """``advice`` where this run's ``finding`` holds; ``contrary`` where the run refutes it (the whole interval on
+    the other side of the claim's threshold), saying that the usual advice is refuted; otherwise the advice marked
+    as not backed here, with the verdict, so the guide never recommends against its own evidence.
 
     >>> run = {"02_x": {"verdicts": [{"key": "k", "finding": "a beats b", "verdict": "within noise"}]}}
     >>> choice(run, "train a", ("02", "k"))
     "no clear choice from this run ('a beats b': within noise); the usual advice: train a"
+    >>> run = {"02_x": {"verdicts": [{"key": "k", "finding": "a beats b", "verdict": "does not hold",
+    ...                               "difference (95% CI)": "-9.0 points (-14.0 to -4.0)", "high": -0.04}]}}
+    >>> choice(run, "train a", ("02", "k"), "train b")
+    "train b: this run refutes the usual advice (train a): 'a beats b' does not hold, -9.0 points (-14.0 to -4.0)"
     """
     if finding is None:
         return f"the usual advice (no finding of this course tests it): {advice}"
@@ -210,14 +222,16 @@ def choice(results: dict, advice: str, finding: tuple[str, str] | None) -> str:
         return f"not tested in this run (notebook {notebook}); the usual advice: {advice}"
     if row.verdict == "holds":
         return advice
+    if contrary and row.verdict == "does not hold" and row.high is not None and row.high < (row.threshold or 0):
+        return f"{contrary}: this run refutes the usual advice ({advice}): '{row.claim}' does not hold, {row.difference}"
     return f"no clear choice from this run ('{row.claim}': {row.verdict}); the usual advice: {advice}"
 
 
 def decision_guide(results: dict) -> pd.DataFrame:
     """When to freeze which layers, when LoRA, when full fine-tuning, when continued pre-training; each choice
     backed by a finding of this run (or marked as not backed), each row with the run's evidence."""
-    rows = [(when, choice(results, advice, finding), evidence(results))
-            for when, advice, finding, evidence in GUIDE_ROWS]
+    rows = [(when, choice(results, advice, finding, contrary), evidence(results))
+            for when, advice, finding, contrary, evidence in GUIDE_ROWS]
     return pd.DataFrame(rows, columns=["when", "choose", "this course's evidence"])
 
 
@@ -291,7 +305,8 @@ def checklist(results: dict) -> pd.DataFrame:
     """The signals that show freezing helping or hurting in production, each with what this run showed."""
     rows = [
         ("a head-only (linear probe) plateau well below the full model",
-         "frozen features do not separate the task: unfreeze the top blocks", _check_head_plateau(results)),
+         "frozen features do not separate the task: unfreeze blocks, choosing which on validation (02 compares "
+         "top and bottom)", _check_head_plateau(results)),
         ("a validation curve still rising when training stopped",
          "the comparison is not settled: train longer before choosing", _check_still_rising(results)),
         ("training loss falling while validation stalls (a growing train/validation gap)",
