@@ -109,7 +109,7 @@ def test_real_switch_passes_hub_data_and_model_to_02_and_04_only(tmp_path, monke
     runner.run_course("smoke", tmp_path / "build", tmp_path, parameters=real_parameters(environ={}))
     assert sorted(calls) == ["02_b", "04_c"]
     assert calls["04_c"] == {"model_name": REAL_MODEL, "task_a": "sst2", "task_b": "ag_news",
-                             "decoder_name": "openai-community/gpt2"}
+                             "decoder_name": "openai-community/gpt2", "progress": True}
     assert list(real_parameters(["04"], environ={})) == ["04"]
     with pytest.raises(ValueError, match="names none of them"):
         real_parameters(["01"], environ={})

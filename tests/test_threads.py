@@ -144,3 +144,16 @@ def test_a_kernel_started_from_the_rewritten_spec_runs_a_notebook_under_the_poli
              f"import os\nopen({str(report)!r}, 'w').write(os.environ.get('OMP_WAIT_POLICY', 'unset'))")
     run_notebook(tmp_path / "notebooks" / "01_threads.ipynb", tmp_path / "out", tmp_path, tmp_path, "smoke", 600)
     assert report.read_text() == runtime.THREAD_POLICY["OMP_WAIT_POLICY"]
+
+
+def test_the_course_shows_each_notebooks_progress_while_it_runs(tmp_path):
+    """Issue 40: cells done out of cells and the elapsed time, on the console, while the kernel's own messages go to
+    the notebook's log."""
+    notebook(tmp_path / "notebooks", "01_cell.ipynb", "import sys; print('kernel says', file=sys.stderr)")
+    result = subprocess.run([sys.executable, "-m", "layerfreeze", "course", "--profile", "smoke", "--notebook-dir",
+                             str(tmp_path / "notebooks"), "--build-dir", str(tmp_path / "build")],
+                            env=clean_environment(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "[1/1] 01_cell.ipynb" in result.stdout
+    assert "3/3 [" in result.stderr, result.stderr[-2000:]  # the parameters, papermill's injected ones, the work
+    assert "kernel says" not in result.stderr

@@ -87,9 +87,10 @@ def notebook_paths(notebook_dir: str | Path = "notebooks") -> list[Path]:
 
 def run_notebook(notebook: str | Path, executed_dir: str | Path, results_dir: str | Path,
                  figure_dir: str | Path, profile: str = "auto", cell_timeout: int | None = None,
-                 **parameters) -> float:
+                 progress: bool = False, **parameters) -> float:
     """Execute one notebook with papermill (in its own folder) and return the seconds it took. A cell that runs
-    longer than ``cell_timeout`` seconds fails the run instead of hanging it."""
+    longer than ``cell_timeout`` seconds fails the run instead of hanging it; ``progress`` shows papermill's bar
+    (cells done out of cells, elapsed time) on standard error."""
     import papermill
 
     notebook = Path(notebook).resolve()
@@ -97,7 +98,7 @@ def run_notebook(notebook: str | Path, executed_dir: str | Path, results_dir: st
     start = time.perf_counter()
     papermill.execute_notebook(
         str(notebook), str(Path(executed_dir).resolve() / notebook.name), kernel_name="python3",
-        cwd=str(notebook.parent), progress_bar=False, execution_timeout=cell_timeout,
+        cwd=str(notebook.parent), progress_bar=progress, execution_timeout=cell_timeout,
         parameters=dict(profile=profile, output_dir=str(Path(results_dir).resolve()),
                         figure_dir=str(Path(figure_dir).resolve()), **parameters))
     return time.perf_counter() - start
@@ -126,10 +127,10 @@ def run_course(profile: str = "auto", build_dir: str | Path = "build", notebook_
     print(f"Running {len(paths)} notebooks with profile={profile} ({resolve_profile(profile)} here) "
           f"on {describe_device()}; a cell may run {limit} s")
     timings = {}
-    for path in paths:
-        print(f"  {path.name} ...", end=" ", flush=True)
+    for number, path in enumerate(paths, 1):
+        print(f"  [{number}/{len(paths)}] {path.name}", flush=True)  # papermill's bar follows: cells done, elapsed
         timings[path.stem] = _run_course_notebook(path, build, profile, limit, (parameters or {}).get(path.name[:2], {}))
-        print(f"{timings[path.stem]:.0f} s", flush=True)
+        print(f"  [{number}/{len(paths)}] {path.name}: {timings[path.stem]:.0f} s", flush=True)
     write_course_timing(build, profile, timings)
     print(f"Done in {sum(timings.values()) / 60:.1f} min.\n  executed notebooks: {build / 'notebooks'}\n"
           f"  metrics (JSON):     {build / 'results'}\n  figures (PNG):      {build / 'figures'}")
@@ -138,15 +139,18 @@ def run_course(profile: str = "auto", build_dir: str | Path = "build", notebook_
 
 @contextmanager
 def _stderr_to(path: Path) -> Iterator[None]:
-    """Send this process's standard error, and that of the processes it starts (the notebook's kernel), to a file."""
+    """Send the standard error of the processes this one starts (the notebook's kernel) to a file; this process's
+    ``sys.stderr`` (papermill's progress bar) stays where it was."""
     path.parent.mkdir(parents=True, exist_ok=True)
     sys.stderr.flush()
-    saved = os.dup(2)
+    saved, before = os.dup(2), sys.stderr
     try:
-        with open(path, "ab") as log:
+        with open(path, "ab") as log, open(os.dup(saved), "w", buffering=1, closefd=True) as terminal:
             os.dup2(log.fileno(), 2)
+            sys.stderr = terminal
             yield
     finally:
+        sys.stderr = before
         sys.stderr.flush()
         os.dup2(saved, 2)
         os.close(saved)
@@ -161,7 +165,7 @@ def _run_course_notebook(path: Path, build: Path, profile: str, limit: int, para
     try:
         with _stderr_to(executed.with_suffix(".log")):  # the kernel's own messages, e.g. its traceback when stopped
             return run_notebook(path, build / "notebooks", build / "results", build / "figures", profile, limit,
-                                **parameters)
+                                progress=True, **parameters)
     except CellTimeoutError:
         raise CourseFailed(f"{path.name}: a cell ran for more than {limit} s and was stopped (the notebook up to "
                            f"that cell: {executed}; the kernel's messages: {executed.with_suffix('.log')}). The "
