@@ -383,8 +383,9 @@ def finding(key: str, claim: str, interval: Interval, curves: dict[str, Sequence
     validation examples (:func:`unconverged`), or ``accuracies`` all within noise of the task's ``ceiling``
     (:func:`at_ceiling`). The rule is the same whichever way the interval points: a run that cannot decide a claim
     cannot confirm it either. ``curves``, ``accuracies`` and ``ceiling`` are those of the quantity the claim is
-    about (a claim about forgetting task A passes A's curves, not B's ceiling). Otherwise the reason is :func:`likely_reason`'s (measured, else ``otherwise`` as a
-    hypothesis). ``effect`` (:func:`effect_size`) is printed beside the verdict.
+    about (a claim about forgetting task A passes A's curves, not B's ceiling). Otherwise the reason is
+    :func:`likely_reason`'s (measured, else ``otherwise`` as a hypothesis). ``effect`` (:func:`effect_size`) is
+    printed beside the verdict.
 
     >>> finding("a_beats_b", "a beats b", Interval(0.05, 0.02, 0.08), {}, "the test set is small").verdict
     'holds'

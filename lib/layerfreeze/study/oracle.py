@@ -113,11 +113,11 @@ def rank_interval(x: Sequence[float], y: Sequence[float], *, level: float = 0.95
     >>> -1 <= low < 0.83 < high <= 1
     True
     """
-    frame = pd.DataFrame({"x": list(x), "y": list(y)}, dtype=float).dropna()
-    if rank_correlation(frame["x"], frame["y"]) != rank_correlation(frame["x"], frame["y"]):
+    pairs = pd.DataFrame({"x": list(x), "y": list(y)}, dtype=float).dropna().to_numpy()
+    if np.isnan(rank_correlation(pairs[:, 0], pairs[:, 1])):
         return float("nan"), float("nan")
-    picks = np.random.default_rng(seed).integers(0, len(frame), size=(resamples, len(frame)))
-    values = np.array([rank_correlation(frame["x"].to_numpy()[i], frame["y"].to_numpy()[i]) for i in picks])
+    picks = np.random.default_rng(seed).integers(0, len(pairs), size=(resamples, len(pairs)))
+    values = np.array([rank_correlation(pairs[i, 0], pairs[i, 1]) for i in picks])
     values = values[~np.isnan(values)]
     tail = 100 * (1 - level) / 2
     return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
@@ -142,8 +142,9 @@ def judge_signals(runs: list[dict], scores: pd.DataFrame, proposals: dict[str, s
     proposed, which ``runs`` holds).
 
     Columns: ``proposal``; ``rank_correlation`` between the signal's ``scores`` of the plans and their mean test
-    accuracy, with a bootstrap interval over the plans (``rank_low``, ``rank_high``); ``regret_points``, the oracle's test accuracy minus the proposal's, with its paired interval over test
-    examples and seeds (``regret_low``, ``regret_high``) and ``verdict``: *costs accuracy* when the whole interval
+    accuracy, with a bootstrap interval over the plans (``rank_low``, ``rank_high``); ``regret_points``, the
+    oracle's test accuracy minus the proposal's, with its paired interval over test examples and seeds
+    (``regret_low``, ``regret_high``) and ``verdict``: *costs accuracy* when the whole interval
     lies above zero, *within noise of the oracle* otherwise (or *is the oracle*); ``params_ratio`` and
     ``step_time_ratio``, the proposal's over the oracle's.
     """

@@ -222,7 +222,7 @@ def choice(results: dict, advice: str, finding: tuple[str, str] | None, contrary
         return f"not tested in this run (notebook {notebook}); the usual advice: {advice}"
     if row.verdict == "holds":
         return advice
-    if contrary and row.verdict == "does not hold" and row.high is not None and row.high < (row.threshold or 0):
+    if contrary and row.verdict == "does not hold" and row.high is not None and row.high < row.threshold:
         return f"{contrary}: this run refutes the usual advice ({advice}): '{row.claim}' does not hold, {row.difference}"
     return f"no clear choice from this run ('{row.claim}': {row.verdict}); the usual advice: {advice}"
 
